@@ -1,0 +1,32 @@
+# Two commands from a fresh clone:  `make demo` (the main job)  and  `make test`.
+# Both create .venv and install genrekit into it first (only again when pyproject.toml changes).
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.genrekit-$(shell cksum pyproject.toml | cut -d' ' -f1)
+DEMO   ?= demo_out
+
+.PHONY: setup demo test test-all bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet -e '.[dev]'
+	rm -f $(VENV)/.genrekit-* && touch $@
+
+setup: $(STAMP)
+
+demo: setup  ## the main job on the embedded demo set: no network, no GPU, no data of your own
+	$(BIN)/genrekit data demo --out $(DEMO)/data
+	$(BIN)/genrekit extract --backbone colorstats --data $(DEMO)/data/labels.csv --out $(DEMO)/posters.h5
+	$(BIN)/genrekit store info $(DEMO)/posters.h5
+	@if $(BIN)/genrekit heads --help >/dev/null 2>&1; then \
+		$(BIN)/genrekit heads --store $(DEMO)/posters.h5 --all --out $(DEMO)/runs; fi
+
+test: setup  ## the offline CPU test suite (slow and GPU tests are deselected)
+	$(BIN)/pytest
+
+test-all: setup
+	$(BIN)/pytest -m "not gpu and not network"
+
+clean:
+	rm -rf $(DEMO) .pytest_cache

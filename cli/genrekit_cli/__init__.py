@@ -1,0 +1,1 @@
+"""The genrekit command line (typer + rich). Thin: parse flags, call the library, render."""

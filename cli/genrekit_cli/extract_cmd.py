@@ -1,0 +1,161 @@
+"""`genrekit backbones`, `genrekit extract`, `genrekit store info`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.table import Table
+
+from genrekit_cli.main import app
+from genrekit_cli.ui import console, err_console, print_json, progress_bar
+
+store_app = typer.Typer(help="Look into feature stores.", no_args_is_help=True)
+app.add_typer(store_app, name="store")
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+
+BACKBONES_EXAMPLES = """
+Examples:
+  genrekit backbones
+  genrekit backbones 'ViT-*'
+  genrekit backbones text
+"""
+
+
+@app.command(epilog=BACKBONES_EXAMPLES)
+def backbones(
+    pattern: Annotated[Optional[str], typer.Argument(help="Shell-style name pattern or family, e.g. 'ViT-*', text.")] = None,
+    json: JsonOpt = False,
+) -> None:
+    """List the registered encoders: family, modality, embedding size, input size, weights."""
+    from genrekit.backbones import list_backbones, weights_present
+
+    specs = list_backbones(pattern)
+    rows = [
+        {
+            "name": s.name,
+            "family": s.family,
+            "modality": "+".join(s.modalities),
+            "dim": s.dim or None,
+            "input": s.input_size,
+            "weights": list(s.weights),
+            "offline": weights_present(s),
+            "description": s.description,
+        }
+        for s in specs
+    ]
+    if json:
+        print_json(rows)
+        return
+    if not rows:
+        err_console.print(f"no backbone matches {pattern!r}; `genrekit backbones` lists them all")
+        raise typer.Exit(1)
+    table = Table(title="genrekit backbones", title_justify="left")
+    for col in ("name", "family", "modality", "dim", "input", "default weights", "offline"):
+        table.add_column(col, justify="right" if col in ("dim", "input") else "left", no_wrap=col == "name")
+    for r in rows:
+        offline = {True: "[green]yes[/]", False: "[yellow]no[/]", None: "n/a"}[r["offline"]]
+        tags = r["weights"][0] + (f" (+{len(r['weights']) - 1})" if len(r["weights"]) > 1 else "") if r["weights"] else "-"
+        table.add_row(r["name"], r["family"], r["modality"], str(r["dim"] or "?"), str(r["input"] or "-"), tags, offline)
+    console.print(table)
+    console.print(
+        "Any open_clip architecture name and [bold]timm:<name>[/] work too. Every backbone takes "
+        "--weights TAG, a local checkpoint path, or none (random init).",
+        style="dim",
+    )
+
+
+EXTRACT_EXAMPLES = """
+Examples:
+  genrekit extract --backbone ViT-L-14 --data posters/labels.csv --out posters.h5
+  genrekit extract --backbone mobilenet_v2 --weights mobilenet_v2.pth --data labels.csv --out mnv2.h5
+  genrekit extract --backbone minilm --modality text --data labels.csv --out plots.h5
+"""
+
+
+@app.command(epilog=EXTRACT_EXAMPLES)
+def extract(
+    backbone: Annotated[str, typer.Option("--backbone", "-b", help="Encoder name (see `genrekit backbones`).")],
+    data: Annotated[Path, typer.Option("--data", "-d", help="Manifest: CSV with id, image and/or plot, genres.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Feature store to create, extend or resume (.h5).")],
+    weights: Annotated[Optional[str], typer.Option(help="Weights tag, local checkpoint file/folder, or none.")] = None,
+    modality: Annotated[str, typer.Option(help="image (posters) or text (plots).")] = "image",
+    format: Annotated[str, typer.Option("--format", help="Manifest format (auto detects it).")] = "auto",
+    batch_size: Annotated[Optional[int], typer.Option(help="Batch size [default: fastest measured for the backbone].")] = None,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
+    precision: Annotated[str, typer.Option(help="GPU autocast: auto (bf16 where supported), fp16, bf16, fp32.")] = "auto",
+    resize: Annotated[Optional[str], typer.Option(help="squash (default), center-crop or letterbox.")] = None,
+    workers: Annotated[Optional[int], typer.Option(help="Image decoding processes [default: spare cores].")] = None,
+    limit: Annotated[Optional[int], typer.Option(help="Only the first N samples.")] = None,
+    dtype: Annotated[str, typer.Option(help="Stored embedding type: float32 or float16.")] = "float32",
+    normalize: Annotated[Optional[str], typer.Option(help="none or l2 [default: the backbone's].")] = None,
+    split: Annotated[Optional[Path], typer.Option(help="id,split CSV to store with the features.")] = None,
+) -> None:
+    """Run a frozen encoder once over a collection into an HDF5 feature store (resumable)."""
+    from genrekit.extract import ExtractConfig
+    from genrekit.extract import extract as run
+
+    config = ExtractConfig(
+        backbone=backbone, data=str(data), out=str(out), weights=weights, modality=modality, format=format,
+        batch_size=batch_size, device=device, precision=precision, resize=resize, workers=workers,
+        limit=limit, dtype=dtype, normalize=normalize, split=str(split) if split else None,
+    )
+    with progress_bar("posters" if modality == "image" else "plots") as progress:
+        report = run(config, progress=progress)
+    s = report.seconds
+    console.print(
+        f"[bold green]{report.store}[/]: {report.rows} rows "
+        f"({report.encoded} encoded now, {report.skipped} already done), "
+        f"{report.items_per_second:,.1f} {modality}s/s; time: read {s['read']:.1f}s, "
+        f"encode {s['encode']:.1f}s, write {s['write']:.1f}s, total {s['total']:.1f}s"
+    )
+    if report.failures:
+        console.print(f"[yellow]{len(report.failures)} unreadable in this run[/] (recorded in the store; "
+                      f"`genrekit store info {out}` lists all {report.all_failures}):")
+        for sid, reason in report.failures[:20]:
+            console.print(f"  {sid}: {reason}", highlight=False)
+        if len(report.failures) > 20:
+            console.print(f"  … and {len(report.failures) - 20} more")
+
+
+@store_app.command("info")
+def store_info(
+    store: Annotated[Path, typer.Argument(help="Feature store (.h5).")],
+    json: JsonOpt = False,
+) -> None:
+    """Show what made a store: encoder, weights, preprocessing, genres, split, failures."""
+    from genrekit.store import FeatureStore
+
+    info = FeatureStore(store).info()
+    if json:
+        print_json(info)
+        return
+    enc = info["encoder"]
+    t = Table(show_header=False, title=str(store), title_justify="left")
+    t.add_column(style="bold")
+    t.add_column()
+    weights = enc.get("weights", "")
+    if enc.get("weights_sha256"):
+        weights += f" (sha256 {enc['weights_sha256'][:12]}…)"
+    pre = info["preprocessing"]
+    pre_s = ", ".join(f"{k}={v}" for k, v in pre.items())
+    for k, v in (
+        ("rows", f"{info['rows']:,} x {info['dim']} {info['dtype']} ({info['size_bytes'] / 1e6:.1f} MB)"),
+        ("encoder", f"{enc.get('name')} ({enc.get('family')})"),
+        ("weights", weights),
+        ("modality", info["modality"]),
+        ("preprocessing", pre_s),
+        ("normalisation", info["normalisation"]),
+        ("genres", f"{len(info['genre_counts'])}: " + ", ".join(f"{g} {c}" for g, c in info["genre_counts"].items())),
+        ("split", ", ".join(f"{k} {v}" for k, v in info["split_counts"].items()) if info["split_counts"] else "none (heads make one)"),
+        ("failures", str(len(info["failures"]))),
+        ("made by", f"genrekit {info['genrekit_version']} on {info['created']} (format {info['format_version']})"),
+    ):
+        t.add_row(k, str(v))
+    console.print(t, highlight=False)
+    for f in info["failures"][:20]:
+        console.print(f"  {f['id']}: {f['reason']}", highlight=False)
+    if len(info["failures"]) > 20:
+        console.print(f"  … and {len(info['failures']) - 20} more (--json lists all)")

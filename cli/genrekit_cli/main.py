@@ -1,0 +1,86 @@
+"""Entry point: the typer app, its sub-commands, and the one error boundary."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import click
+import typer
+from typer.core import TyperGroup
+
+from genrekit import __version__
+from genrekit.errors import GenrekitError
+
+
+def _fail(msg: str, code: int = 1) -> None:
+    from genrekit_cli.ui import err_console
+
+    err_console.print(f"[bold red]error:[/] {msg}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+class _ErrorBoundary(TyperGroup):
+    """Known errors become one red line and exit code 1; GENREKIT_DEBUG=1 shows tracebacks."""
+
+    def invoke(self, ctx: click.Context):  # type: ignore[override]
+        try:
+            return super().invoke(ctx)
+        except (click.exceptions.Exit, click.ClickException, click.Abort):
+            raise
+        except KeyboardInterrupt:
+            _fail("interrupted; re-run the same command to resume", code=130)
+        except Exception as e:
+            if os.environ.get("GENREKIT_DEBUG"):
+                raise
+            if isinstance(e, GenrekitError):
+                _fail(str(e))
+            if isinstance(e, OSError) and e.filename:
+                _fail(f"{e.strerror or e}: {e.filename}")
+            _fail(f"{type(e).__name__}: {e} (set GENREKIT_DEBUG=1 for the traceback)")
+
+
+app = typer.Typer(
+    name="genrekit",
+    cls=_ErrorBoundary,
+    help="Predict film and anime genres from posters and plots: extract frozen features once, "
+    "then train and compare cheap multi-label heads on them.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="rich",
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        print(f"genrekit {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Show the library's log messages."),
+) -> None:
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+
+
+def _register_commands() -> None:
+    # Each module adds its commands to `app`; import order is the order in --help.
+    from genrekit_cli import extract_cmd  # noqa: F401
+
+    for optional in ("data_cmd", "heads_cmd"):
+        try:
+            __import__(f"genrekit_cli.{optional}")
+        except ModuleNotFoundError as e:
+            if e.name != f"genrekit_cli.{optional}":
+                raise
+
+
+_register_commands()
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()

@@ -1,0 +1,281 @@
+"""The encoder protocol and the backbone spec every registry entry is made of."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import os
+import socket
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from genrekit.backbones.preprocess import Preprocess
+from genrekit.data.images import load_image
+from genrekit.errors import ConfigError, WeightsUnavailableError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    """One registry entry: what a backbone is and how to build it.
+
+    Attributes:
+        name: the registry name (``genrekit extract --backbone NAME``).
+        family: ``open_clip``, ``torchvision``, ``timm``, ``hf-text``, ``colorstats`` or ``test``.
+        modalities: ``("image",)``, ``("text",)`` or both (CLIP: image tower plus text tower).
+        dim: embedding size.
+        weights: known pretrained weight tags, the default first; ``none`` and a file path always work.
+        preprocess: image preprocessing the weights expect (``None`` for text-only models).
+        build: ``build(spec, weights, device) -> Encoder``.
+        normalisation: what extraction applies by default (``l2`` for contrastive/sentence models).
+        cpu_batch_size: the batch size measured fastest on CPU (benchmarks/bench_extract.py).
+        channels_last: whether NHWC was measured faster (CNNs).
+    """
+
+    name: str
+    family: str
+    modalities: tuple[str, ...]
+    dim: int
+    weights: tuple[str, ...]
+    build: Callable[..., Encoder] = field(repr=False, compare=False)
+    preprocess: Preprocess | None = None
+    normalisation: str = "none"
+    cpu_batch_size: int = 16
+    channels_last: bool = False
+    description: str = ""
+    options: dict = field(default_factory=dict, compare=False)  # family-specific build arguments
+
+    @property
+    def default_weights(self) -> str:
+        return self.weights[0] if self.weights else "none"
+
+    @property
+    def input_size(self) -> int | None:
+        return self.preprocess.size if self.preprocess else None
+
+
+@dataclass(frozen=True)
+class WeightsRef:
+    """A resolved ``--weights`` value: a pretrained tag, a local file/folder, or none (random init)."""
+
+    kind: str  # "tag" | "path" | "none"
+    value: str  # the tag, the absolute path, or "none"
+
+    @classmethod
+    def parse(cls, value: str | None, spec: BackboneSpec) -> WeightsRef:
+        if value is None:
+            value = spec.default_weights
+        if value.lower() in ("none", "random", ""):
+            return cls("none", "none")
+        p = Path(value).expanduser()
+        if p.exists():
+            return cls("path", str(p.resolve()))
+        looks_like_path = value.startswith(("/", "./", "../", "~")) or value.endswith(
+            (".pt", ".pth", ".bin", ".safetensors", ".ckpt")
+        )
+        if looks_like_path:
+            raise WeightsUnavailableError(f"weights file {value!r} does not exist")
+        if value in spec.weights or spec.options.get("any_tag", False):
+            return cls("tag", value)
+        known = ", ".join(spec.weights) or "none"
+        raise WeightsUnavailableError(
+            f"{spec.name} has no weights tag {value!r} and no such file exists; known tags: {known}; "
+            "or pass a local checkpoint path, or 'none'"
+        )
+
+    def identity(self) -> dict[str, Any]:
+        """What the store records: the tag, or the file's name and sha256."""
+        if self.kind != "path":
+            return {"weights": self.value}
+        p = Path(self.value)
+        return {"weights": f"file:{p.name}", "weights_sha256": sha256_path(p), "weights_path": str(p)}
+
+
+def sha256_path(path: Path) -> str:
+    """sha256 of a file, or of a folder's files (sorted by relative path)."""
+    h = hashlib.sha256()
+    files = sorted(f for f in path.rglob("*") if f.is_file()) if path.is_dir() else [path]
+    for f in files:
+        if path.is_dir():
+            h.update(str(f.relative_to(path)).encode())
+        with open(f, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
+    return h.hexdigest()
+
+
+def require_network(host: str, what: str, hint: str) -> None:
+    """Fail in one line, at once, when ``host`` cannot be reached (instead of minutes of retries)."""
+    if os.environ.get("HF_HUB_OFFLINE") == "1" and "huggingface" in host:
+        raise WeightsUnavailableError(f"cannot download {what}: HF_HUB_OFFLINE=1. {hint}")
+    try:
+        socket.create_connection((host, 443), timeout=3).close()
+    except OSError:
+        raise WeightsUnavailableError(f"cannot download {what}: no connection to {host}. {hint}") from None
+
+
+class _DropRandomInitNotes(logging.Filter):
+    # open_clip warns on the root logger for every random init, which is what `--weights none` asks for.
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "No pretrained weights loaded" not in record.getMessage()
+
+
+@contextlib.contextmanager
+def seeded(seed: int = 0):
+    """Random init that is the same every run, without touching the caller's RNG state."""
+    root, note_filter = logging.getLogger(), _DropRandomInitNotes()
+    root.addFilter(note_filter)
+    try:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            yield
+    finally:
+        root.removeFilter(note_filter)
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"--device {device} was asked for, but no CUDA GPU is visible; use --device cpu or auto")
+    return torch.device(device)
+
+
+class Encoder:
+    """A frozen encoder: eval mode, inference mode, its preprocessing bundled.
+
+    Subclasses implement ``_forward_images`` (normalised image batch -> embeddings) and/or
+    ``_forward_texts`` (list of strings -> embeddings; long texts are split into windows and
+    mean-pooled, never silently truncated).
+    """
+
+    def __init__(
+        self,
+        spec: BackboneSpec,
+        weights: WeightsRef,
+        device: torch.device,
+        dim: int | None = None,
+        preprocess: Preprocess | None = None,
+        module: torch.nn.Module | None = None,
+        precision: str = "auto",
+    ) -> None:
+        self.spec = spec
+        self.weights = weights
+        self.device = device
+        self.dim = dim or spec.dim
+        self.preprocess = preprocess if preprocess is not None else spec.preprocess
+        self.module = module
+        self.channels_last = spec.channels_last
+        if module is not None:
+            module.eval().requires_grad_(False).to(device)
+            if self.channels_last:
+                module.to(memory_format=torch.channels_last)
+        self.amp_dtype = _amp_dtype(precision, device)
+
+    # -- description ---------------------------------------------------------------------------
+    @property
+    def has_image(self) -> bool:
+        return "image" in self.spec.modalities
+
+    @property
+    def has_text(self) -> bool:
+        return "text" in self.spec.modalities
+
+    @property
+    def identity(self) -> dict[str, Any]:
+        """Encoder identity as recorded in stores: family, name, weights (tag or file + sha256)."""
+        return {"family": self.spec.family, "name": self.spec.name, **self.weights.identity()}
+
+    def with_resize(self, resize: str | None) -> Encoder:
+        if resize is not None and self.preprocess is not None:
+            self.preprocess = self.preprocess.with_resize(resize)
+        return self
+
+    def text_preprocessing(self) -> dict[str, Any]:
+        """How texts are tokenised and pooled (stored like image preprocessing)."""
+        return {"window_tokens": self.text_window, "pooling": "mean over windows, weighted by tokens"}
+
+    text_window: int = 0
+
+    # -- encoding ------------------------------------------------------------------------------
+    def load_image(self, path: str) -> torch.Tensor:
+        """Read and preprocess one image; raises UnreadableImageError with the reason."""
+        if self.preprocess is None:
+            raise ConfigError(f"{self.spec.name} is a text encoder; it cannot read images")
+        # JPEG draft decoding at >= 2x the input size keeps quality and skips most of the work.
+        return self.preprocess(load_image(path, draft=2 * self.preprocess.size))
+
+    def encode_images(self, batch: torch.Tensor) -> np.ndarray:
+        """Embed a preprocessed batch (B, 3, H, W); returns float32 (B, dim), not normalised."""
+        if not self.has_image:
+            raise ConfigError(f"{self.spec.name} is a text encoder; use --modality text")
+        with torch.inference_mode(), self._autocast():
+            x = batch.to(self.device, non_blocking=True)
+            if self.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            out = self._forward_images(x)
+        return out.float().cpu().numpy()
+
+    def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
+        """Embed texts; returns float32 (n, dim), not normalised."""
+        if not self.has_text:
+            raise ConfigError(f"{self.spec.name} has no text tower; use an open_clip or text backbone")
+        if not texts:
+            return np.zeros((0, self.dim), np.float32)
+        with torch.inference_mode(), self._autocast():
+            out = self._forward_texts(list(texts))
+        return out.float().cpu().numpy()
+
+    def _autocast(self):
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+
+    def _forward_images(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _forward_texts(self, texts: list[str]) -> torch.Tensor:
+        raise NotImplementedError
+
+
+def _amp_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    if precision not in ("auto", "fp32", "fp16", "bf16"):
+        raise ConfigError(f"--precision {precision!r} is not one of auto, fp32, fp16, bf16")
+    if device.type != "cuda" or precision == "fp32":
+        return None  # CPU autocast is slower than fp32 for these models on most CPUs
+    if precision == "fp16":
+        return torch.float16
+    if precision == "bf16" or torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return torch.float16
+
+
+def pool_windows(vectors: torch.Tensor, owners: Sequence[int], weights: Sequence[int], n: int) -> torch.Tensor:
+    """Average window embeddings back into one per text, weighted by each window's token count."""
+    w = torch.tensor(weights, dtype=vectors.dtype, device=vectors.device)
+    idx = torch.tensor(owners, device=vectors.device)
+    out = torch.zeros(n, vectors.shape[1], dtype=vectors.dtype, device=vectors.device)
+    out.index_add_(0, idx, vectors * w[:, None])
+    total = torch.zeros(n, dtype=vectors.dtype, device=vectors.device).index_add_(0, idx, w)
+    return out / total.clamp_min(1)[:, None]
+
+
+def split_windows(token_lists: Sequence[Sequence[int]], window: int) -> tuple[list[list[int]], list[int]]:
+    """Cut each token list into windows of at most ``window`` tokens; returns windows and owners."""
+    windows, owners = [], []
+    for i, toks in enumerate(token_lists):
+        toks = list(toks)
+        if not toks:
+            windows.append([])
+            owners.append(i)
+        for start in range(0, len(toks), window):
+            windows.append(toks[start : start + window])
+            owners.append(i)
+    return windows, owners

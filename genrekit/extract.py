@@ -1,0 +1,322 @@
+"""Extraction: run a frozen encoder once over a collection into a feature store.
+
+Batched, decoding in worker processes while the model runs, resumable after a crash (rows are
+keyed by sample id; see :mod:`genrekit.store`), and every unreadable input is recorded with its
+reason instead of stopping the run.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from genrekit.backbones import Encoder, Preprocess, create_encoder
+from genrekit.data.images import load_image
+from genrekit.data.manifest import Manifest, Sample, read_manifest
+from genrekit.errors import ConfigError, StoreMismatchError, UnreadableImageError
+from genrekit.progress import ProgressFn
+from genrekit.store import FeatureStore, StoreHeader, StoreWriter
+
+log = logging.getLogger(__name__)
+MODALITIES = ("image", "text")
+# Parts are flushed at least this often, so a crash loses at most this much work.
+FLUSH_ROWS, FLUSH_SECONDS = 512, 10.0
+
+
+@dataclass(frozen=True)
+class ExtractConfig:
+    """Everything ``genrekit extract`` takes; fields map one-to-one to its flags.
+
+    The resolved config is written into the store (attribute ``config``).
+    """
+
+    backbone: str
+    data: str  # the manifest
+    out: str  # the store to create or extend
+    weights: str | None = None  # tag, local file, or "none"; None = the backbone's default tag
+    modality: str = "image"
+    format: str = "auto"  # manifest format
+    batch_size: int | None = None  # None = the backbone's measured best for the device
+    device: str = "auto"
+    precision: str = "auto"  # GPU autocast: bf16 where supported, else fp16
+    resize: str | None = None  # squash | center-crop | letterbox; None = squash (measured best on posters)
+    workers: int | None = None  # decode processes; None = one per spare core, at most 8
+    limit: int | None = None  # only the first N samples of the manifest
+    dtype: str = "float32"  # stored embedding type: float32 or float16
+    normalize: str | None = None  # none | l2; None = the backbone's default
+    split: str | None = None  # an id,split CSV to store with the features
+
+    def validate(self) -> None:
+        if self.modality not in MODALITIES:
+            raise ConfigError(f"--modality {self.modality!r} is not one of {', '.join(MODALITIES)}")
+        if self.dtype not in ("float32", "float16"):
+            raise ConfigError(f"--dtype {self.dtype!r} is not float32 or float16")
+        if self.normalize not in (None, "none", "l2"):
+            raise ConfigError(f"--normalize {self.normalize!r} is not none or l2")
+        for name in ("batch_size", "limit"):
+            v = getattr(self, name)
+            if v is not None and v < 1:
+                raise ConfigError(f"--{name.replace('_', '-')} must be at least 1, got {v}")
+        if self.workers is not None and self.workers < 0:
+            raise ConfigError(f"--workers must be 0 or more, got {self.workers}")
+
+
+@dataclass
+class ExtractReport:
+    """What an extraction did, for the CLI summary and for benchmarks."""
+
+    store: str
+    rows: int  # rows in the store now
+    encoded: int  # rows encoded by this run
+    skipped: int  # samples already in the store (or recorded as failed) before this run
+    failures: list[tuple[str, str]] = field(default_factory=list)  # (id, reason), this run's
+    all_failures: int = 0  # failures recorded in the store, this run's and earlier ones
+    seconds: dict[str, float] = field(default_factory=dict)  # read (waiting for input), encode, write, total
+
+    @property
+    def items_per_second(self) -> float:
+        return self.encoded / self.seconds["total"] if self.seconds.get("total") else 0.0
+
+
+def l2_normalise(x: np.ndarray) -> np.ndarray:
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
+def store_header(encoder: Encoder, modality: str, genres: Sequence[str], normalize: str | None = None,
+                 dtype: str = "float32", config: dict | None = None) -> StoreHeader:
+    """The header a store made by ``encoder`` carries (what must match to extend or use it)."""
+    if modality == "image" and not encoder.has_image:
+        raise ConfigError(f"{encoder.spec.name} is a text encoder; use --modality text")
+    if modality == "text" and not encoder.has_text:
+        raise ConfigError(f"{encoder.spec.name} has no text tower; pick a text or open_clip backbone for --modality text")
+    pre = encoder.preprocess.to_dict() if modality == "image" and encoder.preprocess else encoder.text_preprocessing()
+    return StoreHeader(
+        encoder=encoder.identity,
+        preprocessing=pre,
+        normalisation=normalize or encoder.spec.normalisation,
+        modality=modality,
+        dim=encoder.dim,
+        dtype=dtype,
+        genres=tuple(genres),
+        config=config or {},
+    )
+
+
+class _ImageFiles(Dataset):
+    """Decodes and preprocesses in worker processes; failures travel as reasons, not exceptions."""
+
+    def __init__(self, paths: Sequence[str | None], preprocess: Preprocess) -> None:
+        self.paths, self.preprocess = list(paths), preprocess
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int):
+        path = self.paths[i]
+        try:
+            if path is None:
+                raise UnreadableImageError("no image in the manifest")
+            return i, self.preprocess(load_image(path, draft=2 * self.preprocess.size)), None
+        except UnreadableImageError as e:
+            return i, None, str(e)
+        except Exception as e:  # a worker must never die on one bad file
+            return i, None, f"cannot decode ({type(e).__name__}: {e})"
+
+
+def _collate(items):
+    ok = [(i, x) for i, x, _ in items if x is not None]
+    bad = [(i, r) for i, _, r in items if r is not None]
+    xs = torch.stack([x for _, x in ok]) if ok else None
+    return [i for i, _ in ok], xs, bad
+
+
+def _default_workers() -> int:
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, min(8, cores - 1))
+
+
+def _image_batches(samples: Sequence[Sample], encoder: Encoder, batch_size: int, workers: int):
+    ds = _ImageFiles([s.image for s in samples], encoder.preprocess)
+    loader = DataLoader(
+        ds,
+        batch_size=batch_size,
+        num_workers=workers,
+        collate_fn=_collate,
+        pin_memory=encoder.device.type == "cuda",
+        prefetch_factor=4 if workers else None,
+        persistent_workers=False,
+    )
+    yield from loader
+
+
+def _text_batches(samples: Sequence[Sample], batch_size: int):
+    for start in range(0, len(samples), batch_size):
+        chunk = range(start, min(start + batch_size, len(samples)))
+        ok = [i for i in chunk if samples[i].plot and samples[i].plot.strip()]
+        bad = [(i, "no plot (empty or missing)") for i in chunk if i not in set(ok)]
+        yield ok, [samples[i].plot for i in ok], bad
+
+
+def extract(config: ExtractConfig, progress: ProgressFn | None = None, manifest: Manifest | None = None) -> ExtractReport:
+    """Encode every sample of a manifest into a feature store, resuming where a previous run stopped.
+
+    Args:
+        config: what to extract, from where, into which store.
+        progress: called as ``progress("encode", done, total)`` after each batch.
+        manifest: an already-read manifest (else ``config.data`` is read).
+
+    Example:
+        >>> report = extract(ExtractConfig(backbone="mobilenet_v2", weights="mobilenet.pth",
+        ...                                data="posters/labels.csv", out="posters.h5"))  # doctest: +SKIP
+        >>> report.rows, len(report.failures)
+        (6000, 0)
+    """
+    config.validate()
+    t_start = time.perf_counter()
+    manifest = manifest or read_manifest(config.data, config.format)
+    for w in manifest.warnings:
+        log.warning(w)
+    genres = manifest.vocabulary()  # of the whole manifest, so --limit runs extend the same store
+    samples = manifest.samples[: config.limit] if config.limit else manifest.samples
+    encoder = create_encoder(config.backbone, config.weights, config.device, config.precision, config.resize)
+    resolved = asdict(config) | {
+        "weights": encoder.identity["weights"],
+        "resize": encoder.preprocess.resize if encoder.preprocess and config.modality == "image" else None,
+    }
+    header = store_header(encoder, config.modality, genres, config.normalize, config.dtype, resolved)
+    writer = StoreWriter(config.out, header)
+    todo = [s for s in samples if s.id not in writer.done_ids]
+    skipped = len(samples) - len(todo)
+    if skipped:
+        log.info("resuming %s: %d of %d samples already done", config.out, skipped, len(samples))
+    genre_index = {g: k for k, g in enumerate(genres)}
+    on_gpu = encoder.device.type == "cuda"
+    batch_size = config.batch_size or (256 if on_gpu else encoder.spec.cpu_batch_size)
+    workers = config.workers if config.workers is not None else _default_workers()
+
+    times = {"read": 0.0, "encode": 0.0, "write": 0.0}
+    failures: list[tuple[str, str]] = []
+    buf_idx: list[int] = []
+    buf_emb: list[np.ndarray] = []
+    buf_fail: list[tuple[str, str]] = []
+    last_flush = time.perf_counter()
+
+    def flush() -> None:
+        nonlocal buf_idx, buf_emb, buf_fail, last_flush
+        t0 = time.perf_counter()
+        rows = [todo[i] for i in buf_idx]
+        labels = np.zeros((len(rows), len(genres)), np.uint8)
+        for r, s in enumerate(rows):
+            labels[r, [genre_index[g] for g in s.genres if g in genre_index]] = 1
+        emb = np.concatenate(buf_emb) if buf_emb else np.zeros((0, header.dim), np.float32)
+        if header.normalisation == "l2":
+            emb = l2_normalise(emb)
+        writer.write_part([s.id for s in rows], emb, labels, [s.title for s in rows], [s.year for s in rows], buf_fail)
+        buf_idx, buf_emb, buf_fail = [], [], []
+        last_flush = time.perf_counter()
+        times["write"] += last_flush - t0
+
+    if config.modality == "image":
+        torch.set_num_threads(max(1, torch.get_num_threads()))
+        batches = _image_batches(todo, encoder, batch_size, workers if len(todo) > batch_size else 0)
+    else:
+        batches = _text_batches(todo, batch_size)
+    done = 0
+    if progress:
+        progress("encode", 0, len(todo))
+    t_wait = time.perf_counter()
+    for ok_idx, inputs, bad in batches:
+        t0 = time.perf_counter()
+        times["read"] += t0 - t_wait
+        if ok_idx:
+            emb = encoder.encode_images(inputs) if config.modality == "image" else encoder.encode_texts(inputs)
+            buf_idx.extend(ok_idx)
+            buf_emb.append(emb)
+        times["encode"] += time.perf_counter() - t0
+        for i, reason in bad:
+            buf_fail.append((todo[i].id, reason))
+            failures.append((todo[i].id, reason))
+            log.warning("%s: %s (%s)", todo[i].id, reason, todo[i].image if config.modality == "image" else "plot")
+        done += len(ok_idx) + len(bad)
+        if len(buf_idx) >= FLUSH_ROWS or time.perf_counter() - last_flush > FLUSH_SECONDS:
+            flush()
+        if progress:
+            progress("encode", done, len(todo))
+        t_wait = time.perf_counter()
+    if buf_idx or buf_fail:
+        flush()
+    t0 = time.perf_counter()
+    store = writer.finalize()
+    if config.split:
+        from genrekit.data.split import read_split_file
+
+        store.write_split(read_split_file(config.split))
+    times["write"] += time.perf_counter() - t0
+    times["total"] = time.perf_counter() - t_start
+    return ExtractReport(
+        store=str(store.path),
+        rows=len(store),
+        encoded=done - len(failures),
+        skipped=skipped,
+        failures=failures,
+        all_failures=len(store.failures),
+        seconds=times,
+    )
+
+
+# -- using a store's encoder on new inputs (predict, zero-shot) --------------------------------
+def encoder_from_header(header: StoreHeader, device: str = "cpu") -> Encoder:
+    """Rebuild the encoder that made a store, refusing if its weights are not the same ones.
+
+    Example:
+        >>> store = FeatureStore("posters.h5")  # doctest: +SKIP
+        >>> enc = encoder_from_header(store.header)
+    """
+    ident = dict(header.encoder)
+    weights = ident.get("weights_path") or ident.get("weights")
+    if str(weights).startswith("file:") and not ident.get("weights_path"):
+        raise StoreMismatchError(f"the store's weights file {weights[5:]} is not known on this machine; pass its path")
+    if weights and str(weights).startswith("/") and not Path(weights).exists():
+        raise StoreMismatchError(
+            f"the store was made with weights {weights}, which no longer exist; put the file back or re-extract"
+        )
+    resize = header.preprocessing.get("resize") if header.modality == "image" else None
+    encoder = create_encoder(ident["name"], weights, device, resize=resize)
+    new = store_header(encoder, header.modality, header.genres, header.normalisation, header.dtype)
+    diff = header.diff(new)
+    if diff:
+        field_, a, b = diff[0]
+        raise StoreMismatchError(f"the encoder rebuilt for this store differs in {field_}: store has {a!r}, now {b!r}")
+    return encoder
+
+
+def embed_files(encoder: Encoder, header: StoreHeader, paths: Sequence[str], batch_size: int = 16):
+    """Embed image files exactly as the store with ``header`` was made.
+
+    Returns:
+        ``(X, ok_paths, failures)``: float32 embeddings of the readable files, their paths, and
+        ``(path, reason)`` for the others.
+    """
+    xs, ok, failures = [], [], []
+    for path in paths:
+        try:
+            xs.append(encoder.load_image(str(path)))
+            ok.append(str(path))
+        except UnreadableImageError as e:
+            failures.append((str(path), str(e)))
+    X = np.concatenate([encoder.encode_images(torch.stack(xs[i : i + batch_size])) for i in range(0, len(xs), batch_size)]) if xs else np.zeros((0, header.dim), np.float32)
+    return (l2_normalise(X) if header.normalisation == "l2" else X), ok, failures
+
+
+def embed_texts(encoder: Encoder, header: StoreHeader, texts: Sequence[str]) -> np.ndarray:
+    """Embed texts as a text store with ``header`` was made (same encoder and normalisation)."""
+    X = encoder.encode_texts(list(texts))
+    return l2_normalise(X) if header.normalisation == "l2" else X

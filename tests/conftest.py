@@ -1,0 +1,51 @@
+"""Shared fixtures: small generated image collections (never the copyrighted posters)."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+GENRES = ["Drama", "Comedy", "Horror", "Action"]
+
+
+def write_manifest(path: Path, rows: list[dict]) -> Path:
+    cols = ["id", "title", "year", "genres", "plot", "image"]
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=cols)
+        w.writeheader()
+        for r in rows:
+            w.writerow({c: r.get(c, "") for c in cols})
+    return path
+
+
+def make_collection(root: Path, n: int = 24, seed: int = 0) -> Path:
+    """``n`` small 2:3 images whose colour depends on their genres, and a manifest."""
+    rng = np.random.default_rng(seed)
+    (root / "img").mkdir(parents=True, exist_ok=True)
+    rows = []
+    for i in range(n):
+        labels = [g for g in GENRES if rng.random() < 0.4] or [GENRES[i % len(GENRES)]]
+        colour = np.array([60 + 150 * ("Comedy" in labels), 40 + 120 * ("Action" in labels), 200 - 150 * ("Horror" in labels)])
+        pixels = np.clip(colour + rng.normal(0, 25, (48, 32, 3)), 0, 255).astype(np.uint8)
+        Image.fromarray(pixels).save(root / "img" / f"{i:03d}.jpg", quality=90)
+        rows.append({"id": f"s{i:03d}", "title": f"Film {i}", "year": 1990 + i, "genres": "|".join(labels),
+                     "plot": f"A {' and '.join(labels).lower()} story number {i}.", "image": f"img/{i:03d}.jpg"})
+    return write_manifest(root / "labels.csv", rows)
+
+
+@pytest.fixture
+def collection(tmp_path: Path) -> Path:
+    return make_collection(tmp_path / "col")
+
+
+@pytest.fixture
+def shared_data() -> Path:
+    d = SHARED / "data"
+    if not (d / "movie_posters" / "labels.csv").is_file():
+        pytest.skip("../shared/data is not here")
+    return d

@@ -1,0 +1,125 @@
+import socket
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from genrekit.backbones import Preprocess, create_encoder, get_spec, list_backbones
+from genrekit.errors import ConfigError, UnknownNameError, WeightsUnavailableError
+
+REQUIRED = ["ViT-B-32", "ViT-B-16", "ViT-L-14", "RN50x16", "resnet50", "bit-resnet50", "vgg16", "densenet169",
+            "mobilenet_v2", "inception_v3", "minilm", "bert", "colorstats", "test-tiny-cnn", "test-tiny-clip", "test-tiny-text"]
+
+
+def test_registry_has_the_research_backbones():
+    names = {s.name for s in list_backbones()}
+    assert set(REQUIRED) <= names
+    assert [s.name for s in list_backbones("ViT-*")] == ["ViT-B-16", "ViT-B-32", "ViT-L-14"]
+    assert {s.name for s in list_backbones("hf-text")} >= {"minilm", "bert"}
+
+
+def test_unknown_name_suggests_at_most_five_close_matches():
+    with pytest.raises(UnknownNameError) as e:
+        get_spec("ViT-L14")
+    assert "ViT-L-14" in str(e.value) and len(e.value.suggestions) <= 5
+    assert isinstance(e.value, KeyError) and "\n" not in str(e.value)
+
+
+def test_any_open_clip_name_is_a_backbone():
+    spec = get_spec("RN50")
+    assert spec.family == "open_clip" and spec.dim == 1024 and "openai" in spec.weights
+
+
+@pytest.mark.parametrize("name,dim", [("test-tiny-cnn", 32), ("colorstats", 54), ("test-tiny-clip", 16)])
+def test_image_encoders_are_deterministic(name, dim):
+    x = torch.rand(3, 3, get_spec(name).input_size, get_spec(name).input_size)
+    a = create_encoder(name).encode_images(x)
+    b = create_encoder(name).encode_images(x)
+    assert a.shape == (3, dim) and a.dtype == np.float32
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_clip_text_tower_shares_the_image_space_and_pools_long_texts():
+    enc = create_encoder("test-tiny-clip")
+    short, long_ = enc.encode_texts(["a horror movie.", "a horror movie. " * 60])
+    assert short.shape == (16,)
+    first_window = enc.encode_texts([" ".join(["a horror movie."] * 60)[:200]])[0]
+    # 60 repeats are ~240 tokens: more than one 75-token window, pooled rather than truncated.
+    assert not np.allclose(long_, first_window)
+
+
+def test_text_encoder_windows_long_texts():
+    enc = create_encoder("test-tiny-text")
+    assert enc.text_window == 64
+    words = " ".join(f"w{i}" for i in range(300))
+    full, head = enc.encode_texts([words, " ".join(f"w{i}" for i in range(20))])
+    assert full.shape == (32,) and not np.allclose(full, head)
+
+
+def test_minilm_is_real_and_offline():
+    enc = create_encoder("minilm")
+    v = enc.encode_texts(["A horror movie.", "A scary film about ghosts.", "A recipe for baking bread."])
+    v /= np.linalg.norm(v, axis=1, keepdims=True)
+    assert v.shape == (3, 384)
+    assert v[0] @ v[1] > 0.6 > 0.3 > v[0] @ v[2]  # real weights: horror near horror, far from bread
+
+
+def test_weights_file_that_does_not_exist_is_one_clear_line(tmp_path):
+    with pytest.raises(WeightsUnavailableError, match="does not exist"):
+        create_encoder("mobilenet_v2", weights=str(tmp_path / "nope.pth"))
+    with pytest.raises(WeightsUnavailableError, match="no weights tag"):
+        create_encoder("mobilenet_v2", weights="IMAGENET9K")
+
+
+def test_pretrained_offline_fails_fast_naming_the_file_to_pass(monkeypatch):
+    def offline(*a, **k):
+        raise OSError("unreachable")
+
+    monkeypatch.setattr(socket, "create_connection", offline)
+    with pytest.raises(WeightsUnavailableError) as e:
+        create_encoder("ViT-L-14")
+    msg = str(e.value)
+    assert "ViT-L-14/openai" in msg and "--weights" in msg and "\n" not in msg
+    with pytest.raises(WeightsUnavailableError, match="--weights"):
+        create_encoder("resnet50")
+    with pytest.raises(UnknownNameError, match="laion2b"):
+        create_encoder("ViT-B-32", weights="laion2b_s34b")
+
+
+def test_local_checkpoint_round_trip(tmp_path):
+    enc = create_encoder("test-tiny-cnn")
+    sd = {k: v + 0.5 for k, v in enc.module.state_dict().items()}
+    path = tmp_path / "tiny.pth"
+    torch.save({"state_dict": sd}, path)
+    loaded = create_encoder("test-tiny-cnn", weights=str(path))
+    assert loaded.identity["weights"] == "file:tiny.pth" and len(loaded.identity["weights_sha256"]) == 64
+    x = torch.rand(2, 3, 32, 32)
+    assert not np.allclose(loaded.encode_images(x), enc.encode_images(x))
+    torch.save({"conv.weight": torch.zeros(1)}, tmp_path / "other.pth")
+    with pytest.raises(WeightsUnavailableError, match="does not fit"):
+        create_encoder("test-tiny-cnn", weights=str(tmp_path / "other.pth"))
+
+
+def test_text_only_and_image_only_encoders_refuse_the_other_modality():
+    with pytest.raises(ConfigError):
+        create_encoder("test-tiny-text").encode_images(torch.zeros(1, 3, 32, 32))
+    with pytest.raises(ConfigError):
+        create_encoder("test-tiny-cnn").encode_texts(["x"])
+
+
+@pytest.mark.parametrize("mode", ["squash", "center-crop", "letterbox"])
+def test_resize_modes_give_square_inputs(mode):
+    poster = Image.new("RGB", (182, 268), (255, 0, 0))
+    poster.paste((0, 0, 255), (0, 0, 182, 40))  # a blue title band at the top
+    x = Preprocess(size=64, resize=mode, mean=(0, 0, 0), std=(1, 1, 1))(poster)
+    assert x.shape == (3, 64, 64)
+    top_is_blue = bool(x[2, 1, 32] > 0.9)
+    assert top_is_blue == (mode != "center-crop")  # a centre crop cuts the title off
+    left_is_padding = bool(x[:, 32, 0].abs().max() < 1e-6)
+    assert left_is_padding == (mode == "letterbox")
+
+
+def test_bad_resize_mode_is_refused():
+    with pytest.raises(ConfigError, match="squash"):
+        Preprocess(resize="crop")

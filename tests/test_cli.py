@@ -1,0 +1,53 @@
+import json
+
+from typer.testing import CliRunner
+
+from genrekit_cli.main import app
+
+runner = CliRunner()
+
+
+def run(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def test_backbones_lists_and_filters():
+    r = run("backbones", "--json")
+    assert r.exit_code == 0
+    rows = {row["name"]: row for row in json.loads(r.stdout)}
+    assert rows["ViT-L-14"]["dim"] == 768 and rows["ViT-L-14"]["modality"] == "image+text"
+    assert rows["minilm"]["offline"] is True and rows["colorstats"]["offline"] is None
+    r = run("backbones", "mobile*")
+    assert r.exit_code == 0 and "mobilenet_v2" in r.stdout and "ViT" not in r.stdout
+
+
+def test_extract_then_store_info(collection, tmp_path):
+    out = tmp_path / "s.h5"
+    r = run("extract", "--backbone", "test-tiny-cnn", "--data", collection, "--out", out, "--workers", "0")
+    assert r.exit_code == 0, r.output
+    assert "24 rows" in r.stdout
+    r = run("store", "info", out, "--json")
+    info = json.loads(r.stdout)
+    assert info["rows"] == 24 and info["encoder"]["name"] == "test-tiny-cnn" and info["preprocessing"]["resize"] == "squash"
+    r = run("store", "info", out)
+    assert r.exit_code == 0 and "test-tiny-cnn" in r.stdout and "squash" in r.stdout
+
+
+def test_errors_are_one_line_with_exit_code_1(collection, tmp_path):
+    r = run("extract", "--backbone", "ViT-L14", "--data", collection, "--out", tmp_path / "x.h5")
+    assert r.exit_code == 1
+    lines = [ln for ln in r.output.splitlines() if ln.strip()]
+    assert len(lines) == 1 and "did you mean: ViT-L-14" in lines[0] and "Traceback" not in r.output
+    r = run("store", "info", tmp_path / "none.h5")
+    assert r.exit_code == 1 and "does not exist" in r.output
+    r = run("extract", "--backbone", "test-tiny-cnn", "--data", tmp_path / "nope.csv", "--out", tmp_path / "x.h5")
+    assert r.exit_code == 1 and "nope.csv" in r.output
+
+
+def test_unreadable_images_are_listed_in_the_summary(tmp_path):
+    from conftest import write_manifest
+
+    m = write_manifest(tmp_path / "m.csv", [{"id": "gone", "genres": "Drama", "image": "gone.jpg"}])
+    r = run("extract", "--backbone", "colorstats", "--data", m, "--out", tmp_path / "s.h5", "--workers", "0")
+    assert r.exit_code == 0, r.output
+    assert "1 unreadable" in r.stdout and "gone: missing file" in r.stdout

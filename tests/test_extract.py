@@ -1,0 +1,162 @@
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import genrekit.data.images as images
+from genrekit.errors import ConfigError, StoreMismatchError
+from genrekit.extract import ExtractConfig, extract
+from genrekit.store import FeatureStore
+
+from conftest import make_collection, write_manifest
+
+
+def cfg(manifest, out, **kw):
+    return ExtractConfig(**{"backbone": "test-tiny-cnn", "data": str(manifest), "out": str(out), "workers": 0,
+                            "batch_size": 4, **kw})
+
+
+def test_extraction_is_deterministic_and_labelled(collection, tmp_path):
+    r1 = extract(cfg(collection, tmp_path / "a.h5"))
+    r2 = extract(cfg(collection, tmp_path / "b.h5", batch_size=7, workers=1))
+    assert r1.rows == r2.rows == 24 and r1.encoded == 24 and not r1.failures
+    a, b = FeatureStore(r1.store).load(), FeatureStore(r2.store).load()
+    assert list(a.ids) == [f"s{i:03d}" for i in range(24)]
+    np.testing.assert_allclose(a.X, b.X, rtol=1e-4, atol=1e-5)
+    assert a.genres[0] in ("Drama", "Comedy", "Horror", "Action") and a.Y.sum() > 24
+    cfg_stored = FeatureStore(r1.store).attrs["config"]
+    assert cfg_stored["backbone"] == "test-tiny-cnn" and cfg_stored["resize"] == "squash"
+
+
+def test_rerun_recomputes_nothing(collection, tmp_path):
+    extract(cfg(collection, tmp_path / "a.h5", limit=10))
+    r = extract(cfg(collection, tmp_path / "a.h5"))
+    assert (r.skipped, r.encoded, r.rows) == (10, 14, 24)
+    r = extract(cfg(collection, tmp_path / "a.h5"))
+    assert (r.skipped, r.encoded, r.rows) == (24, 0, 24)
+
+
+def test_crash_mid_run_resumes_to_the_same_store(collection, tmp_path, monkeypatch):
+    import genrekit.extract as ex
+
+    ref = FeatureStore(extract(cfg(collection, tmp_path / "ref.h5")).store).load()
+    monkeypatch.setattr(ex, "FLUSH_ROWS", 4)  # flush every batch
+    calls = {"n": 0}
+    real = ex.Encoder.encode_images
+
+    def crash_on_third(self, batch):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return real(self, batch)
+
+    monkeypatch.setattr(ex.Encoder, "encode_images", crash_on_third)
+    with pytest.raises(KeyboardInterrupt):
+        extract(cfg(collection, tmp_path / "s.h5"))
+    assert not (tmp_path / "s.h5").exists() and (tmp_path / "s.h5.parts").is_dir()
+    r = extract(cfg(collection, tmp_path / "s.h5"))
+    assert (r.skipped, r.encoded) == (8, 16)
+    got = FeatureStore(r.store).load()
+    assert list(got.ids) == list(ref.ids)
+    np.testing.assert_allclose(got.X, ref.X, rtol=1e-4, atol=1e-5)
+
+
+KILL_SCRIPT = textwrap.dedent(
+    """
+    import sys, genrekit.extract as ex
+    ex.FLUSH_ROWS = 4
+    ex.extract(ex.ExtractConfig(backbone="test-tiny-cnn", data=sys.argv[1], out=sys.argv[2], workers=0, batch_size=4))
+    """
+)
+
+
+def test_kill_9_at_random_moments_then_rerun(tmp_path):
+    manifest = make_collection(tmp_path / "col", n=120)
+    ref = FeatureStore(extract(cfg(manifest, tmp_path / "ref.h5")).store).load()
+    out = tmp_path / "k.h5"
+    rng = np.random.default_rng(1)
+    env = {**os.environ, "PYTHONPATH": os.path.dirname(__file__)}
+    parts = tmp_path / "k.h5.parts"
+    for _ in range(3):
+        before = len(list(parts.glob("part-*"))) if parts.exists() else 0
+        p = subprocess.Popen([sys.executable, "-c", KILL_SCRIPT, str(manifest), str(out)], env=env)
+        deadline = time.time() + 60
+        while time.time() < deadline and (not parts.exists() or len(list(parts.glob("part-*"))) <= before):
+            time.sleep(0.01)
+        time.sleep(float(rng.uniform(0, 0.2)))  # somewhere in the middle of encoding or writing a part
+        p.send_signal(signal.SIGKILL)
+        p.wait()
+    r = extract(cfg(manifest, out))
+    assert 0 < r.skipped < 120  # the killed runs did part of the work, and it was kept
+    got = FeatureStore(r.store).load()
+    assert len(set(got.ids)) == len(got.ids) == 120
+    assert list(got.ids) == list(ref.ids)
+    np.testing.assert_allclose(got.X, ref.X, rtol=1e-4, atol=1e-5)
+
+
+def test_unreadable_inputs_are_recorded_and_the_run_goes_on(tmp_path, monkeypatch):
+    d = tmp_path / "bad"
+    d.mkdir()
+    ok = Image.new("RGB", (40, 60), (10, 200, 30))
+    ok.save(d / "ok.jpg")
+    ok.convert("L").save(d / "grey.png")
+    ok.convert("CMYK").save(d / "cmyk.jpg")
+    ok.convert("P").save(d / "palette.gif")
+    rgba = ok.convert("RGBA")
+    rgba.putalpha(0)
+    rgba.save(d / "alpha.png")
+    (d / "empty.jpg").write_bytes(b"")
+    (d / "text.jpg").write_text("this is not an image")
+    (d / "trunc.jpg").write_bytes((d / "ok.jpg").read_bytes()[:300])
+    Image.new("L", (200, 200)).save(d / "bomb.png")
+    monkeypatch.setattr(images, "MAX_PIXELS", 10_000)
+    names = ["ok.jpg", "grey.png", "cmyk.jpg", "palette.gif", "alpha.png", "empty.jpg", "text.jpg", "trunc.jpg",
+             "bomb.png", "missing.jpg"]
+    manifest = write_manifest(tmp_path / "m.csv", [{"id": n, "genres": "Drama", "image": f"bad/{n}"} for n in names])
+    r = extract(cfg(manifest, tmp_path / "s.h5"))
+    reasons = dict(r.failures)
+    assert r.rows == 5 and set(FeatureStore(r.store).ids) == set(names[:5])
+    assert reasons["empty.jpg"].startswith("empty file")
+    assert reasons["text.jpg"].startswith("not an image")
+    assert reasons["trunc.jpg"].startswith("truncated")
+    assert reasons["bomb.png"].startswith("decompression bomb")
+    assert reasons["missing.jpg"] == "missing file"
+    assert dict(FeatureStore(r.store).failures) == reasons
+    # Fully transparent pixels become white, not black.
+    x = images.load_image(str(d / "alpha.png"))
+    assert x.mode == "RGB" and x.getpixel((0, 0)) == (255, 255, 255)
+    # Failures are not retried on a re-run; nothing is recomputed.
+    assert extract(cfg(manifest, tmp_path / "s.h5")).encoded == 0
+
+
+def test_text_modality_lists_empty_plots_as_missing(tmp_path):
+    rows = [{"id": "a", "genres": "Drama", "plot": "A long sad story."}, {"id": "b", "genres": "Comedy", "plot": " "},
+            {"id": "c", "genres": "Comedy", "plot": "Jokes."}]
+    manifest = write_manifest(tmp_path / "m.csv", rows)
+    r = extract(cfg(manifest, tmp_path / "t.h5", backbone="test-tiny-text", modality="text"))
+    store = FeatureStore(r.store)
+    assert list(store.ids) == ["a", "c"] and store.failures == [("b", "no plot (empty or missing)")]
+    assert store.header.modality == "text" and store.header.preprocessing["window_tokens"] == 64
+
+
+def test_clip_store_is_l2_normalised_and_refuses_other_options(collection, tmp_path):
+    r = extract(cfg(collection, tmp_path / "c.h5", backbone="test-tiny-clip"))
+    X = FeatureStore(r.store).load().X
+    np.testing.assert_allclose(np.linalg.norm(X, axis=1), 1.0, rtol=1e-5)
+    with pytest.raises(StoreMismatchError, match="resize"):
+        extract(cfg(collection, tmp_path / "c.h5", backbone="test-tiny-clip", resize="letterbox"))
+    with pytest.raises(StoreMismatchError, match=r"encoder\.family=.open_clip"):
+        extract(cfg(collection, tmp_path / "c.h5"))
+
+
+def test_bad_options_are_refused(collection, tmp_path):
+    with pytest.raises(ConfigError, match="modality"):
+        extract(cfg(collection, tmp_path / "x.h5", modality="audio"))
+    with pytest.raises(ConfigError, match="text encoder"):
+        extract(cfg(collection, tmp_path / "x.h5", backbone="test-tiny-text"))
