@@ -1,0 +1,349 @@
+"""Labelled manifests: the list of samples (id, image, genres, plot, title, year) a run works on.
+
+A manifest is a CSV with at least ``id`` and ``genres`` and one of ``image`` or ``plot``. Image
+paths are relative to the CSV's folder (or absolute, or URLs). Genres are separated by ``|``,
+``,`` or whitespace (whichever the file uses). Other public formats (Kaggle MovieGenre.csv,
+MM-IMDb, AniList/MAL CSVs, a folder per genre) are read by :mod:`genrekit.data.formats`;
+:func:`read_manifest` detects which one a path is.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+
+from genrekit.errors import ManifestError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One item of a collection. ``image`` is an absolute path or a URL; ``None`` if absent.
+
+    ``split`` is ``train``/``val``/``test`` when the source provides one (a ``split`` column,
+    MM-IMDb's ``split.json``), else ``None``.
+    """
+
+    id: str
+    genres: tuple[str, ...]
+    image: str | None = None
+    plot: str | None = None
+    title: str | None = None
+    year: int | None = None
+    split: str | None = None
+
+
+@dataclass
+class Manifest:
+    """Samples plus where they came from. Sample ids are unique.
+
+    Rows the reader could not keep as samples are not thrown away silently: ``duplicates`` holds
+    ``(row, sample)`` for every repeated id (the first occurrence is kept), and ``latin1_rows``
+    the row numbers whose text was not valid UTF-8 and was decoded as Latin-1.
+    """
+
+    samples: list[Sample]
+    source: str = ""
+    warnings: list[str] = field(default_factory=list)
+    format: str = "csv"
+    duplicates: list[tuple[int, Sample]] = field(default_factory=list)
+    latin1_rows: list[int] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    @property
+    def ids(self) -> list[str]:
+        return [s.id for s in self.samples]
+
+    def genre_counts(self) -> Counter[str]:
+        return Counter(g for s in self.samples for g in s.genres)
+
+    def vocabulary(self) -> list[str]:
+        """All genres, most frequent first (ties by name), the column order of stored labels."""
+        return [g for g, _ in sorted(self.genre_counts().items(), key=lambda kv: (-kv[1], kv[0]))]
+
+    def multi_hot(self, genres: Sequence[str] | None = None) -> np.ndarray:
+        """``(N, G)`` uint8 labels over ``genres`` (default: :meth:`vocabulary`), by name."""
+        genres = list(self.vocabulary() if genres is None else genres)
+        col = {g: j for j, g in enumerate(genres)}
+        Y = np.zeros((len(self.samples), len(genres)), dtype=np.uint8)
+        for i, s in enumerate(self.samples):
+            for g in s.genres:
+                if g in col:
+                    Y[i, col[g]] = 1
+        return Y
+
+    def subset(self, ids: Sequence[str]) -> Manifest:
+        keep = set(ids)
+        return self.with_samples([s for s in self.samples if s.id in keep])
+
+    def with_samples(self, samples: list[Sample]) -> Manifest:
+        """A copy with other samples and the same provenance."""
+        return replace(self, samples=samples, warnings=list(self.warnings))
+
+
+def split_genres(value: str, sep: str | None = None) -> tuple[str, ...]:
+    """Split a genre cell on ``sep``, or on ``|`` / ``,`` / whitespace, whichever the cell uses."""
+    value = value.strip()
+    if not value:
+        return ()
+    if sep is None:
+        sep = "|" if "|" in value else "," if "," in value else None
+    parts = value.split(sep) if sep else value.split()
+    out: list[str] = []
+    for p in parts:
+        p = p.strip()
+        if p and p not in out:
+            out.append(p)
+    return tuple(out)
+
+
+def resolve_image(value: str, root: Path) -> str | None:
+    """An image cell as a URL or an absolute local path (``..`` and symlinks resolved).
+
+    Paths outside ``root`` are allowed (people keep images elsewhere); whether the file exists is
+    checked later, by inspection and cleaning. Only what cannot be a path is refused.
+    """
+    value = value.strip()
+    if not value:
+        return None
+    if value.startswith(("http://", "https://")):
+        return value
+    if "\x00" in value:
+        raise ManifestError(f"image path {value!r} contains a NUL byte (expected a file path or an http(s) URL)")
+    p = Path(value).expanduser()
+    return str((p if p.is_absolute() else root / p).resolve())
+
+
+def parse_year(value: str, row: int, column: str = "year") -> int | None:
+    """A year cell (``1999``, ``1999.0``) as an int, ``None`` when empty."""
+    value = value.strip()
+    if not value:
+        return None
+    try:
+        return int(float(value))
+    except ValueError:
+        raise ManifestError(
+            f"row {row}, column {column!r}: {value!r} is not a year (expected e.g. 1999 or empty)"
+        ) from None
+
+
+def read_text(path: Path, what: str = "manifest") -> tuple[str, list[int]]:
+    """A text file decoded line by line: UTF-8, falling back to Latin-1 per line.
+
+    Decoding per line keeps valid UTF-8 rows intact when only a few rows are Latin-1 (as in the
+    Kaggle MovieGenre.csv). Returns the text and the 1-based line numbers that needed the fallback.
+    """
+    if not path.is_file():
+        kind = "a folder" if path.is_dir() else "missing"
+        raise ManifestError(f"{what} {str(path)!r} is {kind} (expected a CSV file)")
+    raw = path.read_bytes()
+    if raw.startswith(b"\xef\xbb\xbf"):
+        raw = raw[3:]
+    try:
+        return raw.decode("utf-8"), []
+    except UnicodeDecodeError:
+        pass
+    lines, bad = [], []
+    for n, line in enumerate(raw.split(b"\n"), start=1):
+        try:
+            lines.append(line.decode("utf-8"))
+        except UnicodeDecodeError:
+            lines.append(line.decode("latin-1"))
+            bad.append(n)
+    return "\n".join(lines), bad
+
+
+def latin1_warning(name: str, lines: list[int]) -> str:
+    shown = ", ".join(map(str, lines[:10])) + (" ..." if len(lines) > 10 else "")
+    return f"{name}: {len(lines)} line(s) are not valid UTF-8 (lines {shown}); read them as Latin-1"
+
+
+def read_csv_rows(path: Path) -> tuple[list[str], list[tuple[int, dict[str, str]]], list[int]]:
+    """Header and ``(row number, row)`` pairs of a CSV, refusing empty files and ragged rows."""
+    text, latin1 = read_text(path)
+    if not text.strip():
+        raise ManifestError(f"manifest {str(path)!r} is empty (expected a header row, e.g. id,genres,image)")
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    cols = [c.strip() for c in (reader.fieldnames or [])]
+    reader.fieldnames = cols
+    rows = []
+    for row in reader:
+        n = reader.line_num
+        if None in row:
+            raise ManifestError(f"{path.name} line {n}: {len(cols) + len(row[None])} fields, the header has {len(cols)}")
+        rows.append((n, {k: (v or "") for k, v in row.items()}))
+    return cols, rows, latin1
+
+
+def detect_separator(cells: Sequence[str]) -> str | None:
+    """One genre separator for a whole column: ``|`` if any cell has one, else ``,``, else spaces.
+
+    Deciding per file, not per cell, keeps ``Science Fiction`` whole in a ``|``-separated file.
+    """
+    if any("|" in c for c in cells):
+        return "|"
+    if any("," in c for c in cells):
+        return ","
+    return None
+
+
+@dataclass(frozen=True)
+class CsvColumns:
+    """Column names of a generic CSV manifest (each maps to a ``--*-col`` option)."""
+
+    id: str = "id"
+    genres: str = "genres"
+    image: str = "image"
+    plot: str = "plot"
+    title: str = "title"
+    year: str = "year"
+    split: str = "split"
+
+
+def build_manifest(
+    path: Path,
+    records: Sequence[tuple[int, Sample]],
+    fmt: str,
+    warnings: list[str] | None = None,
+    latin1_rows: Sequence[int] = (),
+) -> Manifest:
+    """Assemble a Manifest from ``(row, sample)`` records: check ids, keep first duplicates."""
+    warnings = list(warnings or [])
+    if latin1_rows:
+        warnings.append(latin1_warning(path.name, list(latin1_rows)))
+    if records and not any(s.genres for _, s in records):
+        raise ManifestError(
+            f"{path.name}: the genre column is empty in all {len(records)} rows "
+            "(expected genres such as Drama|Comedy; check --genres-col and --genre-sep)"
+        )
+    samples: list[Sample] = []
+    seen: dict[str, int] = {}
+    dups: list[tuple[int, Sample]] = []
+    for row, s in records:
+        if not s.id:
+            raise ManifestError(f"{path.name} row {row}, column 'id': empty (every row needs a unique id)")
+        if s.id in seen:
+            dups.append((row, s))
+            continue
+        seen[s.id] = row
+        samples.append(s)
+    if dups:
+        warnings.append(
+            f"{path.name}: {len(dups)} row(s) repeat an earlier id (first: {dups[0][1].id!r} at row {dups[0][0]}); "
+            "kept the first of each (see `genrekit data clean`)"
+        )
+    for w in warnings:
+        log.warning(w)
+    return Manifest(samples, str(path), warnings, fmt, dups, list(latin1_rows))
+
+
+def read_csv_manifest(
+    path: str | Path, columns: CsvColumns | None = None, genre_sep: str | None = None
+) -> Manifest:
+    """Read a generic CSV manifest.
+
+    Args:
+        path: the CSV file.
+        columns: column names, when they are not ``id,genres,image,plot,title,year,split``.
+        genre_sep: separator of the genre cells; ``None`` detects ``|``, ``,`` or spaces.
+
+    Example:
+        >>> m = read_csv_manifest("data/labels.csv")  # doctest: +SKIP
+        >>> m.samples[0].genres
+        ('Drama', 'Horror')
+    """
+    path = Path(path)
+    c = columns or CsvColumns()
+    cols, rows, latin1 = read_csv_rows(path)
+    missing = [x for x in (c.id, c.genres) if x not in cols]
+    if missing or not ({c.image, c.plot} & set(cols)):
+        need = missing or [f"{c.image} or {c.plot}"]
+        raise ManifestError(
+            f"manifest {path.name} lacks column(s) {', '.join(need)}; found: {', '.join(cols) or 'none'} "
+            "(name the columns with --id-col/--genres-col/--image-col/--plot-col)"
+        )
+    sep = genre_sep if genre_sep is not None else detect_separator([r[c.genres] for _, r in rows])
+    root = path.parent.resolve()
+    records = []
+    for n, row in rows:
+        split = row.get(c.split, "").strip().lower() or None
+        if split == "dev":
+            split = "val"
+        if split not in (None, "train", "val", "test"):
+            raise ManifestError(f"{path.name} row {n}, column {c.split!r}: {split!r} is not one of train, val, test")
+        records.append(
+            (
+                n,
+                Sample(
+                    id=row[c.id].strip(),
+                    genres=split_genres(row[c.genres], sep),
+                    image=resolve_image(row.get(c.image, ""), root),
+                    plot=row.get(c.plot, "").strip() or None,
+                    title=row.get(c.title, "").strip() or None,
+                    year=parse_year(row.get(c.year, ""), n, c.year),
+                    split=split,
+                ),
+            )
+        )
+    return build_manifest(path, records, "csv", latin1_rows=latin1)
+
+
+def read_manifest(
+    path: str | Path,
+    format: str = "auto",
+    *,
+    columns: CsvColumns | None = None,
+    genre_sep: str | None = None,
+) -> Manifest:
+    """Read a manifest in any supported format.
+
+    Args:
+        path: a CSV file, an MM-IMDb folder, or a folder with one sub-folder per genre.
+        format: ``auto`` (detect), ``csv``, ``kaggle``, ``mmimdb``, ``anime`` or ``folder``.
+        columns: column names of a generic CSV (``csv`` format only).
+        genre_sep: genre separator of a generic CSV; ``None`` detects it.
+
+    Example:
+        >>> m = read_manifest("MovieGenre.csv")  # doctest: +SKIP
+        >>> m.format, m.samples[0].title, m.samples[0].year
+        ('kaggle', 'Toy Story', 1995)
+    """
+    from genrekit.data.formats import read_any
+
+    return read_any(Path(path), format, columns=columns, genre_sep=genre_sep)
+
+
+def write_manifest(manifest: Manifest, path: str | Path, relative_to: str | Path | None = None) -> Path:
+    """Write ``manifest`` as a genrekit CSV (``id,title,year,genres,plot,image[,split]``).
+
+    Image paths under ``relative_to`` (default: the CSV's folder) are written relative to it,
+    so the folder can be moved as a whole; others stay absolute, URLs stay URLs.
+    """
+    path = Path(path)
+    root = Path(relative_to or path.parent).resolve()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with_split = any(s.split for s in manifest.samples)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w", newline="", encoding="utf-8") as fh:
+        w = csv.writer(fh)
+        w.writerow(["id", "title", "year", "genres", "plot", "image"] + (["split"] if with_split else []))
+        for s in manifest.samples:
+            image = s.image or ""
+            if image and not image.startswith(("http://", "https://")):
+                p = Path(image)
+                if p.is_relative_to(root):
+                    image = p.relative_to(root).as_posix()
+            row = [s.id, s.title or "", "" if s.year is None else s.year, "|".join(s.genres), s.plot or "", image]
+            w.writerow(row + ([s.split or ""] if with_split else []))
+    tmp.replace(path)
+    return path
