@@ -21,9 +21,10 @@ from torch.utils.data import DataLoader, Dataset
 from genrekit.backbones import Encoder, Preprocess, create_encoder
 from genrekit.data.images import load_image
 from genrekit.data.manifest import Manifest, Sample, read_manifest
+from genrekit.data.vocab import VocabConfig, apply_vocabulary
 from genrekit.errors import ConfigError, StoreMismatchError, UnreadableImageError
 from genrekit.progress import ProgressFn
-from genrekit.store import FeatureStore, StoreHeader, StoreWriter
+from genrekit.store import StoreHeader, StoreWriter
 
 log = logging.getLogger(__name__)
 MODALITIES = ("image", "text")
@@ -53,6 +54,7 @@ class ExtractConfig:
     dtype: str = "float32"  # stored embedding type: float32 or float16
     normalize: str | None = None  # none | l2; None = the backbone's default
     split: str | None = None  # an id,split CSV to store with the features
+    vocab: VocabConfig = field(default_factory=VocabConfig)  # --top-k, --min-count, --genres, --other, synonyms
 
     def validate(self) -> None:
         if self.modality not in MODALITIES:
@@ -184,10 +186,12 @@ def extract(config: ExtractConfig, progress: ProgressFn | None = None, manifest:
     manifest = manifest or read_manifest(config.data, config.format)
     for w in manifest.warnings:
         log.warning(w)
+    manifest, vocab_report = apply_vocabulary(manifest, config.vocab)
     genres = manifest.vocabulary()  # of the whole manifest, so --limit runs extend the same store
     samples = manifest.samples[: config.limit] if config.limit else manifest.samples
     encoder = create_encoder(config.backbone, config.weights, config.device, config.precision, config.resize)
     resolved = asdict(config) | {
+        "vocabulary_report": asdict(vocab_report),
         "weights": encoder.identity["weights"],
         "resize": encoder.preprocess.resize if encoder.preprocess and config.modality == "image" else None,
     }

@@ -9,12 +9,25 @@ import typer
 from rich.table import Table
 
 from genrekit_cli.main import app
+from genrekit_cli.options import (
+    ColumnsOpt,
+    FormatOpt,
+    GenreSepOpt,
+    GenresOpt,
+    JsonOpt,
+    MinCountOpt,
+    NoSynonymsOpt,
+    OtherOpt,
+    SynonymOpt,
+    TopKOpt,
+    load_manifest,
+    vocab_config,
+)
 from genrekit_cli.ui import console, err_console, print_json, progress_bar
 
 store_app = typer.Typer(help="Look into feature stores.", no_args_is_help=True)
 app.add_typer(store_app, name="store")
 
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 
 BACKBONES_EXAMPLES = """
 Examples:
@@ -82,7 +95,9 @@ def extract(
     out: Annotated[Path, typer.Option("--out", "-o", help="Feature store to create, extend or resume (.h5).")],
     weights: Annotated[Optional[str], typer.Option(help="Weights tag, local checkpoint file/folder, or none.")] = None,
     modality: Annotated[str, typer.Option(help="image (posters) or text (plots).")] = "image",
-    format: Annotated[str, typer.Option("--format", help="Manifest format (auto detects it).")] = "auto",
+    format: FormatOpt = "auto",
+    columns: ColumnsOpt = None,
+    genre_sep: GenreSepOpt = None,
     batch_size: Annotated[Optional[int], typer.Option(help="Batch size [default: fastest measured for the backbone].")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
     precision: Annotated[str, typer.Option(help="GPU autocast: auto (bf16 where supported), fp16, bf16, fp32.")] = "auto",
@@ -92,6 +107,12 @@ def extract(
     dtype: Annotated[str, typer.Option(help="Stored embedding type: float32 or float16.")] = "float32",
     normalize: Annotated[Optional[str], typer.Option(help="none or l2 [default: the backbone's].")] = None,
     split: Annotated[Optional[Path], typer.Option(help="id,split CSV to store with the features.")] = None,
+    top_k: TopKOpt = None,
+    min_count: MinCountOpt = 1,
+    genres: GenresOpt = None,
+    other: OtherOpt = False,
+    synonym: SynonymOpt = None,
+    no_synonyms: NoSynonymsOpt = False,
 ) -> None:
     """Run a frozen encoder once over a collection into an HDF5 feature store (resumable)."""
     from genrekit.extract import ExtractConfig
@@ -101,9 +122,11 @@ def extract(
         backbone=backbone, data=str(data), out=str(out), weights=weights, modality=modality, format=format,
         batch_size=batch_size, device=device, precision=precision, resize=resize, workers=workers,
         limit=limit, dtype=dtype, normalize=normalize, split=str(split) if split else None,
+        vocab=vocab_config(top_k, min_count, genres, other, synonym, no_synonyms),
     )
+    manifest = load_manifest(data, format, columns, genre_sep)
     with progress_bar("posters" if modality == "image" else "plots") as progress:
-        report = run(config, progress=progress)
+        report = run(config, progress=progress, manifest=manifest)
     s = report.seconds
     console.print(
         f"[bold green]{report.store}[/]: {report.rows} rows "
