@@ -1,0 +1,103 @@
+"""Extraction speed: genrekit end to end against the model alone and against a naive loop.
+
+For each backbone, in one run on the same machine:
+  1. model only: the best images/s over a grid of batch sizes and memory formats, on tensors that
+     are already decoded and preprocessed (the ceiling extraction can reach);
+  2. genrekit: `extract` end to end, JPEG files to HDF5 store, with its defaults;
+  3. naive: one image at a time (PIL open, transform, forward, append), as notebooks do.
+It prints images/s and the ratios genrekit/model-only (goal >= 0.85) and genrekit/naive (goal >= 2).
+
+    python benchmarks/bench_extract.py                      # mobilenet_v2 and ViT-B-32, 256 posters
+    python benchmarks/bench_extract.py --backbones mobilenet_v2 --n 512
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from genrekit.backbones import create_encoder
+from genrekit.data.manifest import read_manifest
+from genrekit.extract import ExtractConfig, extract
+
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+POSTERS = SHARED / "data" / "movie_posters" / "labels.csv"
+MOBILENET = SHARED / "weights" / "mobilenet_v2-coralquant-dequant-tv.pth"
+
+
+def rate(fn, items_per_call: int, min_seconds: float) -> float:
+    fn()  # warm-up (allocations, kernels picked)
+    n, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < min_seconds:
+        fn()
+        n += items_per_call
+    return n / (time.perf_counter() - t0)
+
+
+def model_only_grid(enc, batches, seconds) -> dict[tuple[int, bool], float]:
+    size = enc.preprocess.size
+    out = {}
+    for bs, cl in itertools.product(batches, (False, True)):
+        enc.channels_last = cl
+        enc.module.to(memory_format=torch.channels_last if cl else torch.contiguous_format)
+        x = torch.randn(bs, 3, size, size)
+        out[(bs, cl)] = rate(lambda: enc.encode_images(x), bs, seconds)
+    return out
+
+
+def naive(enc, paths) -> float:
+    from PIL import Image
+
+    t0 = time.perf_counter()
+    feats = []
+    for p in paths:
+        x = enc.preprocess(Image.open(p).convert("RGB"))[None]
+        with torch.no_grad():
+            feats.append(enc.module(x).numpy())
+    return len(paths) / (time.perf_counter() - t0)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--backbones", nargs="+", default=["mobilenet_v2", "ViT-B-32"])
+    ap.add_argument("--n", type=int, default=256, help="posters per end-to-end run")
+    ap.add_argument("--seconds", type=float, default=4.0, help="time per model-only grid point")
+    ap.add_argument("--batches", type=int, nargs="+", default=[1, 8, 16, 32, 64])
+    args = ap.parse_args()
+    manifest = read_manifest(POSTERS)
+    paths = [s.image for s in manifest.samples[: args.n]]
+    print(f"# bench_extract on {platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, "
+          f"torch {torch.__version__}, {args.n} posters (182x268 JPEG)")
+    rows = []
+    for name in args.backbones:
+        weights = str(MOBILENET) if name == "mobilenet_v2" and MOBILENET.exists() else "none"
+        enc = create_encoder(name, weights=weights)
+        grid = model_only_grid(enc, args.batches, args.seconds)
+        (best_bs, best_cl), best = max(grid.items(), key=lambda kv: kv[1])
+        print(f"\n## {name} model only, images/s (batch x memory format)")
+        for bs in args.batches:
+            print(f"  batch {bs:3d}: contiguous {grid[(bs, False)]:7.1f}   channels_last {grid[(bs, True)]:7.1f}")
+        with tempfile.TemporaryDirectory() as tmp:
+            rep = extract(ExtractConfig(backbone=name, weights=weights, data=str(POSTERS), out=f"{tmp}/s.h5", limit=args.n))
+        e2e = rep.items_per_second
+        nv = naive(create_encoder(name, weights=weights), paths[: max(32, args.n // 4)])
+        s = rep.seconds
+        print(f"  genrekit end to end (batch {create_encoder(name, weights=weights).spec.cpu_batch_size}): {e2e:.1f} images/s "
+              f"(read wait {s['read']:.1f}s, encode {s['encode']:.1f}s, write {s['write']:.2f}s, total {s['total']:.1f}s)")
+        print(f"  naive one-at-a-time loop: {nv:.1f} images/s")
+        rows.append((name, best, f"{best_bs}{' NHWC' if best_cl else ''}", e2e, nv))
+    print("\n| backbone | model-only best (batch) | genrekit end to end | naive loop | e2e / model-only (goal >= 0.85) | e2e / naive (goal >= 2) |")
+    print("|---|---|---|---|---|---|")
+    for name, best, cfg, e2e, nv in rows:
+        print(f"| {name} | {best:.1f} ({cfg}) | {e2e:.1f} | {nv:.1f} | {e2e / best:.2f} | {e2e / nv:.1f}x |")
+
+
+if __name__ == "__main__":
+    main()
