@@ -50,4 +50,4 @@ def test_unreadable_images_are_listed_in_the_summary(tmp_path):
     m = write_manifest(tmp_path / "m.csv", [{"id": "gone", "genres": "Drama", "image": "gone.jpg"}])
     r = run("extract", "--backbone", "colorstats", "--data", m, "--out", tmp_path / "s.h5", "--workers", "0")
     assert r.exit_code == 0, r.output
-    assert "1 unreadable" in r.stdout and "gone: missing file" in r.stdout
+    assert "1 unreadable" in r.stdout and "1 x missing file" in r.stdout and "gone: missing file" in r.stdout

@@ -135,12 +135,23 @@ def extract(
         f"encode {s['encode']:.1f}s, write {s['write']:.1f}s, total {s['total']:.1f}s"
     )
     if report.failures:
-        console.print(f"[yellow]{len(report.failures)} unreadable in this run[/] (recorded in the store; "
-                      f"`genrekit store info {out}` lists all {report.all_failures}):")
-        for sid, reason in report.failures[:20]:
-            console.print(f"  {sid}: {reason}", highlight=False)
-        if len(report.failures) > 20:
-            console.print(f"  … and {len(report.failures) - 20} more")
+        what = "unreadable" if modality == "image" else "without a usable plot"
+        console.print(f"[yellow]{len(report.failures)} {what} in this run[/] (recorded in the store; "
+                      f"`genrekit store info {out} --json` lists all {report.all_failures}):")
+        print_failures(report.failures)
+
+
+def print_failures(failures: list[tuple[str, str]], examples: int = 10) -> None:
+    """Counts per reason, then the first few ids of each (thousands of rows help nobody)."""
+    by_reason: dict[str, list[str]] = {}
+    for sid, reason in failures:
+        by_reason.setdefault(reason.split(" (")[0], []).append(f"{sid}: {reason}")
+    for reason, rows in sorted(by_reason.items(), key=lambda kv: -len(kv[1])):
+        console.print(f"  {len(rows)} x {reason}", highlight=False)
+        for row in rows[:examples]:
+            console.print(f"      {row}", highlight=False)
+        if len(rows) > examples:
+            console.print(f"      … and {len(rows) - examples} more")
 
 
 @store_app.command("info")
@@ -178,7 +189,4 @@ def store_info(
     ):
         t.add_row(k, str(v))
     console.print(t, highlight=False)
-    for f in info["failures"][:20]:
-        console.print(f"  {f['id']}: {f['reason']}", highlight=False)
-    if len(info["failures"]) > 20:
-        console.print(f"  … and {len(info['failures']) - 20} more (--json lists all)")
+    print_failures([(f["id"], f["reason"]) for f in info["failures"]])
