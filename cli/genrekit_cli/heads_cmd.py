@@ -1,0 +1,238 @@
+"""`genrekit heads`, `genrekit predict`, `genrekit evaluate`, `genrekit zeroshot`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.table import Table
+
+from genrekit_cli.main import app
+from genrekit_cli.ui import console, err_console, print_json, progress_bar
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")]
+DeviceOpt = Annotated[str, typer.Option(help="Where the encoder runs: cpu, cuda or auto.")]
+
+
+def _csv(value: Optional[str]) -> tuple[str, ...]:
+    return tuple(v.strip() for v in value.split(",") if v.strip()) if value else ()
+
+
+def _fmt(v: Optional[float]) -> str:
+    return "-" if v is None else f"{v:.3f}"
+
+
+HEADS_EXAMPLES = """
+Examples:
+  genrekit heads --store posters.h5 --all --out runs/
+  genrekit heads --store posters.h5 --head logreg --head knn --knn-index HNSW32 --out runs/
+  genrekit heads --store posters.h5 --all --balance none,weights,oversample --out runs/
+"""
+
+
+@app.command(epilog=HEADS_EXAMPLES)
+def heads(
+    store: Annotated[Path, typer.Option("--store", "-s", help="Feature store (.h5) with labels.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Run directory: results.json, results.csv, <head>/.")] = Path("runs"),
+    all_: Annotated[bool, typer.Option("--all", help="Every head that applies (the skipped ones are named).")] = False,
+    head: Annotated[Optional[list[str]], typer.Option("--head", help="A head to train (repeatable).")] = None,
+    threshold: Annotated[str, typer.Option(help="Rule tuned on validation: 0.5, global, per-genre, top-k, at-least-one.")] = "per-genre",
+    balance: Annotated[str, typer.Option(help="none, weights, oversample, or several comma-separated to compare.")] = "none",
+    seed: Annotated[int, typer.Option(help="Seeds the default split, the heads and oversampling.")] = 0,
+    jobs: Annotated[int, typer.Option(help="Heads trained at once (0: one per core).")] = 0,
+    knn_index: Annotated[str, typer.Option(help="FAISS index spec of the knn head: Flat, HNSW32, IVF256,Flat ...")] = "Flat",
+    chain_order: Annotated[Optional[str], typer.Option(help="Comma-separated genres that start the chain.")] = None,
+    min_positives: Annotated[int, typer.Option(help="Drop genres with fewer training positives.")] = 10,
+    json: JsonOpt = False,
+) -> None:
+    """Train heads on cached features, tune thresholds on validation, rank them on test."""
+    from genrekit.errors import ConfigError
+    from genrekit.heads.runner import HeadsConfig, run_heads
+    from genrekit.store import FeatureStore
+
+    if all_ == bool(head):
+        raise ConfigError("name heads with --head NAME (repeatable) or train them all with --all (not both)")
+    config = HeadsConfig(
+        heads=tuple(head or ()), threshold=threshold, balance=_csv(balance), seed=seed, jobs=jobs,
+        knn_index=knn_index, chain_order=_csv(chain_order), min_train_positives=min_positives,
+    )  # fmt: skip
+    config.validate()
+    fs = FeatureStore(store)
+    features = fs.load()
+    with progress_bar("heads") as progress:
+        res = run_heads(features, out, config, header=fs.header, progress=progress)
+    if json:
+        print_json(res)
+        return
+    _print_leaderboard(res)
+    console.print(f"results: {out / 'results.json'}, {out / 'results.csv'}; heads in {out}/<head>/", style="dim")
+
+
+def _print_leaderboard(res: dict) -> None:
+    dropped = res["dropped_genres"]
+    if dropped:
+        counts = ", ".join(f"{g} ({why.split(' positives')[0]})" for g, why in dropped.items())
+        need = next(iter(dropped.values())).split("; ")[-1]
+        err_console.print(f"[yellow]dropped {len(dropped)} genre(s)[/] with too few positives ({need}): {counts}", highlight=False)
+    for h, why in res["skipped_heads"].items():
+        err_console.print(f"[yellow]skipped head[/] {h}: {why}", highlight=False)
+    split = res["split"]
+    t = Table(
+        title=f"leaderboard: {res['features']['n_items']:,} items x {res['features']['dim']}, {len(res['genres'])} genres, "
+        f"split {split['counts']['train']}/{split['counts']['val']}/{split['counts']['test']} ({split['source']}); "
+        f"test scores at tuned thresholds ({res['config']['threshold']})",
+        title_justify="left",
+    )
+    multi = len(res["config"]["balance"]) > 1
+    cols = ["head", *(["balance"] if multi else []), "F1 mic", "F1 mac", "mAP", "AUC", "Hamm", "F1 mic@.5", "fit s"]
+    for c in cols:
+        t.add_column(c, justify="left" if c in ("head", "balance") else "right", no_wrap=True)
+    for name, e in res["heads"].items():
+        m, z = e["test"]["tuned"], e["test"]["at_0.5"]
+        label = f"[bold green]{e['head']}*[/]" if name == res["best"] else e["head"]
+        t.add_row(
+            label, *([e["balance"]] if multi else []), _fmt(m["f1_micro"]), _fmt(m["f1_macro"]), _fmt(m["map_macro"]),
+            _fmt(m["roc_auc_macro"]), _fmt(m["hamming_loss"]), _fmt(z["f1_micro"]), f"{e['fit_seconds']:.1f}",
+        )  # fmt: skip
+    b = res.get("baseline")
+    if b:
+        z = b["test"]["at_0.5"]
+        t.add_row(
+            "[dim]baseline[/]", *(["none"] if multi else []), _fmt(z["f1_micro"]), _fmt(z["f1_macro"]), _fmt(z["map_macro"]),
+            _fmt(z["roc_auc_macro"]), _fmt(z["hamming_loss"]), _fmt(z["f1_micro"]), f"{b['fit_seconds']:.1f}",
+        )  # fmt: skip
+    console.print(t)
+    console.print(
+        "* best on validation mAP. F1 mic/mac: micro/macro F1; AUC: macro ROC AUC; Hamm: Hamming loss"
+        + ("; baseline: one-vs-rest LogisticRegression with scikit-learn defaults, at 0.5" if b else ""),
+        style="dim",
+    )
+    if res["best"]:
+        best = res["heads"][res["best"]]
+        rules = ", ".join(f"{r} {m['f1_micro']:.3f}/{m['f1_macro']:.3f}" for r, m in best["rules"].items())
+        console.print(f"threshold rules for {res['best']} (test F1 micro/macro, each tuned on validation): {rules}", highlight=False)
+        _print_per_genre(best, f"best head {res['best']} on test, per genre")
+
+
+def _print_per_genre(entry: dict, title: str) -> None:
+    t = Table(title=title, title_justify="left")
+    for c in ("genre", "precision", "recall", "F1", "support", "AUC", "AP"):
+        t.add_column(c, justify="left" if c == "genre" else "right")
+    for r in entry["per_genre"]:
+        t.add_row(r["genre"], _fmt(r["precision"]), _fmt(r["recall"]), _fmt(r["f1"]), str(r["support"]), _fmt(r["auc"]), _fmt(r["ap"]))
+    console.print(t)
+
+
+PREDICT_EXAMPLES = """
+Examples:
+  genrekit predict --run runs/logreg poster.jpg other.jpg
+  genrekit predict --run runs/mlp posters/*.jpg --json
+  genrekit predict --run plot_runs/logreg --text "A detective hunts a killer in 1920s Berlin."
+"""
+
+
+@app.command(epilog=PREDICT_EXAMPLES)
+def predict(
+    run: Annotated[Path, typer.Option("--run", "-r", help="A saved head: RUNS/<head>.")],
+    posters: Annotated[Optional[list[Path]], typer.Argument(help="Poster image files.")] = None,
+    text: Annotated[Optional[list[str]], typer.Option("--text", help="A plot, for heads trained on text (repeatable).")] = None,
+    device: DeviceOpt = "cpu",
+    json: JsonOpt = False,
+) -> None:
+    """Genres of new posters (or plots), sorted by probability; the predicted set is starred."""
+    from genrekit.errors import ConfigError
+    from genrekit.heads.apply import predict_files, predict_texts
+
+    if bool(posters) == bool(text):
+        raise ConfigError("give poster files, or plots with --text (one of them)")
+    failures: list[tuple[str, str]] = []
+    if text:
+        preds = predict_texts(run, text, device=device)
+    else:
+        preds, failures = predict_files(run, [str(p) for p in posters or []], device=device)
+    _print_predictions(preds, failures, json)
+
+
+def _print_predictions(preds, failures, json: bool) -> None:
+    if json:
+        print_json({"predictions": [p.to_json() for p in preds], "failures": [{"item": i, "reason": r} for i, r in failures]})
+    else:
+        for p in preds:
+            console.print(f"[bold]{p.item}[/]: {p.line()}", highlight=False)
+        if preds:
+            console.print("* = predicted genre", style="dim")
+        for item, reason in failures:
+            err_console.print(f"[yellow]skipped[/] {item}: {reason}", highlight=False)
+    if failures and not preds:
+        raise typer.Exit(1)
+
+
+EVALUATE_EXAMPLES = """
+Examples:
+  genrekit evaluate --run runs/logreg --store holdout.h5
+  genrekit evaluate --run runs/logreg --store holdout.h5 --json scores.json --predictions preds.csv
+"""
+
+
+@app.command(epilog=EVALUATE_EXAMPLES)
+def evaluate(
+    run: Annotated[Path, typer.Option("--run", "-r", help="A saved head: RUNS/<head>.")],
+    store: Annotated[Path, typer.Option("--store", "-s", help="Labelled store made with the run's encoder.")],
+    json_out: Annotated[Optional[Path], typer.Option("--json", help="Write the scores to this JSON file.")] = None,
+    predictions: Annotated[Optional[Path], typer.Option(help="Write id + one probability column per genre (CSV).")] = None,
+    split: Annotated[Optional[str], typer.Option(help="Score only train, val or test of the store's split [default: all].")] = None,
+) -> None:
+    """Score a saved head on another collection's store (genres aligned by name)."""
+    from genrekit.heads.apply import evaluate_run, write_predictions
+    from genrekit.heads.saved import write_json
+    from genrekit.store import FeatureStore
+
+    fs = FeatureStore(store)
+    ev = evaluate_run(run, fs.load(), fs.header, split=split, source=str(store))
+    res = ev.results
+    if json_out:
+        write_json(json_out, res)
+    if predictions:
+        write_predictions(predictions, ev.ids, ev.genres, ev.P)
+    t = Table(title=f"{res['head']} on {store} ({res['items']:,} items, {len(res['genres'])} shared genres)", title_justify="left")
+    t.add_column("metric")
+    t.add_column(f"tuned ({res['thresholds']['rule']})", justify="right")
+    t.add_column("at 0.5", justify="right")
+    for k, v in res["metrics"].items():
+        t.add_row(k, _fmt(v), _fmt(res["metrics_at_0.5"][k]))
+    console.print(t)
+    _print_per_genre(res, "per genre (tuned thresholds)")
+    if res["head_genres_missing_here"]:
+        console.print(f"head genres absent from this store: {', '.join(res['head_genres_missing_here'])}", style="dim")
+    if res["skipped_for_ranking"]:
+        console.print(f"left out of AUC/AP averages (no positives or no negatives): {', '.join(res['skipped_for_ranking'])}", style="dim")
+    for p, what in ((json_out, "scores"), (predictions, "predictions")):
+        if p:
+            console.print(f"{what}: {p}", style="dim")
+
+
+ZEROSHOT_EXAMPLES = """
+Examples:
+  genrekit zeroshot poster.jpg
+  genrekit zeroshot poster.jpg --backbone ViT-L-14 --genres Horror,Comedy,Romance,Western
+"""
+
+
+@app.command(epilog=ZEROSHOT_EXAMPLES)
+def zeroshot(
+    posters: Annotated[list[Path], typer.Argument(help="Poster image files.")],
+    backbone: Annotated[str, typer.Option("--backbone", "-b", help="A model with image and text towers.")] = "ViT-B-32",
+    weights: Annotated[Optional[str], typer.Option(help="Weights tag, local checkpoint, or none.")] = None,
+    genres: Annotated[Optional[str], typer.Option(help="Comma-separated genres [default: 21 common IMDb genres].")] = None,
+    top_k: Annotated[int, typer.Option(help="Genres to mark per poster (0: those above 1/number of genres).")] = 0,
+    device: DeviceOpt = "cpu",
+    json: JsonOpt = False,
+) -> None:
+    """Genres of posters from prompts alone ("a poster of a horror movie." ...), no training."""
+    from genrekit.heads.apply import zeroshot_files
+
+    preds, failures = zeroshot_files(
+        [str(p) for p in posters], backbone=backbone, weights=weights, genres=_csv(genres) or None, device=device, top_k=top_k
+    )
+    _print_predictions(preds, failures, json)

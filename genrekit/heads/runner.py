@@ -1,0 +1,454 @@
+"""Train every head on one set of cached features and rank them: ``genrekit heads``.
+
+Train on the train split, tune thresholds on validation, report on test, save each head, write
+``results.json`` / ``results.csv``. The runner takes a :class:`~genrekit.store.FeatureSet`, not a
+path, so a fused multi-store FeatureSet trains the same way.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import os
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import StandardScaler
+
+from genrekit import __version__
+from genrekit.data.split import PARTS, split_warnings, stratified_split, write_split_file
+from genrekit.errors import ConfigError, GenrekitError, LabelError, UnknownNameError
+from genrekit.evaluation.metrics import evaluate, macro_average_precision, multilabel_metrics
+from genrekit.evaluation.thresholds import RULES, fixed, tune_thresholds
+from genrekit.heads.balance import BALANCE_MODES, check_balance, oversample_indices
+from genrekit.heads.registry import HEADS, get_head_spec
+from genrekit.heads.saved import SavedHead, write_json
+from genrekit.heads.sklearn_heads import similarity_order
+from genrekit.heads.zeroshot import build_prompt_embeddings, templates_for
+from genrekit.progress import ProgressFn, null_progress
+from genrekit.store import FeatureSet, StoreHeader
+
+log = logging.getLogger(__name__)
+
+TextEncoder = Callable[[list[str]], np.ndarray]
+BASELINE = "baseline"  # one-vs-rest LogisticRegression with scikit-learn's defaults, the reference
+LEADERBOARD_KEYS = ("f1_micro", "f1_macro", "map_macro", "roc_auc_macro", "hamming_loss")
+
+
+@dataclass(frozen=True)
+class HeadsConfig:
+    """Options of ``genrekit heads``; each field is one CLI flag.
+
+    Attributes:
+        heads: head names to train; empty means every head that applies (``--all``).
+        threshold: decision rule tuned on validation and saved with each head (``--threshold``).
+        balance: one or more of none / weights / oversample; several give one leaderboard row
+            per head and mode, so their effect on macro F1 sits side by side.
+        seed: seeds the default split, the heads and oversampling.
+        ratios: train/val/test shares of the default split (used when the store has none).
+        min_train_positives: genres with fewer training positives are dropped (a head cannot
+            learn a genre from a handful of posters, and its metrics would be noise).
+        min_eval_positives: genres with fewer positives in val or in test are dropped (no
+            threshold can be tuned, or nothing can be scored).
+        min_threshold_positives: genres with fewer validation positives use the global threshold
+            under the per-genre rule (an F1-optimal cut fitted to a handful of positives is noise:
+            on the 6,000 MobileNetV2 posters, 3 instead of 10 cost 0.01-0.05 test micro F1).
+        jobs: heads trained at once (0: one per CPU core); the cores are shared between them.
+        knn_index: FAISS index spec of the knn head.
+        chain_order: genre names that start the chain (the rest follow by text similarity or
+            frequency); empty means text similarity when the encoder has a text tower, else
+            frequency.
+        baseline: also fit the default one-vs-rest logistic regression as a reference.
+        head_params: per head name, parameters overriding its defaults (e.g. smaller models
+            for a quick look: ``{"rf": {"n_estimators": 50}}``).
+    """
+
+    heads: tuple[str, ...] = ()
+    threshold: str = "per-genre"
+    balance: tuple[str, ...] = ("none",)
+    seed: int = 0
+    ratios: tuple[float, float, float] = (0.7, 0.15, 0.15)
+    min_train_positives: int = 10
+    min_eval_positives: int = 1
+    min_threshold_positives: int = 10
+    jobs: int = 0
+    knn_index: str = "Flat"
+    chain_order: tuple[str, ...] = ()
+    baseline: bool = True
+    head_params: Mapping[str, Mapping] = field(default_factory=dict)
+
+    def validate(self) -> None:
+        for h in (*self.heads, *self.head_params):
+            get_head_spec(h)
+        if self.threshold not in RULES:
+            raise UnknownNameError("threshold rule", self.threshold, RULES)
+        if not self.balance:
+            raise ConfigError(f"--balance needs at least one of {', '.join(BALANCE_MODES)}")
+        for b in self.balance:
+            check_balance(b)
+        if self.min_train_positives < 1 or self.min_eval_positives < 1:
+            raise ConfigError("--min-positives must be at least 1 (a genre needs a positive to be learnt and scored)")
+
+
+def cpu_count() -> int:
+    """Cores this process may use (cgroup/affinity aware where the OS tells)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+# -- preparing the data ------------------------------------------------------------------------
+def resolve_split(fs: FeatureSet, config: HeadsConfig, out: Path) -> tuple[np.ndarray, str]:
+    """The store's split when it has a usable one, else a stratified split saved as split.csv."""
+    split = None if fs.split is None else np.asarray(fs.split, dtype=object)
+    if split is not None and all((split == p).any() for p in PARTS):
+        return split, "store"
+    if split is not None:
+        log.warning("the store's split lacks a train, val or test part; making a stratified split instead")
+    split = stratified_split(fs.Y, config.ratios, seed=config.seed)
+    write_split_file(out / "split.csv", list(fs.ids), split)
+    return split, "stratified"
+
+
+def select_genres(Y: np.ndarray, split: np.ndarray, genres: Sequence[str], config: HeadsConfig) -> tuple[list[int], dict[str, str]]:
+    """Columns with enough positives in every part, and why each other genre was dropped."""
+    counts = {p: Y[split == p].sum(axis=0) for p in PARTS}
+    need = {"train": config.min_train_positives, "val": config.min_eval_positives, "test": config.min_eval_positives}
+    keep, dropped = [], {}
+    for j, g in enumerate(genres):
+        short = [p for p in PARTS if counts[p][j] < need[p]]
+        if short:
+            have = " / ".join(f"{int(counts[p][j])} {p}" for p in PARTS)
+            dropped[g] = f"{have} positives; needs at least {need['train']} train, {need['val']} val and {need['test']} test"
+        else:
+            keep.append(j)
+    return keep, dropped
+
+
+def _text_encoder_from_header(header: StoreHeader | None) -> tuple[TextEncoder | None, str]:
+    """The store encoder's text tower, or None and the reason it is unavailable."""
+    if header is None:
+        return None, "the features have no single encoder (no store header)"
+    from genrekit.extract import encoder_from_header
+
+    try:
+        encoder = encoder_from_header(header)
+    except GenrekitError as e:
+        return None, f"the store's encoder could not be rebuilt ({e})"
+    if not encoder.has_text:
+        return None, f"backbone {header.encoder.get('name')} has no text tower"
+    return encoder.encode_texts, ""
+
+
+def _chain_order(genres: list[str], Y_train: np.ndarray, given: Sequence[str], genre_embeddings: np.ndarray | None) -> tuple[list[int], str]:
+    by_freq = [int(j) for j in np.argsort(-Y_train.sum(axis=0), kind="stable")]
+    if given:
+        unknown = [g for g in given if g not in genres]
+        if unknown:
+            raise UnknownNameError("genre in --chain-order", unknown[0], genres)
+        head = [genres.index(g) for g in given]
+        return head + [j for j in by_freq if j not in head], "given"
+    if genre_embeddings is not None:
+        return similarity_order(genre_embeddings, start=by_freq[0]), "text similarity"
+    return by_freq, "label frequency"
+
+
+# -- one task, run in a worker process ---------------------------------------------------------
+@dataclass(frozen=True)
+class _Task:
+    entry: str
+    head: str
+    balance: str
+    params: dict
+    seed: int = 0
+
+
+def _fit_task(task: _Task, data: dict, threads: int) -> dict:
+    from threadpoolctl import threadpool_limits
+
+    from genrekit.heads.registry import create_head
+
+    spec = get_head_spec(task.head)
+    params = dict(task.params)
+    if spec.threads_param:
+        params[spec.threads_param] = threads
+    with threadpool_limits(limits=threads):
+        if "torch" in sys.modules:  # intra-op threads of anything torch runs here; never import it for sklearn heads
+            sys.modules["torch"].set_num_threads(threads)
+        head = create_head(task.head, **params)
+        X, Y = data["X_train"], data["Y_train"]
+        if task.balance == "oversample":
+            idx = oversample_indices(Y, seed=task.seed)
+            X, Y = X[idx], Y[idx]
+        t0 = time.perf_counter()
+        head.fit(X, Y, data["X_val"], data["Y_val"])
+        fit_s = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        P_val = head.predict_proba(data["X_val"])
+        P_test = head.predict_proba(data["X_test"])
+        predict_s = time.perf_counter() - t0
+    return {"task": task, "head": head, "P_val": P_val, "P_test": P_test, "fit_seconds": fit_s, "predict_seconds": predict_s}
+
+
+def _fitted_summary(head) -> dict:
+    out = {}
+    for k in ("C_", "k_", "best_epoch_", "order_", "search_"):
+        if hasattr(head, k):
+            v = getattr(head, k)
+            out[k] = {str(a): b for a, b in v.items()} if isinstance(v, dict) else v
+    return out
+
+
+# -- the run -----------------------------------------------------------------------------------
+def run_heads(
+    features: FeatureSet,
+    out: str | Path,
+    config: HeadsConfig = HeadsConfig(),
+    header: StoreHeader | None = None,
+    text_encoder: TextEncoder | None = None,
+    progress: ProgressFn | None = None,
+) -> dict:
+    """Train, tune and compare heads; write the leaderboard and one directory per head.
+
+    Args:
+        features: the items (a store's ``load()``, or a fused set).
+        out: run directory (created); gets results.json, results.csv, split.csv when the split
+            is made here, and ``<head>/`` per head.
+        config: what to train and how.
+        header: the store header of ``features``; saved with each head so that prediction
+            refuses features from another encoder, and used to rebuild the encoder's text tower
+            for ``zeroshot`` and the chain order.
+        text_encoder: ``encode_texts`` of the encoder that made ``features`` (skips rebuilding it
+            from ``header``; tests pass a stub).
+        progress: called as ``progress("heads", done, total)``.
+
+    Returns:
+        The results dict also written to ``results.json``.
+
+    Example:
+        >>> store = FeatureStore("posters.h5")  # doctest: +SKIP
+        >>> res = run_heads(store.load(), "runs/", HeadsConfig(), header=store.header)
+        >>> res["best"], res["heads"][res["best"]]["test"]["tuned"]["map_macro"]
+    """
+    config.validate()
+    progress = progress or null_progress
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    fs = features
+    if fs.Y.ndim != 2 or fs.Y.shape[1] == 0 or not fs.Y.any():
+        raise LabelError(
+            f"the features have no genre labels ({fs.Y.shape[1] if fs.Y.ndim == 2 else 0} genre columns, "
+            f"{int(fs.Y.sum())} positives); heads need labelled items: extract from a manifest with a genres column"
+        )
+    split, split_source = resolve_split(fs, config, out)
+    keep, dropped = select_genres(fs.Y, split, fs.genres, config)
+    for g, why in dropped.items():
+        log.info("dropped genre %r: %s", g, why)  # also in results["dropped_genres"]
+    if not keep:
+        raise LabelError(f"no genre has enough positives in train, val and test (--min-positives {config.min_train_positives})")
+    genres = [fs.genres[j] for j in keep]
+    Y = fs.Y[:, keep].astype(np.uint8)
+    parts = {p: split == p for p in PARTS}
+    Xtr, Xva, Xte = (fs.X[parts[p]] for p in PARTS)
+    Ytr, Yva, Yte = (Y[parts[p]] for p in PARTS)
+
+    # Which heads, and what they need from the text tower.
+    names = list(config.heads) or list(HEADS)
+    explicit = bool(config.heads)
+    skipped: dict[str, str] = {}
+    prompt_emb = None
+    modality = header.modality if header is not None else "image"
+    wants_text = any(get_head_spec(n).needs_text for n in names) or ("chain" in names and not config.chain_order)
+    if wants_text:
+        enc, why = (text_encoder, "") if text_encoder is not None else _text_encoder_from_header(header)
+        if enc is not None:
+            prompt_emb = build_prompt_embeddings(enc, genres, templates_for(modality))
+            if prompt_emb.shape[1] != fs.X.shape[1]:
+                why = f"the text tower's {prompt_emb.shape[1]}-d space is not the features' {fs.X.shape[1]}-d space"
+                prompt_emb = None
+        for n in names:
+            if get_head_spec(n).needs_text and prompt_emb is None:
+                if explicit:
+                    raise ConfigError(f"head {n!r} does not apply to these features: {why}")
+                skipped[n] = why
+    names = [n for n in names if n not in skipped]
+    chain_order, chain_source = _chain_order(genres, Ytr, config.chain_order, prompt_emb)
+
+    # Tasks: one per head and balance mode; a head without class weights runs once unweighted.
+    tasks: list[_Task] = []
+    multi = len(config.balance) > 1
+    for n in names:
+        spec = get_head_spec(n)
+        for b in config.balance:
+            eff = b
+            if b == "weights" and not spec.class_weights:
+                if multi and "none" in config.balance:
+                    continue
+                eff = "none"
+            params: dict = dict(config.head_params.get(n, {}))
+            if spec.seed_param:
+                params[spec.seed_param] = config.seed
+            if eff == "weights":
+                params["class_weight"] = "balanced"
+            if n == "zeroshot":
+                params["prompt_embeddings"] = prompt_emb
+            elif n == "knn":
+                params["index"] = config.knn_index
+            elif n == "chain":
+                params["order"] = chain_order
+            tasks.append(_Task(f"{n}-{b}" if multi else n, n, eff, params, config.seed))
+    if config.baseline:
+        tasks.append(_Task(BASELINE, "logreg", "none", {"Cs": (1.0,), "max_iter": 100}))
+    if not tasks:
+        raise ConfigError(f"no head applies to these features: {'; '.join(f'{k}: {v}' for k, v in skipped.items())}")
+    tasks.sort(key=lambda t: -get_head_spec(t.head).cost)
+
+    # Standardisation is fitted on train only; heads that need it get scaled copies.
+    scaler = StandardScaler().fit(Xtr)
+    raw = {"X_train": Xtr, "X_val": Xva, "X_test": Xte, "Y_train": Ytr, "Y_val": Yva}
+    scaled = {**raw, **{k: scaler.transform(raw[k]).astype(np.float32) for k in ("X_train", "X_val", "X_test")}}
+
+    cores = cpu_count()
+    jobs = max(1, min(config.jobs or cores, len(tasks)))
+    threads = max(1, cores // jobs)
+    log.info("training %d head(s) on %d x %d features, %d at a time, %d thread(s) each", len(tasks), *fs.X.shape, jobs, threads)
+    progress("heads", 0, len(tasks))
+
+    def data_for(t: _Task) -> dict:
+        return scaled if get_head_spec(t.head).standardise else raw
+
+    if jobs == 1:
+        stream = (_fit_task(t, data_for(t), threads) for t in tasks)
+    else:
+        from joblib import Parallel, delayed
+
+        stream = Parallel(n_jobs=jobs, backend="loky", return_as="generator_unordered")(
+            delayed(_fit_task)(t, data_for(t), threads) for t in tasks
+        )
+    t_start = time.perf_counter()
+    entries: dict[str, dict] = {}
+    baseline = None
+    for done, r in enumerate(stream, start=1):
+        task: _Task = r["task"]
+        spec = get_head_spec(task.head)
+        at05 = fixed(len(genres))
+        if task.entry == BASELINE:
+            baseline = {
+                "description": "one-vs-rest LogisticRegression(), scikit-learn defaults, standardised features",
+                "fit_seconds": r["fit_seconds"],
+                "val": {"map_macro": macro_average_precision(Yva, r["P_val"])},
+                "test": {"at_0.5": multilabel_metrics(Yte, r["P_test"], at05.apply(r["P_test"]))},
+            }
+        else:
+            entries[task.entry] = _finish(task, r, spec, scaler, genres, Yva, Yte, header, config, out)
+        progress("heads", done, len(tasks))
+    wall = time.perf_counter() - t_start
+
+    order = sorted(entries, key=lambda e: list(HEADS).index(entries[e]["head"]))
+    entries = {e: entries[e] for e in order}
+    best = max(entries, key=lambda e: (entries[e]["val"]["map_macro"] or -1.0)) if entries else None
+    results = {
+        "genrekit_version": __version__,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "config": {**asdict(config), "jobs_used": jobs, "threads_per_job": threads},
+        "features": {"n_items": int(len(fs.X)), "dim": int(fs.X.shape[1]), "store_header": header.to_json() if header else None},
+        "split": {
+            "source": split_source,
+            "file": "split.csv" if split_source == "stratified" else None,
+            "counts": {p: int(parts[p].sum()) for p in PARTS},
+            "warnings": split_warnings(fs.Y, split, fs.genres),
+        },
+        "genres": genres,
+        "genre_counts": {p: dict(zip(genres, Y[parts[p]].sum(axis=0).tolist())) for p in PARTS},
+        "dropped_genres": dropped,
+        "skipped_heads": skipped,
+        "chain_order": {"source": chain_source, "genres": [genres[j] for j in chain_order]},
+        "best": best,
+        "best_rule": "highest validation map_macro",
+        "baseline": baseline,
+        "wall_seconds": wall,
+        "heads": entries,
+    }
+    if multi:
+        results["balance_effect"] = _balance_effect(entries)
+    write_json(out / "results.json", results)
+    _write_csv(out / "results.csv", entries)
+    return results
+
+
+def _finish(task, r, spec, scaler, genres, Yva, Yte, header, config, out) -> dict:
+    """Tune thresholds on validation, score on test, save the head; the results entry."""
+    P_val, P_test = r["P_val"], r["P_test"]
+    th = tune_thresholds(Yva, P_val, config.threshold, genres, min_positives=config.min_threshold_positives)
+    at05 = fixed(len(genres))
+    tuned = evaluate(Yte, P_test, th.apply(P_test), genres)
+    entry = {
+        "head": task.head,
+        "balance": task.balance,
+        "description": spec.description,
+        "fit_seconds": r["fit_seconds"],
+        "predict_seconds": r["predict_seconds"],
+        "fitted": _fitted_summary(r["head"]),
+        "thresholds": th.to_json(),
+        "val": {
+            "map_macro": macro_average_precision(Yva, P_val),
+            "f1_micro_tuned": multilabel_metrics(Yva, P_val, th.apply(P_val))["f1_micro"],
+        },
+        "test": {"at_0.5": multilabel_metrics(Yte, P_test, at05.apply(P_test)), "tuned": tuned.metrics},
+        "rules": _compare_rules(Yva, P_val, Yte, P_test, genres, config),
+        "per_genre": tuned.per_genre,
+        "skipped_for_ranking": tuned.skipped,
+        "dir": task.entry,
+    }
+    model = Pipeline([("scale", scaler), ("head", r["head"])]) if spec.standardise else r["head"]
+    info = {k: entry[k] for k in ("balance", "description", "fitted", "fit_seconds", "val", "test")}
+    info["config"] = asdict(config)
+    SavedHead(task.head, model, genres, th, header, info).save(out / task.entry)
+    return entry
+
+
+RULE_KEYS = ("f1_micro", "f1_macro", "f1_samples", "hamming_loss")
+
+
+def _compare_rules(Yva, P_val, Yte, P_test, genres, config) -> dict:
+    """Test scores of every threshold rule, each tuned on validation: what the choice of rule costs."""
+    out = {}
+    for rule in RULES:
+        th = tune_thresholds(Yva, P_val, rule, genres, min_positives=config.min_threshold_positives)
+        m = multilabel_metrics(Yte, P_test, th.apply(P_test))
+        out[rule] = {k: m[k] for k in RULE_KEYS}
+    return out
+
+
+def _balance_effect(entries: dict) -> dict:
+    """Per head: test macro F1 (tuned and at 0.5) and macro recall under each balance mode."""
+    eff: dict[str, dict] = {}
+    for e in entries.values():
+        t = e["test"]
+        eff.setdefault(e["head"], {})[e["balance"]] = {
+            "f1_macro_tuned": t["tuned"]["f1_macro"],
+            "f1_macro_at_0.5": t["at_0.5"]["f1_macro"],
+            "recall_macro_at_0.5": t["at_0.5"]["recall_macro"],
+        }
+    return eff
+
+
+def _write_csv(path: Path, entries: dict) -> None:
+    cols = ["entry", "head", "balance", *LEADERBOARD_KEYS, *(f"{k}_at_0.5" for k in LEADERBOARD_KEYS), "val_map_macro", "fit_seconds", "predict_seconds"]
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(cols)
+        for name, e in entries.items():
+            t, z = e["test"]["tuned"], e["test"]["at_0.5"]
+            w.writerow(
+                [name, e["head"], e["balance"], *(t[k] for k in LEADERBOARD_KEYS), *(z[k] for k in LEADERBOARD_KEYS),
+                 e["val"]["map_macro"], round(e["fit_seconds"], 3), round(e["predict_seconds"], 3)]
+            )  # fmt: skip
+    os.replace(tmp, path)

@@ -1,0 +1,270 @@
+"""Heads built from scikit-learn parts: ``logreg``, ``svc``, ``rf`` and ``chain``.
+
+They compose scikit-learn's own multi-label machinery (``OneVsRestClassifier``,
+``ClassifierChain``, ``CalibratedClassifierCV``, multi-output random forests) and add only what
+the toolkit needs: one (n, G) ``predict_proba``, a regularisation search on the validation split,
+and class weights for rare genres.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+
+import numpy as np
+from sklearn.base import BaseEstimator
+from sklearn.calibration import CalibratedClassifierCV
+from sklearn.ensemble import RandomForestClassifier
+from sklearn.kernel_approximation import Nystroem
+from sklearn.linear_model import LogisticRegression
+from sklearn.multiclass import OneVsRestClassifier
+from sklearn.multioutput import ClassifierChain
+from sklearn.svm import LinearSVC
+
+from genrekit.errors import ConfigError
+from genrekit.evaluation.metrics import macro_average_precision
+from genrekit.heads.base import MultiLabelHead, l2_normalise, require_both_classes, stack_proba
+
+log = logging.getLogger(__name__)
+
+
+def search_on_validation(
+    make: Callable[[float], BaseEstimator],
+    Cs: Sequence[float],
+    X: np.ndarray,
+    Y: np.ndarray,
+    X_val: np.ndarray | None,
+    Y_val: np.ndarray | None,
+    default: float,
+) -> tuple[BaseEstimator, float, dict[float, float]]:
+    """Fit ``make(C)`` for each C and keep the one with the best validation macro AP.
+
+    Without a validation set, fits ``make(default)`` only. Returns the fitted model, its C and
+    the validation mAP of every C tried (the search record written to the results).
+    """
+    if X_val is None or len(Cs) <= 1:
+        C = Cs[0] if len(Cs) == 1 else default
+        return make(C).fit(X, Y), C, {}
+    best, best_c, scores = None, None, {}
+    for C in Cs:
+        model = make(C).fit(X, Y)
+        scores[float(C)] = macro_average_precision(Y_val, np.asarray(model.predict_proba(X_val)))
+        if best is None or scores[float(C)] > scores[float(best_c)]:
+            best, best_c = model, C
+    log.info("validation mAP by C: %s -> C=%g", {c: round(s, 4) for c, s in scores.items()}, best_c)
+    return best, float(best_c), scores
+
+
+class LogRegHead(MultiLabelHead):
+    """One-vs-rest logistic regression; C searched on validation mAP when a validation set is given.
+
+    Args:
+        Cs: inverse regularisation strengths tried (one value: no search).
+        class_weight: ``None`` or ``"balanced"`` (reweights each genre's positives).
+        max_iter: L-BFGS iterations per genre.
+    """
+
+    def __init__(self, Cs: Sequence[float] = (0.0003, 0.001, 0.003, 0.01, 0.03), class_weight: str | None = None, max_iter: int = 300):
+        self.Cs = Cs
+        self.class_weight = class_weight
+        self.max_iter = max_iter
+
+    def _make(self, C: float) -> BaseEstimator:
+        return OneVsRestClassifier(LogisticRegression(C=C, class_weight=self.class_weight, max_iter=self.max_iter))
+
+    def fit(self, X, Y, X_val=None, Y_val=None) -> LogRegHead:
+        X, Y, X_val, Y_val = self._fit_inputs(X, Y, X_val, Y_val)
+        self.model_, self.C_, self.search_ = search_on_validation(self._make, tuple(self.Cs), X, Y, X_val, Y_val, 0.01)
+        return self
+
+    def predict_proba(self, X) -> np.ndarray:
+        return self.model_.predict_proba(self._check_X(X)).astype(np.float32)
+
+
+class SVCHead(MultiLabelHead):
+    """Support vector classifier with calibrated probabilities, linear in the number of items.
+
+    An exact kernel SVC costs O(n^2) memory and O(n^2..n^3) time, which is minutes at 10^4 items
+    per genre. Instead the RBF kernel is approximated by ``n_components`` Nystroem features and a
+    linear SVM (primal LinearSVC) is trained on them, so cost grows linearly with n. Probabilities
+    come from sigmoid (Platt) calibration with ``cv``-fold cross-validation inside each genre's
+    one-vs-rest model. Measured on 4,200 x 1280 standardised features: ~4 s per C, whereas
+    LinearSVC on the raw 1280-d features took 17-43 s. ``kernel="linear"`` skips the Nystroem map.
+
+    Args:
+        Cs: SVM penalties tried on validation mAP.
+        kernel: ``"rbf"`` (Nystroem approximation) or ``"linear"``.
+        n_components: Nystroem landmarks (rank of the kernel approximation).
+        gamma: RBF width; ``None`` means 1 / n_features (SVC's "scale" on standardised features).
+        cv: calibration folds.
+        class_weight: ``None`` or ``"balanced"``.
+        random_state: seeds the Nystroem landmarks.
+    """
+
+    def __init__(
+        self,
+        Cs: Sequence[float] = (0.03, 0.3, 3.0),
+        kernel: str = "rbf",
+        n_components: int = 512,
+        gamma: float | None = None,
+        cv: int = 3,
+        class_weight: str | None = None,
+        random_state: int = 0,
+    ):
+        self.Cs = Cs
+        self.kernel = kernel
+        self.n_components = n_components
+        self.gamma = gamma
+        self.cv = cv
+        self.class_weight = class_weight
+        self.random_state = random_state
+
+    def fit(self, X, Y, X_val=None, Y_val=None) -> SVCHead:
+        X, Y, X_val, Y_val = self._fit_inputs(X, Y, X_val, Y_val)
+        if self.kernel not in ("rbf", "linear"):
+            raise ConfigError(f"SVCHead kernel={self.kernel!r}; expected 'rbf' or 'linear'")
+        require_both_classes(Y, "svc")
+        if self.kernel == "rbf":
+            self.feature_map_ = Nystroem(
+                gamma=self.gamma, n_components=min(self.n_components, len(X)), random_state=self.random_state
+            ).fit(X)
+            X = self.feature_map_.transform(X).astype(np.float32)
+            X_val = None if X_val is None else self.feature_map_.transform(X_val).astype(np.float32)
+        else:
+            self.feature_map_ = None
+
+        def make(C: float) -> BaseEstimator:
+            svm = LinearSVC(C=C, dual=False, class_weight=self.class_weight)
+            return OneVsRestClassifier(CalibratedClassifierCV(svm, method="sigmoid", cv=self.cv))
+
+        self.model_, self.C_, self.search_ = search_on_validation(make, tuple(self.Cs), X, Y, X_val, Y_val, 0.03)
+        return self
+
+    def predict_proba(self, X) -> np.ndarray:
+        X = self._check_X(X)
+        if self.feature_map_ is not None:
+            X = self.feature_map_.transform(X)
+        return self.model_.predict_proba(X).astype(np.float32)
+
+
+class RandomForestHead(MultiLabelHead):
+    """A multi-output random forest (one forest shares its trees across genres).
+
+    Args:
+        n_estimators: trees; 150 keeps a 6,000 x 1280 fit near 30 s on one core.
+        min_samples_leaf: larger leaves give smoother probabilities for rare genres.
+        max_features: features tried per split.
+        class_weight: ``None``, ``"balanced"`` or ``"balanced_subsample"``.
+        n_jobs: threads for tree building.
+        random_state: seed.
+    """
+
+    def __init__(
+        self,
+        n_estimators: int = 150,
+        min_samples_leaf: int = 3,
+        max_features: str | float = "sqrt",
+        class_weight: str | None = None,
+        n_jobs: int | None = None,
+        random_state: int = 0,
+    ):
+        self.n_estimators = n_estimators
+        self.min_samples_leaf = min_samples_leaf
+        self.max_features = max_features
+        self.class_weight = class_weight
+        self.n_jobs = n_jobs
+        self.random_state = random_state
+
+    def fit(self, X, Y, X_val=None, Y_val=None) -> RandomForestHead:
+        X, Y, _, _ = self._fit_inputs(X, Y, X_val, Y_val)
+        require_both_classes(Y, "rf")
+        self.model_ = RandomForestClassifier(
+            n_estimators=self.n_estimators,
+            min_samples_leaf=self.min_samples_leaf,
+            max_features=self.max_features,
+            class_weight=self.class_weight,
+            n_jobs=self.n_jobs,
+            random_state=self.random_state,
+        ).fit(X, Y)
+        return self
+
+    def predict_proba(self, X) -> np.ndarray:
+        return stack_proba(self.model_.predict_proba(self._check_X(X)))
+
+
+def similarity_order(embeddings: np.ndarray, start: int = 0) -> list[int]:
+    """A chain order in which each genre follows the most similar genre not yet placed.
+
+    Starting at ``start`` (e.g. the most frequent genre), the walk appends the unplaced genre whose
+    text embedding has the highest cosine similarity with the last one placed, so related genres
+    (Action, Adventure, Sci-Fi) sit next to each other and each link can use its neighbour.
+
+    Args:
+        embeddings: (G, d) one text embedding per genre.
+        start: index of the first genre.
+    """
+    E = l2_normalise(embeddings)
+    S = E @ E.T
+    order, left = [start], set(range(len(E))) - {start}
+    while left:
+        last = order[-1]
+        nxt = max(sorted(left), key=lambda j: S[last, j])
+        order.append(nxt)
+        left.remove(nxt)
+    return order
+
+
+class ChainHead(MultiLabelHead):
+    """A classifier chain of logistic regressions, trained with the true previous labels.
+
+    scikit-learn's ``ClassifierChain`` with ``cv=None`` feeds each link the true labels of the
+    earlier genres while training (teacher forcing) and its own predictions at inference.
+
+    Args:
+        order: genre column indices in chain order; ``None`` orders by label frequency, most
+            frequent first (the runner passes the text-embedding order when the backbone has a
+            text tower, see :func:`similarity_order`).
+        Cs: inverse regularisation strengths tried on validation mAP.
+        class_weight: ``None`` or ``"balanced"``.
+        max_iter: L-BFGS iterations per link.
+        random_state: seed.
+    """
+
+    def __init__(
+        self,
+        order: Sequence[int] | None = None,
+        Cs: Sequence[float] = (0.001, 0.003, 0.01),
+        class_weight: str | None = None,
+        max_iter: int = 300,
+        random_state: int = 0,
+    ):
+        self.order = order
+        self.Cs = Cs
+        self.class_weight = class_weight
+        self.max_iter = max_iter
+        self.random_state = random_state
+
+    def fit(self, X, Y, X_val=None, Y_val=None) -> ChainHead:
+        X, Y, X_val, Y_val = self._fit_inputs(X, Y, X_val, Y_val)
+        require_both_classes(Y, "chain")
+        G = Y.shape[1]
+        if self.order is None:
+            order = [int(j) for j in np.argsort(-Y.sum(axis=0), kind="stable")]
+        else:
+            order = [int(j) for j in self.order]
+            if sorted(order) != list(range(G)):
+                raise ConfigError(f"chain order {order} is not a permutation of the {G} genre columns 0..{G - 1}")
+        self.order_ = order
+
+        def make(C: float) -> BaseEstimator:
+            base = LogisticRegression(C=C, class_weight=self.class_weight, max_iter=self.max_iter)
+            return ClassifierChain(base, order=order, random_state=self.random_state)
+
+        self.model_, self.C_, self.search_ = search_on_validation(make, tuple(self.Cs), X, Y, X_val, Y_val, 0.01)
+        return self
+
+    def predict_proba(self, X) -> np.ndarray:
+        return np.asarray(self.model_.predict_proba(self._check_X(X)), dtype=np.float32)
+
+
+__all__ = ["ChainHead", "LogRegHead", "RandomForestHead", "SVCHead", "search_on_validation", "similarity_order"]

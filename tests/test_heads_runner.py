@@ -1,0 +1,189 @@
+"""`run_heads`: split, genre selection, every head side by side, results files, saved heads that reload."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+
+from genrekit.errors import ConfigError, LabelError, StoreMismatchError, UnknownNameError, UntrustedFileError
+from genrekit.evaluation import METRIC_KEYS
+from genrekit.heads.apply import evaluate_run
+from genrekit.heads.runner import HeadsConfig, run_heads
+from genrekit.heads.saved import load_head
+from genrekit.heads.synthetic import synthetic_features
+from genrekit.store import FeatureSet, StoreHeader
+
+PREV = [0.5, 0.3, 0.2, 0.12]
+GENRES = ["Drama", "Comedy", "Horror", "Western"]
+
+
+def header(genres=GENRES, name="test-enc", dim=16) -> StoreHeader:
+    return StoreHeader(
+        encoder={"family": "test", "name": name, "weights": "none"},
+        preprocessing={"size": 32},
+        normalisation="none",
+        modality="image",
+        dim=dim,
+        dtype="float32",
+        genres=tuple(genres),
+        config={},
+    )
+
+
+def features(n=500, seed=0):
+    fs = synthetic_features(n, 16, prevalence=dict(zip(GENRES, PREV)), signal=4.0, noise=0.5, seed=seed)
+    return fs
+
+
+def fake_text_tower(texts):
+    # Deterministic 16-d "embeddings" of prompts: enough for the mechanics of zeroshot and chain order.
+    return np.stack([np.random.default_rng(sum(map(ord, t))).standard_normal(16) for t in texts]).astype(np.float32)
+
+
+# Heads trained quickly; the defaults are sized for 6,000 x 1280.
+FAST = ("logreg", "chain", "zeroshot", "knn")
+
+
+def run(tmp_path, fs=None, **cfg):
+    cfg.setdefault("heads", FAST)
+    cfg.setdefault("jobs", 1)
+    return run_heads(fs or features(), tmp_path / "runs", HeadsConfig(**cfg), header=header(), text_encoder=fake_text_tower)
+
+
+def test_run_writes_a_leaderboard_and_one_reloadable_directory_per_head(tmp_path):
+    calls = []
+    fs = features()
+    res = run_heads(fs, tmp_path / "runs", HeadsConfig(heads=FAST, jobs=1), header=header(), text_encoder=fake_text_tower,
+                    progress=lambda *a: calls.append(a))  # fmt: skip
+    out = tmp_path / "runs"
+    on_disk = json.loads((out / "results.json").read_text())
+    assert on_disk["best"] == res["best"] in FAST
+    assert res["best"] == max(res["heads"], key=lambda h: res["heads"][h]["val"]["map_macro"])
+    assert list(res["heads"]) == list(FAST)
+    for name, e in res["heads"].items():
+        assert tuple(e["test"]["tuned"]) == METRIC_KEYS and tuple(e["test"]["at_0.5"]) == METRIC_KEYS
+        assert {r["genre"] for r in e["per_genre"]} == set(GENRES)
+        assert e["fit_seconds"] >= 0 and e["thresholds"]["rule"] == "per-genre"
+        saved = load_head(out / name)
+        X_test = fs.X[np.asarray(_split(out)) == "test"]
+        np.testing.assert_allclose(saved.predict_proba(X_test).shape, (len(X_test), 4))
+    assert tuple(res["baseline"]["test"]["at_0.5"]) == METRIC_KEYS
+    assert res["split"]["source"] == "stratified" and (out / "split.csv").is_file()
+    assert res["chain_order"]["source"] == "text similarity"
+    rows = list(csv.DictReader((out / "results.csv").open()))
+    assert [r["entry"] for r in rows] == list(FAST) and "f1_micro" in rows[0]
+    assert calls[0] == ("heads", 0, 5) and calls[-1] == ("heads", 5, 5)
+
+
+def _split(out):
+    return [r["split"] for r in csv.DictReader((out / "split.csv").open())]
+
+
+def test_runs_are_reproducible(tmp_path):
+    a = run(tmp_path / "a", heads=("logreg", "knn"))
+    b = run(tmp_path / "b", heads=("logreg", "knn"))
+    for h in ("logreg", "knn"):
+        assert a["heads"][h]["test"]["tuned"] == b["heads"][h]["test"]["tuned"]
+
+
+def test_tuned_thresholds_beat_one_half_on_micro_f1(tmp_path):
+    # Rare genres and a weak signal, as on real posters: probabilities seldom reach 0.5.
+    fs = synthetic_features(600, 16, prevalence=[0.3, 0.15, 0.1, 0.05], signal=2.0, noise=0.5, seed=0)
+    res = run(tmp_path, fs=fs, heads=("logreg",), threshold="global")
+    e = res["heads"]["logreg"]
+    assert e["test"]["tuned"]["f1_micro"] > e["test"]["at_0.5"]["f1_micro"]
+
+
+def test_genre_absent_from_validation_is_dropped_with_the_reason(tmp_path):
+    fs = features()
+    split = np.array(["train"] * 350 + ["val"] * 75 + ["test"] * 75, dtype=object)
+    fs.split = split
+    fs.Y[split == "val", 3] = 0
+    res = run(tmp_path, fs=fs, heads=("logreg",))
+    assert res["genres"] == GENRES[:3] and res["split"]["source"] == "store"
+    assert "0 val" in res["dropped_genres"]["Western"]
+    assert any("Western" in w for w in res["split"]["warnings"])
+
+
+def test_store_without_labels_is_one_clear_error(tmp_path):
+    fs = features()
+    fs.Y = np.zeros((len(fs.X), 0), np.uint8)
+    with pytest.raises(LabelError, match="no genre labels"):
+        run(tmp_path, fs=fs)
+
+
+def test_unknown_head_and_inapplicable_head(tmp_path):
+    with pytest.raises(UnknownNameError, match="did you mean: knn"):
+        run(tmp_path, heads=("knnn",))
+    with pytest.raises(ConfigError, match="does not apply"):
+        run_heads(features(), tmp_path / "r", HeadsConfig(heads=("zeroshot",), jobs=1), header=None)
+
+
+def test_all_names_the_heads_it_skips(tmp_path):
+    small = {"rf": {"n_estimators": 10}, "svc": {"Cs": (0.1,), "n_components": 32},
+             "mlp": {"hidden": 16, "max_epochs": 5}, "softf1": {"hidden": 16, "max_epochs": 5}}  # fmt: skip
+    config = HeadsConfig(heads=(), jobs=1, baseline=False, head_params=small)
+    res = run_heads(features(), tmp_path / "r", config, header=None, text_encoder=None)
+    assert res["config"]["head_params"]["rf"] == {"n_estimators": 10}
+    assert "zeroshot" in res["skipped_heads"] and "zeroshot" not in res["heads"]
+    assert res["chain_order"]["source"] == "label frequency"
+    assert set(res["heads"]) == {"logreg", "rf", "svc", "mlp", "chain", "softf1", "knn"}
+
+
+def test_several_balance_modes_show_their_effect_on_macro_f1(tmp_path):
+    res = run(tmp_path, heads=("logreg", "knn"), balance=("none", "weights", "oversample"), baseline=False)
+    # knn takes no class weights: it runs once unweighted instead of twice.
+    assert set(res["heads"]) == {"logreg-none", "logreg-weights", "logreg-oversample", "knn-none", "knn-oversample"}
+    assert res["heads"]["logreg-weights"]["balance"] == "weights"
+    eff = res["balance_effect"]["logreg"]
+    assert set(eff) == {"none", "weights", "oversample"} and "f1_macro_tuned" in eff["weights"]
+
+
+def test_chain_order_given_by_the_user(tmp_path):
+    res = run(tmp_path, heads=("chain",), chain_order=("Western", "Horror"))
+    assert res["chain_order"] == {"source": "given", "genres": ["Western", "Horror", "Drama", "Comedy"]}
+    with pytest.raises(UnknownNameError, match="Western"):
+        run(tmp_path, heads=("chain",), chain_order=("Westren",))
+
+
+def test_saved_head_refuses_features_from_another_encoder_and_aligns_genres(tmp_path):
+    full = features(800)
+    rows = np.arange(800) >= 500
+    other = FeatureSet(full.ids[rows], full.X[rows], full.Y[rows], list(GENRES), full.titles[rows], full.years[rows], None)
+    for f in ("ids", "X", "Y", "titles", "years"):
+        setattr(full, f, getattr(full, f)[~rows])
+    run(tmp_path, fs=full, heads=("logreg",), baseline=False)
+    saved = load_head(tmp_path / "runs" / "logreg")
+    with pytest.raises(StoreMismatchError, match="encoder.name"):
+        evaluate_run(saved, other, header(name="another-enc"))
+    # Another collection: genres in another order, one unknown to the head, one missing.
+    perm = [2, 0, 1]
+    other.Y = np.column_stack([other.Y[:, perm], np.ones(len(other.Y), np.uint8)])
+    other.genres = [GENRES[j] for j in perm] + ["Anime"]
+    ev = evaluate_run(saved, other, header(genres=other.genres))
+    r = ev.results
+    assert set(r["genres"]) == {"Drama", "Comedy", "Horror"} and r["head_genres_missing_here"] == ["Western"]
+    assert r["genres_unknown_to_head"] == ["Anime"] and tuple(r["metrics"]) == METRIC_KEYS
+    assert ev.P.shape == (300, 4) and r["metrics"]["roc_auc_macro"] > 0.8
+
+
+def test_a_tampered_skops_file_is_refused(tmp_path):
+    import skops.io as sio
+
+    run(tmp_path, heads=("logreg",), baseline=False)
+    d = tmp_path / "runs" / "logreg"
+    sio.dump({"payload": StoreHeader}, d / "model.skops")  # a type outside the trusted list
+    with pytest.raises(UntrustedFileError, match="StoreHeader"):
+        load_head(d)
+
+
+@pytest.mark.slow
+def test_parallel_run_matches_the_sequential_one(tmp_path):
+    a = run(tmp_path / "seq", heads=("logreg", "mlp", "knn"), jobs=1)
+    b = run(tmp_path / "par", heads=("logreg", "mlp", "knn"), jobs=2)
+    for h in ("logreg", "knn"):
+        assert a["heads"][h]["test"]["tuned"] == b["heads"][h]["test"]["tuned"]
+    assert b["config"]["jobs_used"] == 2
