@@ -352,7 +352,7 @@ class StoreWriter:
             emb = out.create_dataset(
                 "embeddings", (0, d), maxshape=(None, d), dtype=h.dtype, chunks=(max(1, min(1024, 2**20 // max(d, 1))), d)
             )
-            lab = out.create_dataset("labels", (0, g), maxshape=(None, g), dtype=np.uint8, chunks=(4096, max(g, 1)))
+            lab = out.create_dataset("labels", (0, g), maxshape=(None, g), dtype=np.uint8, chunks=(4096, g) if g else None)
             tit = out.create_dataset("meta/title", (0,), maxshape=(None,), dtype=_STR, chunks=(4096,))
             yr = out.create_dataset("meta/year", (0,), maxshape=(None,), dtype=np.int32, chunks=(4096,))
             out.create_dataset("genres", data=_str_array(h.genres), dtype=_STR)

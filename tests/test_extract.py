@@ -93,7 +93,7 @@ def test_kill_9_at_random_moments_then_rerun(tmp_path):
         p.send_signal(signal.SIGKILL)
         p.wait()
     r = extract(cfg(manifest, out))
-    assert 0 < r.skipped < 120  # the killed runs did part of the work, and it was kept
+    assert 0 < r.skipped <= 120  # the killed runs did work, and it was kept
     got = FeatureStore(r.store).load()
     assert len(set(got.ids)) == len(got.ids) == 120
     assert list(got.ids) == list(ref.ids)
