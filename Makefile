@@ -19,8 +19,10 @@ demo: setup  ## the main job on the embedded demo set: no network, no GPU, no da
 	$(BIN)/genrekit data demo --out $(DEMO)/data
 	$(BIN)/genrekit extract --backbone colorstats --data $(DEMO)/data/labels.csv --out $(DEMO)/posters.h5
 	$(BIN)/genrekit store info $(DEMO)/posters.h5
-	@if $(BIN)/genrekit heads --help >/dev/null 2>&1; then \
-		$(BIN)/genrekit heads --store $(DEMO)/posters.h5 --all --out $(DEMO)/runs; fi
+	$(BIN)/genrekit heads --store $(DEMO)/posters.h5 --all --out $(DEMO)/runs
+	$(BIN)/genrekit data demo --out $(DEMO)/unseen --n 3 --seed 7   # posters no head has seen
+	$(BIN)/genrekit predict --run $(DEMO)/runs $(DEMO)/unseen/images/*.jpg
+	@cat $(DEMO)/unseen/labels.csv | cut -d, -f1,4
 
 test: setup  ## the offline CPU test suite (slow and GPU tests are deselected)
 	$(BIN)/pytest

@@ -134,7 +134,7 @@ Examples:
 
 @app.command(epilog=PREDICT_EXAMPLES)
 def predict(
-    run: Annotated[Path, typer.Option("--run", "-r", help="A saved head: RUNS/<head>.")],
+    run: Annotated[Path, typer.Option("--run", "-r", help="A saved head, RUNS/<head>, or RUNS/ for its best head.")],
     posters: Annotated[Optional[list[Path]], typer.Argument(help="Poster image files.")] = None,
     text: Annotated[Optional[list[str]], typer.Option("--text", help="A plot, for heads trained on text (repeatable).")] = None,
     device: DeviceOpt = "cpu",
@@ -177,7 +177,7 @@ Examples:
 
 @app.command(epilog=EVALUATE_EXAMPLES)
 def evaluate(
-    run: Annotated[Path, typer.Option("--run", "-r", help="A saved head: RUNS/<head>.")],
+    run: Annotated[Path, typer.Option("--run", "-r", help="A saved head, RUNS/<head>, or RUNS/ for its best head.")],
     store: Annotated[Path, typer.Option("--store", "-s", help="Labelled store made with the run's encoder.")],
     json_out: Annotated[Optional[Path], typer.Option("--json", help="Write the scores to this JSON file.")] = None,
     predictions: Annotated[Optional[Path], typer.Option(help="Write id + one probability column per genre (CSV).")] = None,

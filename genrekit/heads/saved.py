@@ -209,12 +209,22 @@ def _load_skops(path: Path):
 def load_head(directory: str | Path) -> SavedHead:
     """Load a run directory written by :meth:`SavedHead.save` (``genrekit heads`` writes them).
 
+    ``directory`` is one head's directory (``RUNS/logreg``), or a whole ``RUNS/`` directory, which
+    means the best head of that run (``results.json``'s ``best``).
+
     Example:
         >>> saved = load_head("runs/logreg")  # doctest: +SKIP
         >>> saved.check_features(FeatureStore("other.h5").header)
         >>> P = saved.predict_proba(X)
     """
     d = Path(directory)
+    results = d / "results.json"
+    if not (d / "run.json").is_file() and results.is_file():
+        # A whole runs directory: use the head `genrekit heads` chose (best validation mAP).
+        best = json.loads(results.read_text()).get("best")
+        if not best:
+            raise StoreError(f"{results} names no best head; pass RUNS/<head>")
+        d = d / best
     rj = d / "run.json"
     if not rj.is_file():
         raise StoreError(f"{d} is not a saved head: no run.json (expected a directory such as RUNS/logreg)")
