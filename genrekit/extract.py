@@ -25,7 +25,7 @@ from genrekit.data.manifest import Manifest, Sample, read_manifest
 from genrekit.data.vocab import VocabConfig, apply_vocabulary
 from genrekit.errors import ConfigError, StoreMismatchError, UnreadableImageError
 from genrekit.progress import ProgressFn
-from genrekit.store import StoreHeader, StoreWriter
+from genrekit.store import StoreHeader, StoreWriter, l2_normalise
 
 log = logging.getLogger(__name__)
 MODALITIES = ("image", "text")
@@ -90,10 +90,6 @@ class ExtractReport:
     @property
     def items_per_second(self) -> float:
         return self.encoded / self.seconds["total"] if self.seconds.get("total") else 0.0
-
-
-def l2_normalise(x: np.ndarray) -> np.ndarray:
-    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 
 
 def store_header(encoder: Encoder, modality: str, genres: Sequence[str], normalize: str | None = None,

@@ -66,19 +66,8 @@ def _root(
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 
 
-def _register_commands() -> None:
-    # Each module adds its commands to `app`; import order is the order in --help.
-    from genrekit_cli import extract_cmd  # noqa: F401
-
-    for optional in ("data_cmd", "heads_cmd"):
-        try:
-            __import__(f"genrekit_cli.{optional}")
-        except ModuleNotFoundError as e:
-            if e.name != f"genrekit_cli.{optional}":
-                raise
-
-
-_register_commands()
+# Each module adds its commands to `app` when imported; import order is the order in --help.
+from genrekit_cli import data_cmd, extract_cmd, heads_cmd  # noqa: E402, F401
 
 
 def main() -> None:

@@ -12,6 +12,7 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from genrekit.errors import LabelError
+from genrekit.store import l2_normalise  # noqa: F401  (heads normalise as stores do)
 
 
 def check_labels(Y: np.ndarray, n_rows: int, what: str = "Y") -> np.ndarray:
@@ -35,13 +36,6 @@ def require_both_classes(Y: np.ndarray, head: str) -> None:
             f"{head}: genre column(s) {bad.tolist()} have {'no positives' if pos[bad[0]] == 0 else 'no negatives'} "
             "in the training data; drop them first (`genrekit heads` does, see --min-positives)"
         )
-
-
-def l2_normalise(X: np.ndarray) -> np.ndarray:
-    """Rows scaled to unit length (zero rows stay zero), float32."""
-    X = np.asarray(X, dtype=np.float32)
-    n = np.linalg.norm(X, axis=1, keepdims=True)
-    return X / np.maximum(n, 1e-12)
 
 
 class MultiLabelHead(ClassifierMixin, BaseEstimator):
