@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import os
 import platform
 import tempfile
 import time
@@ -41,14 +42,18 @@ def rate(fn, items_per_call: int, min_seconds: float) -> float:
     return n / (time.perf_counter() - t0)
 
 
-def model_only_grid(enc, batches, seconds) -> dict[tuple[int, bool], float]:
+def model_only_grid(enc, batches, threads, seconds) -> dict[tuple[int, bool, int], float]:
+    """images/s for every (batch, channels_last, torch threads) on pre-decoded tensors."""
     size = enc.preprocess.size
     out = {}
-    for bs, cl in itertools.product(batches, (False, True)):
+    before = torch.get_num_threads()
+    for bs, cl, th in itertools.product(batches, (False, True), threads):
+        torch.set_num_threads(th)
         enc.channels_last = cl
         enc.module.to(memory_format=torch.channels_last if cl else torch.contiguous_format)
         x = torch.randn(bs, 3, size, size)
-        out[(bs, cl)] = rate(lambda: enc.encode_images(x), bs, seconds)
+        out[(bs, cl, th)] = rate(lambda: enc.encode_images(x), bs, seconds)
+    torch.set_num_threads(before)
     return out
 
 
@@ -79,11 +84,15 @@ def main() -> None:
     for name in args.backbones:
         weights = str(MOBILENET) if name == "mobilenet_v2" and MOBILENET.exists() else "none"
         enc = create_encoder(name, weights=weights)
-        grid = model_only_grid(enc, args.batches, args.seconds)
-        (best_bs, best_cl), best = max(grid.items(), key=lambda kv: kv[1])
-        print(f"\n## {name} model only, images/s (batch x memory format)")
+        cores = len(os.sched_getaffinity(0))
+        threads = sorted({1, cores})
+        grid = model_only_grid(enc, args.batches, threads, args.seconds)
+        (best_bs, best_cl, best_th), best = max(grid.items(), key=lambda kv: kv[1])
+        print(f"\n## {name} model only, images/s (batch x memory format x torch threads)")
         for bs in args.batches:
-            print(f"  batch {bs:3d}: contiguous {grid[(bs, False)]:7.1f}   channels_last {grid[(bs, True)]:7.1f}")
+            cells = "   ".join(f"{'NHWC' if cl else 'NCHW'} {th}t {grid[(bs, cl, th)]:6.1f}"
+                               for cl in (False, True) for th in threads)
+            print(f"  batch {bs:3d}: {cells}")
         with tempfile.TemporaryDirectory() as tmp:
             rep = extract(ExtractConfig(backbone=name, weights=weights, data=str(POSTERS), out=f"{tmp}/s.h5", limit=args.n))
         e2e = rep.items_per_second
@@ -92,7 +101,7 @@ def main() -> None:
         print(f"  genrekit end to end (batch {create_encoder(name, weights=weights).spec.cpu_batch_size}): {e2e:.1f} images/s "
               f"(read wait {s['read']:.1f}s, encode {s['encode']:.1f}s, write {s['write']:.2f}s, total {s['total']:.1f}s)")
         print(f"  naive one-at-a-time loop: {nv:.1f} images/s")
-        rows.append((name, best, f"{best_bs}{' NHWC' if best_cl else ''}", e2e, nv))
+        rows.append((name, best, f"batch {best_bs}{' NHWC' if best_cl else ''}, {best_th} thread(s)", e2e, nv))
     print("\n| backbone | model-only best (batch) | genrekit end to end | naive loop | e2e / model-only (goal >= 0.85) | e2e / naive (goal >= 2) |")
     print("|---|---|---|---|---|---|")
     for name, best, cfg, e2e, nv in rows:

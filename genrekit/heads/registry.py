@@ -35,7 +35,8 @@ class HeadSpec:
         persist: how the fitted head is saved: ``skops``, ``safetensors`` (+ JSON) or ``npz`` (+ JSON).
         threads_param: the parameter that sets its CPU threads, if it has its own.
         seed_param: the parameter that seeds it, if it is random.
-        cost: relative fit time on 6,000 x 1280 features, to start the longest heads first.
+        cost: relative fit time on 6,000 x 1280 features (measured, benchmarks/README.md), so the
+            longest heads start first.
     """
 
     name: str
@@ -54,18 +55,20 @@ HEADS: dict[str, HeadSpec] = {
     s.name: s
     for s in (
         HeadSpec("logreg", LogRegHead, "one-vs-rest logistic regression, C searched on validation mAP",
-                 class_weights=True, seed_param=None, cost=5),
+                 class_weights=True, seed_param=None, cost=20),
+        # Standardised although trees do not need it: random-init CNN features are ~1e-9 in size,
+        # below scikit-learn's split threshold, and every tree would be a single leaf.
         HeadSpec("rf", RandomForestHead, "multi-output random forest",
-                 class_weights=True, standardise=False, threads_param="n_jobs", cost=30),
+                 class_weights=True, threads_param="n_jobs", cost=30),
         HeadSpec("svc", SVCHead, "RBF SVM (Nystroem + linear SVC), sigmoid-calibrated, C searched on validation",
-                 class_weights=True, cost=15),
+                 class_weights=True, cost=30),
         HeadSpec("mlp", partial(TorchMLPHead, loss="bce"), "torch MLP, BCE loss, early stopping on validation",
-                 class_weights=True, persist="safetensors", threads_param="n_threads", cost=15),
+                 class_weights=True, persist="safetensors", threads_param="n_threads", cost=8),
         HeadSpec("chain", ChainHead, "classifier chain of logistic regressions (teacher forcing), ordered by genre text similarity",
-                 class_weights=True, cost=10),
+                 class_weights=True, cost=15),
         HeadSpec("softf1", partial(TorchMLPHead, loss="softf1", batch_size=512, lr=3e-4),
                  "torch MLP trained with the sigmoidF1 (soft-F1) loss",
-                 persist="safetensors", threads_param="n_threads", cost=15),
+                 persist="safetensors", threads_param="n_threads", cost=8),
         HeadSpec("zeroshot", ZeroShotHead, "cosine similarity to genre prompts (text tower), calibrated on validation",
                  needs_text=True, standardise=False, persist="npz", seed_param=None, cost=0.1),
         HeadSpec("knn", KNNHead, "FAISS k nearest neighbours, cosine, distance-weighted votes",
