@@ -123,6 +123,11 @@ def print_fusion(results: dict[str, dict]) -> None:
         rows.append(["**best on validation**", *(f"**{fmt(same['best'][p]['map_macro'])}** ({same['best'][p]['head']})" for p in parts)])
         rows.append(["macro ROC AUC of the best", *(fmt(same["best"][p]["roc_auc_macro"]) for p in parts)])
         print(md_table(["head", *parts], rows))
+        singles = [p for p in parts if p not in ("early", "late")]
+        for fused in ("early", "late"):
+            heads = [h for h, row in same["heads"].items() if fused in row and all(p in row for p in singles)]
+            ahead = [h for h in heads if same["heads"][h][fused]["map_macro"] > max(same["heads"][h][p]["map_macro"] for p in singles)]
+            print(f"- {fused} fusion beats both stores alone for {len(ahead)} of {len(heads)} heads ({', '.join(ahead) or 'none'})")
         late = res["late"]["heads"][res["late"]["best"]]
         print(f"\nlate fusion ({res['late']['best']}) weights tuned on validation: "
               + ", ".join(f"{n} {w:.2f}" for n, w in late["weights"].items()) + "\n")  # fmt: skip

@@ -51,7 +51,7 @@ class ExtractConfig:
     precision: str = "auto"  # GPU autocast: bf16 where supported, else fp16
     resize: str | None = None  # squash | center-crop | letterbox; None = squash (measured best on posters)
     workers: int | None = None  # decode processes; None = 1 on CPU (decoding is light), spare cores on GPU
-    threads: int | None = None  # torch CPU threads; None = the cores the decode workers leave free
+    threads: int | None = None  # torch CPU threads; None = every core on CPU (see _workers_and_threads)
     limit: int | None = None  # only the first N samples of the manifest
     dtype: str = "float32"  # stored embedding type: float32 or float16
     normalize: str | None = None  # none | l2; None = the backbone's default
@@ -145,18 +145,19 @@ def _cores() -> int:
 
 
 def _workers_and_threads(config: ExtractConfig, on_gpu: bool) -> tuple[int, int]:
-    """Decode processes and torch threads that do not oversubscribe the cores.
+    """Decode processes and torch threads.
 
-    On CPU, torch's OpenMP threads wait for each other at every layer; one of them descheduled by
-    a decode process stalls all of them (measured: a MobileNetV2 ran 3-10x slower with 2 threads
-    plus a busy neighbour than with 1 thread). So workers + threads never exceed the cores.
+    On GPU the CPU only decodes: one process per spare core. On CPU the model is the work: torch
+    gets every core and one decode process runs beside it, mostly idle (decoding a poster costs
+    about a tenth of a MobileNetV2 forward). Measured on 2 cores (benchmarks/README.md): 1 worker +
+    2 threads ran at 56-65 posters/s, 1 worker + 1 thread at 39-45.
     """
     cores = _cores()
     if on_gpu:
         workers = config.workers if config.workers is not None else max(1, min(8, cores - 1))
         return workers, config.threads or max(1, cores - workers)
     workers = config.workers if config.workers is not None else (1 if cores > 1 else 0)
-    return workers, config.threads or max(1, cores - workers)
+    return workers, config.threads or cores
 
 
 @contextlib.contextmanager

@@ -51,3 +51,9 @@ def test_unreadable_images_are_listed_in_the_summary(tmp_path):
     r = run("extract", "--backbone", "colorstats", "--data", m, "--out", tmp_path / "s.h5", "--workers", "0")
     assert r.exit_code == 0, r.output
     assert "1 unreadable" in r.stdout and "1 x missing file" in r.stdout and "gone: missing file" in r.stdout
+
+
+def test_help_of_every_command_exits_0():
+    for args in (["--help"], ["extract", "--help"], ["heads", "--help"], ["data", "split", "--help"], ["store", "info", "--help"]):
+        r = run(*args)
+        assert r.exit_code == 0 and "error" not in r.output.lower().split("usage")[0], (args, r.output)

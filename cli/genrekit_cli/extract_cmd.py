@@ -102,7 +102,8 @@ def extract(
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
     precision: Annotated[str, typer.Option(help="GPU autocast: auto (bf16 where supported), fp16, bf16, fp32.")] = "auto",
     resize: Annotated[Optional[str], typer.Option(help="squash (default), center-crop or letterbox.")] = None,
-    workers: Annotated[Optional[int], typer.Option(help="Image decoding processes [default: spare cores].")] = None,
+    workers: Annotated[Optional[int], typer.Option(help="Image decoding processes [default: 1 on CPU, spare cores on GPU].")] = None,
+    threads: Annotated[Optional[int], typer.Option(help="Torch CPU threads [default: every core].")] = None,
     limit: Annotated[Optional[int], typer.Option(help="Only the first N samples.")] = None,
     dtype: Annotated[str, typer.Option(help="Stored embedding type: float32 or float16.")] = "float32",
     normalize: Annotated[Optional[str], typer.Option(help="none or l2 [default: the backbone's].")] = None,
@@ -120,7 +121,7 @@ def extract(
 
     config = ExtractConfig(
         backbone=backbone, data=str(data), out=str(out), weights=weights, modality=modality, format=format,
-        batch_size=batch_size, device=device, precision=precision, resize=resize, workers=workers,
+        batch_size=batch_size, device=device, precision=precision, resize=resize, workers=workers, threads=threads,
         limit=limit, dtype=dtype, normalize=normalize, split=str(split) if split else None,
         vocab=vocab_config(top_k, min_count, genres, other, synonym, no_synonyms),
     )

@@ -28,12 +28,14 @@ Examples:
   genrekit heads --store posters.h5 --all --out runs/
   genrekit heads --store posters.h5 --head logreg --head knn --knn-index HNSW32 --out runs/
   genrekit heads --store posters.h5 --all --balance none,weights,oversample --out runs/
+  genrekit heads --store posters.h5 --store plots.h5 --all --fusion both --out runs/
+  genrekit heads --store posters.h5 --head chain --chain-encoder minilm --out runs/
 """
 
 
 @app.command(epilog=HEADS_EXAMPLES)
 def heads(
-    store: Annotated[Path, typer.Option("--store", "-s", help="Feature store (.h5) with labels.")],
+    store: Annotated[list[Path], typer.Option("--store", "-s", help="Feature store (.h5) with labels; repeat to fuse stores of one collection.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Run directory: results.json, results.csv, <head>/.")] = Path("runs"),
     all_: Annotated[bool, typer.Option("--all", help="Every head that applies (the skipped ones are named).")] = False,
     head: Annotated[Optional[list[str]], typer.Option("--head", help="A head to train (repeatable).")] = None,
@@ -43,7 +45,10 @@ def heads(
     jobs: Annotated[int, typer.Option(help="Heads trained at once (0: one per core).")] = 0,
     knn_index: Annotated[str, typer.Option(help="FAISS index spec of the knn head: Flat, HNSW32, IVF256,Flat ...")] = "Flat",
     chain_order: Annotated[Optional[str], typer.Option(help="Comma-separated genres that start the chain.")] = None,
+    chain_encoder: Annotated[Optional[str], typer.Option(help="Backbone whose text tower orders the chain (e.g. minilm) when the store's encoder has none.")] = None,
     min_positives: Annotated[int, typer.Option(help="Drop genres with fewer training positives.")] = 10,
+    fusion: Annotated[Optional[str], typer.Option(help="With several --store: early, late or both [default: both].")] = None,
+    join: Annotated[str, typer.Option(help="With several --store: outer (every item of any store) or inner (items of every store).")] = "outer",
     json: JsonOpt = False,
 ) -> None:
     """Train heads on cached features, tune thresholds on validation, rank them on test."""
@@ -55,10 +60,15 @@ def heads(
         raise ConfigError("name heads with --head NAME (repeatable) or train them all with --all (not both)")
     config = HeadsConfig(
         heads=tuple(head or ()), threshold=threshold, balance=_csv(balance), seed=seed, jobs=jobs,
-        knn_index=knn_index, chain_order=_csv(chain_order), min_train_positives=min_positives,
+        knn_index=knn_index, chain_order=_csv(chain_order), chain_encoder=chain_encoder, min_train_positives=min_positives,
     )  # fmt: skip
     config.validate()
-    fs = FeatureStore(store)
+    if len(store) > 1:
+        _fused_heads(store, out, config, fusion or "both", join, json)
+        return
+    if fusion is not None:
+        raise ConfigError("--fusion needs two or more --store (a poster store and a plot store of one collection)")
+    fs = FeatureStore(store[0])
     features = fs.load()
     with progress_bar("heads") as progress:
         res = run_heads(features, out, config, header=fs.header, progress=progress)
@@ -67,6 +77,55 @@ def heads(
         return
     _print_leaderboard(res)
     console.print(f"results: {out / 'results.json'}, {out / 'results.csv'}; heads in {out}/<head>/", style="dim")
+
+
+def _fused_heads(stores: list[Path], out: Path, config, fusion: str, join: str, json: bool) -> None:
+    from genrekit.fusion import FusionConfig, join_stores, run_fused
+
+    fconfig = FusionConfig(fusion=fusion, join=join)
+    fconfig.validate()
+    joined = join_stores(stores, join)
+    with progress_bar("heads") as progress:
+        res = run_fused(joined, out, config, fconfig, progress=progress)
+    if json:
+        print_json(res)
+        return
+    _print_fused(res)
+    console.print(f"results: {out / 'results.json'}; per store: {', '.join(f'{out / n}/' for n in res['single'])}", style="dim")
+
+
+def _print_fused(res: dict) -> None:
+    cov = res["coverage"]
+    per = ", ".join(f"{n} {c:,}" for n, c in cov["per_store"].items())
+    only = ", ".join(f"only {n} {c:,}" for n, c in cov["only"].items())
+    console.print(f"items: {cov['items']:,} ({per}; every store {cov['every_store']:,}; {only})", highlight=False)
+    test = cov["by_part"]["test"]
+    console.print("test items: " + ", ".join(f"{k} {v:,}" for k, v in test.items()), highlight=False)
+    same = res["same_items"]
+    if not same["heads"]:
+        err_console.print("[yellow]no test item has every store[/]: fusion cannot be compared with each store alone", highlight=False)
+        return
+    parts = [*res["single"], *(["early"] if res["early"] else []), *(["late"] if res["late"] else [])]
+    t = Table(
+        title=f"mAP on the same {same['items']:,} test items (those with every store), {len(same['genres'])} genres; "
+        "each column trained as its own run",
+        title_justify="left",
+    )
+    t.add_column("head")
+    for part in parts:
+        t.add_column(part, justify="right")
+    for entry, row in same["heads"].items():
+        t.add_row(entry, *(_fmt(row[p]["map_macro"]) if p in row else "-" for p in parts))
+    t.add_row("[bold]best on val[/]", *(f"{_fmt(same['best'][p]['map_macro'])} ({same['best'][p]['head']})" if p in same["best"] else "-" for p in parts))
+    console.print(t)
+    if res["late"] and res["late"]["best"]:
+        b = res["late"]["heads"][res["late"]["best"]]
+        weights = ", ".join(f"{n} {w:.2f}" for n, w in b["weights"].items())
+        console.print(f"late fusion {res['late']['best']}: weights tuned on validation: {weights}", highlight=False)
+    console.print(
+        f"early fusion: {res['fusion']['early_normalisation']}. Items missing a store: late fusion uses the stores they have.",
+        style="dim",
+    )
 
 
 def _print_leaderboard(res: dict) -> None:
@@ -216,23 +275,35 @@ ZEROSHOT_EXAMPLES = """
 Examples:
   genrekit zeroshot poster.jpg
   genrekit zeroshot poster.jpg --backbone ViT-L-14 --genres Horror,Comedy,Romance,Western
+  genrekit zeroshot --plot "A sheriff hunts an outlaw across the desert." --backbone minilm
 """
 
 
 @app.command(epilog=ZEROSHOT_EXAMPLES)
 def zeroshot(
-    posters: Annotated[list[Path], typer.Argument(help="Poster image files.")],
-    backbone: Annotated[str, typer.Option("--backbone", "-b", help="A model with image and text towers.")] = "ViT-B-32",
+    posters: Annotated[Optional[list[Path]], typer.Argument(help="Poster image files.")] = None,
+    plot: Annotated[Optional[list[str]], typer.Option("--plot", help="A plot to classify instead of posters (repeatable).")] = None,
+    backbone: Annotated[
+        Optional[str], typer.Option("--backbone", "-b", help="Posters: a model with image and text towers [ViT-B-32]; plots: any text tower [minilm].")
+    ] = None,
     weights: Annotated[Optional[str], typer.Option(help="Weights tag, local checkpoint, or none.")] = None,
     genres: Annotated[Optional[str], typer.Option(help="Comma-separated genres [default: 21 common IMDb genres].")] = None,
     top_k: Annotated[int, typer.Option(help="Genres to mark per poster (0: those above 1/number of genres).")] = 0,
     device: DeviceOpt = "cpu",
     json: JsonOpt = False,
 ) -> None:
-    """Genres of posters from prompts alone ("a poster of a horror movie." ...), no training."""
-    from genrekit.heads.apply import zeroshot_files
+    """Genres of posters from prompts ("a poster of a horror movie."), or of plots from genre descriptions; no training."""
+    from genrekit.errors import ConfigError
+    from genrekit.heads.apply import zeroshot_files, zeroshot_texts
 
-    preds, failures = zeroshot_files(
-        [str(p) for p in posters], backbone=backbone, weights=weights, genres=_csv(genres) or None, device=device, top_k=top_k
-    )
+    if bool(posters) == bool(plot):
+        raise ConfigError("give poster files, or plots with --plot (one of them)")
+    failures: list[tuple[str, str]] = []
+    if plot:
+        preds = zeroshot_texts(plot, backbone=backbone or "minilm", weights=weights, genres=_csv(genres) or None, device=device, top_k=top_k)
+    else:
+        preds, failures = zeroshot_files(
+            [str(p) for p in posters or []], backbone=backbone or "ViT-B-32", weights=weights, genres=_csv(genres) or None,
+            device=device, top_k=top_k,
+        )  # fmt: skip
     _print_predictions(preds, failures, json)

@@ -26,8 +26,8 @@ class _ErrorBoundary(TyperGroup):
     def invoke(self, ctx: click.Context):  # type: ignore[override]
         try:
             return super().invoke(ctx)
-        except (click.exceptions.Exit, click.ClickException, click.Abort):
-            raise
+        except (typer.Exit, click.exceptions.Exit, click.ClickException, click.Abort):
+            raise  # --help, usage errors and deliberate exits keep their own messages and codes
         except KeyboardInterrupt:
             _fail("interrupted; re-run the same command to resume", code=130)
         except Exception as e:

@@ -1,7 +1,8 @@
 """Using heads on new items: predict posters or plots, score a saved head on another store, zero-shot.
 
 These are the library halves of ``genrekit predict``, ``genrekit evaluate`` and ``genrekit
-zeroshot``. Encoders are imported inside the functions that need them.
+zeroshot``. Encoders are imported inside the functions that need them. Heads trained on fused
+stores (:mod:`genrekit.fusion`) are refused here: their inputs come from several encoders at once.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import numpy as np
 from genrekit.errors import ConfigError, LabelError
 from genrekit.evaluation.metrics import evaluate
 from genrekit.heads.saved import SavedHead, load_head
-from genrekit.heads.zeroshot import DEFAULT_GENRES, build_prompt_embeddings, cosine_scores, softmax_probabilities, templates_for
+from genrekit.heads.zeroshot import DEFAULT_GENRES, cosine_scores, genre_prompt_embeddings, softmax_probabilities
 from genrekit.store import FeatureSet, StoreHeader
 
 log = logging.getLogger(__name__)
@@ -66,8 +67,25 @@ def rank(items: Sequence[str], P: np.ndarray, Y: np.ndarray, genres: Sequence[st
     return out
 
 
+# Written by late fusion in place of run.json (see genrekit.fusion).
+LATE_FUSION_FILE = "fusion.json"
+
+
 def _as_saved(run: str | Path | SavedHead) -> SavedHead:
-    return run if isinstance(run, SavedHead) else load_head(run)
+    """The saved head of a single-store run; fused runs are refused in one line."""
+    if not isinstance(run, SavedHead) and (Path(run) / LATE_FUSION_FILE).is_file():
+        raise ConfigError(
+            f"{run} is a late-fusion run (several stores); predict and evaluate take a head trained on one store: "
+            "use one of the per-store heads it combines, RUNS/<store>/<head>"
+        )
+    saved = run if isinstance(run, SavedHead) else load_head(run)
+    fused = saved.info.get("fusion")
+    if fused:
+        raise ConfigError(
+            f"the {saved.name} head in {run} was trained on {fused['kind']}-fused features of {' + '.join(fused['stores'])}; "
+            "predict and evaluate take a head trained on one store: use RUNS/<store>/<head>"
+        )
+    return saved
 
 
 def _run_encoder(saved: SavedHead, device: str):
@@ -224,9 +242,7 @@ def zeroshot_files(
     from genrekit.backbones import create_encoder
     from genrekit.extract import embed_files, store_header
 
-    genres = list(genres or DEFAULT_GENRES)
-    if len(set(genres)) != len(genres) or not all(g.strip() for g in genres):
-        raise ConfigError(f"--genres must be distinct, non-empty names; got {genres}")
+    genres = _zeroshot_genres(genres)
     encoder = create_encoder(backbone, weights, device)
     if not (encoder.has_image and encoder.has_text):
         raise ConfigError(f"{backbone} needs an image and a text tower for zero-shot; try ViT-B-32 or test-tiny-clip")
@@ -234,12 +250,68 @@ def zeroshot_files(
     X, ok, failures = embed_files(encoder, header, [str(p) for p in paths])
     if not ok:
         return [], failures
-    prompts = build_prompt_embeddings(encoder.encode_texts, genres, templates_for("image"))
-    P = softmax_probabilities(cosine_scores(X, prompts))
+    return _rank_zeroshot(ok, X, encoder, genres, "image", top_k), failures
+
+
+def zeroshot_texts(
+    texts: Sequence[str],
+    backbone: str = "minilm",
+    weights: str | None = None,
+    genres: Sequence[str] | None = None,
+    device: str = "cpu",
+    top_k: int = 0,
+) -> list[Prediction]:
+    """Genres of plots from their similarity to genre descriptions alone: no labels, no training.
+
+    Each genre is the embedding of a one-sentence description of its typical story
+    (:data:`~genrekit.heads.zeroshot.GENRE_DESCRIPTIONS`; genres without one use prompt templates).
+    Probabilities and the predicted set follow :func:`zeroshot_files`.
+
+    Args:
+        texts: plots (long ones are windowed and pooled by the encoder, never truncated).
+        backbone: any backbone with a text tower: ``minilm``, ``bert``, an open_clip model.
+        weights: its weights (tag, path or ``none``); ``None`` for the default tag.
+        genres: genre labels to score (default: :data:`DEFAULT_GENRES`).
+        device: where the encoder runs.
+        top_k: how many genres to mark per plot (0: those above 1/G).
+
+    Example:
+        >>> zeroshot_texts(["A sheriff hunts an outlaw across the desert."])[0].predicted  # doctest: +SKIP
+        ('Western',)
+    """
+    from genrekit.backbones import create_encoder
+    from genrekit.extract import embed_texts, store_header
+
+    texts = list(texts)
+    if not texts or not all(t.strip() for t in texts):
+        raise ConfigError("--plot needs non-empty text (an empty plot says nothing about genres)")
+    genres = _zeroshot_genres(genres)
+    encoder = create_encoder(backbone, weights, device)
+    if not encoder.has_text:
+        raise ConfigError(f"{backbone} has no text tower; try minilm, bert or an open_clip model")
+    X = embed_texts(encoder, store_header(encoder, "text", genres, normalize="l2"), texts)
+    return _rank_zeroshot(texts, X, encoder, genres, "text", top_k)
+
+
+def _zeroshot_genres(genres: Sequence[str] | None) -> list[str]:
+    genres = list(genres or DEFAULT_GENRES)
+    if len(set(genres)) != len(genres) or not all(g.strip() for g in genres):
+        raise ConfigError(f"--genres must be distinct, non-empty names; got {genres}")
+    return genres
+
+
+# Softmax temperatures: text-to-text cosines of a sentence encoder spread about three times wider
+# than CLIP's image-to-text ones, so 0.01 would put all of a plot's mass on one genre.
+ZEROSHOT_TEMPERATURE = {"image": 0.01, "text": 0.03}
+
+
+def _rank_zeroshot(items: list[str], X: np.ndarray, encoder, genres: list[str], modality: str, top_k: int) -> list[Prediction]:
+    prompts = genre_prompt_embeddings(encoder.encode_texts, genres, modality)
+    P = softmax_probabilities(cosine_scores(X, prompts), ZEROSHOT_TEMPERATURE[modality])
     if top_k:
         from genrekit.evaluation.thresholds import top_k as mark_top_k
 
         Y = mark_top_k(P, top_k)
     else:
         Y = (P > 1.0 / len(genres)).astype(np.uint8)
-    return rank(ok, P, Y, genres), failures
+    return rank(items, P, Y, genres)

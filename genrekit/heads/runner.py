@@ -12,11 +12,13 @@ import logging
 import os
 import sys
 import time
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
+from sklearn.exceptions import ConvergenceWarning
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
@@ -29,7 +31,7 @@ from genrekit.heads.balance import BALANCE_MODES, check_balance, oversample_indi
 from genrekit.heads.registry import HEADS, get_head_spec
 from genrekit.heads.saved import SavedHead, write_json
 from genrekit.heads.sklearn_heads import similarity_order
-from genrekit.heads.zeroshot import build_prompt_embeddings, templates_for
+from genrekit.heads.zeroshot import genre_prompt_embeddings
 from genrekit.progress import ProgressFn, null_progress
 from genrekit.store import FeatureSet, StoreHeader
 
@@ -63,6 +65,15 @@ class HeadsConfig:
         chain_order: genre names that start the chain (the rest follow by text similarity or
             frequency); empty means text similarity when the encoder has a text tower, else
             frequency.
+        chain_encoder: a backbone with a text tower (e.g. ``minilm``) whose genre embeddings order
+            the chain, for features whose own encoder has none (a CNN, a fused set); it only
+            orders genres, so its embedding size need not match the features'.
+        standardise: fit a StandardScaler on train for the heads that want one. Early-fused
+            features come standardised per store, with each store's block weighted; a second
+            scaler would undo those weights, so fused runs turn it off.
+        skip_inapplicable: skip (and name) heads given in ``heads`` that do not apply to these
+            features instead of failing; fused runs set it, as a head such as ``zeroshot`` may
+            apply to one store and not to another.
         baseline: also fit the default one-vs-rest logistic regression as a reference.
         head_params: per head name, parameters overriding its defaults (e.g. smaller models
             for a quick look: ``{"rf": {"n_estimators": 50}}``).
@@ -79,6 +90,9 @@ class HeadsConfig:
     jobs: int = 0
     knn_index: str = "Flat"
     chain_order: tuple[str, ...] = ()
+    chain_encoder: str | None = None
+    standardise: bool = True
+    skip_inapplicable: bool = False
     baseline: bool = True
     head_params: Mapping[str, Mapping] = field(default_factory=dict)
 
@@ -91,6 +105,10 @@ class HeadsConfig:
             raise ConfigError(f"--balance needs at least one of {', '.join(BALANCE_MODES)}")
         for b in self.balance:
             check_balance(b)
+        if self.chain_encoder:
+            from genrekit.backbones import get_spec
+
+            get_spec(self.chain_encoder)
         if self.min_train_positives < 1 or self.min_eval_positives < 1:
             raise ConfigError("--min-positives must be at least 1 (a genre needs a positive to be learnt and scored)")
 
@@ -146,7 +164,19 @@ def _text_encoder_from_header(header: StoreHeader | None) -> tuple[TextEncoder |
     return encoder.encode_texts, ""
 
 
-def _chain_order(genres: list[str], Y_train: np.ndarray, given: Sequence[str], genre_embeddings: np.ndarray | None) -> tuple[list[int], str]:
+def _encoder_genre_embeddings(backbone: str, genres: list[str]) -> np.ndarray:
+    """Genre embeddings from any backbone's text tower (plot-style prompts), for the chain order."""
+    from genrekit.backbones import create_encoder
+
+    encoder = create_encoder(backbone, device="cpu")
+    if not encoder.has_text:
+        raise ConfigError(f"--chain-encoder {backbone} has no text tower; use a text backbone such as minilm, or an open_clip model")
+    return genre_prompt_embeddings(encoder.encode_texts, genres, "text")
+
+
+def _chain_order(
+    genres: list[str], Y_train: np.ndarray, given: Sequence[str], genre_embeddings: np.ndarray | None, source: str = "text similarity"
+) -> tuple[list[int], str]:
     by_freq = [int(j) for j in np.argsort(-Y_train.sum(axis=0), kind="stable")]
     if given:
         unknown = [g for g in given if g not in genres]
@@ -155,7 +185,7 @@ def _chain_order(genres: list[str], Y_train: np.ndarray, given: Sequence[str], g
         head = [genres.index(g) for g in given]
         return head + [j for j in by_freq if j not in head], "given"
     if genre_embeddings is not None:
-        return similarity_order(genre_embeddings, start=by_freq[0]), "text similarity"
+        return similarity_order(genre_embeddings, start=by_freq[0]), source
     return by_freq, "label frequency"
 
 
@@ -187,13 +217,23 @@ def _fit_task(task: _Task, data: dict, threads: int) -> dict:
             idx = oversample_indices(Y, seed=task.seed)
             X, Y = X[idx], Y[idx]
         t0 = time.perf_counter()
-        head.fit(X, Y, data["X_val"], data["Y_val"])
+        with warnings.catch_warnings(record=True) as caught:
+            # Counted and reported once per head by the caller, instead of one stderr block per genre.
+            warnings.simplefilter("always", ConvergenceWarning)
+            head.fit(X, Y, data["X_val"], data["Y_val"])
         fit_s = time.perf_counter() - t0
+        unconverged = 0
+        for w in caught:
+            if issubclass(w.category, ConvergenceWarning):
+                unconverged += 1
+            else:
+                warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
         t0 = time.perf_counter()
         P_val = head.predict_proba(data["X_val"])
         P_test = head.predict_proba(data["X_test"])
         predict_s = time.perf_counter() - t0
-    return {"task": task, "head": head, "P_val": P_val, "P_test": P_test, "fit_seconds": fit_s, "predict_seconds": predict_s}
+    return {"task": task, "head": head, "P_val": P_val, "P_test": P_test, "fit_seconds": fit_s,
+            "predict_seconds": predict_s, "unconverged": unconverged}
 
 
 def _fitted_summary(head) -> dict:
@@ -213,6 +253,7 @@ def run_heads(
     header: StoreHeader | None = None,
     text_encoder: TextEncoder | None = None,
     progress: ProgressFn | None = None,
+    run_info: Mapping | None = None,
 ) -> dict:
     """Train, tune and compare heads; write the leaderboard and one directory per head.
 
@@ -227,6 +268,7 @@ def run_heads(
         text_encoder: ``encode_texts`` of the encoder that made ``features`` (skips rebuilding it
             from ``header``; tests pass a stub).
         progress: called as ``progress("heads", done, total)``.
+        run_info: extra fields for every saved head's run.json (fused runs record their stores).
 
     Returns:
         The results dict also written to ``results.json``.
@@ -264,21 +306,25 @@ def run_heads(
     skipped: dict[str, str] = {}
     prompt_emb = None
     modality = header.modality if header is not None else "image"
-    wants_text = any(get_head_spec(n).needs_text for n in names) or ("chain" in names and not config.chain_order)
+    chain_by_text = "chain" in names and not config.chain_order
+    wants_text = any(get_head_spec(n).needs_text for n in names) or (chain_by_text and not config.chain_encoder)
     if wants_text:
         enc, why = (text_encoder, "") if text_encoder is not None else _text_encoder_from_header(header)
         if enc is not None:
-            prompt_emb = build_prompt_embeddings(enc, genres, templates_for(modality))
+            prompt_emb = genre_prompt_embeddings(enc, genres, modality)
             if prompt_emb.shape[1] != fs.X.shape[1]:
                 why = f"the text tower's {prompt_emb.shape[1]}-d space is not the features' {fs.X.shape[1]}-d space"
                 prompt_emb = None
         for n in names:
             if get_head_spec(n).needs_text and prompt_emb is None:
-                if explicit:
+                if explicit and not config.skip_inapplicable:
                     raise ConfigError(f"head {n!r} does not apply to these features: {why}")
                 skipped[n] = why
     names = [n for n in names if n not in skipped]
-    chain_order, chain_source = _chain_order(genres, Ytr, config.chain_order, prompt_emb)
+    genre_emb, emb_source = prompt_emb, "text similarity"
+    if chain_by_text and config.chain_encoder:
+        genre_emb, emb_source = _encoder_genre_embeddings(config.chain_encoder, genres), f"text similarity ({config.chain_encoder})"
+    chain_order, chain_source = _chain_order(genres, Ytr, config.chain_order, genre_emb, emb_source)
 
     # Tasks: one per head and balance mode; a head without class weights runs once unweighted.
     tasks: list[_Task] = []
@@ -321,7 +367,7 @@ def run_heads(
     progress("heads", 0, len(tasks))
 
     def data_for(t: _Task) -> dict:
-        return scaled if get_head_spec(t.head).standardise else raw
+        return scaled if get_head_spec(t.head).standardise and config.standardise else raw
 
     if jobs == 1:
         stream = (_fit_task(t, data_for(t), threads) for t in tasks)
@@ -337,6 +383,11 @@ def run_heads(
     for done, r in enumerate(stream, start=1):
         task: _Task = r["task"]
         spec = get_head_spec(task.head)
+        if r["unconverged"]:
+            # The baseline keeps scikit-learn's max_iter=100 on purpose: it is the untuned reference.
+            (log.info if task.entry == BASELINE else log.warning)(
+                "%s: the solver stopped before converging in %d fit(s)", task.entry, r["unconverged"]
+            )
         at05 = fixed(len(genres))
         if task.entry == BASELINE:
             baseline = {
@@ -346,7 +397,7 @@ def run_heads(
                 "test": {"at_0.5": multilabel_metrics(Yte, r["P_test"], at05.apply(r["P_test"]))},
             }
         else:
-            entries[task.entry] = _finish(task, r, spec, scaler, genres, Yva, Yte, header, config, out)
+            entries[task.entry] = _finish(task, r, spec, scaler, genres, Yva, Yte, header, config, out, run_info)
         progress("heads", done, len(tasks))
     wall = time.perf_counter() - t_start
 
@@ -382,7 +433,7 @@ def run_heads(
     return results
 
 
-def _finish(task, r, spec, scaler, genres, Yva, Yte, header, config, out) -> dict:
+def _finish(task, r, spec, scaler, genres, Yva, Yte, header, config, out, run_info=None) -> dict:
     """Tune thresholds on validation, score on test, save the head; the results entry."""
     P_val, P_test = r["P_val"], r["P_test"]
     th = tune_thresholds(Yva, P_val, config.threshold, genres, min_positives=config.min_threshold_positives)
@@ -406,9 +457,10 @@ def _finish(task, r, spec, scaler, genres, Yva, Yte, header, config, out) -> dic
         "skipped_for_ranking": tuned.skipped,
         "dir": task.entry,
     }
-    model = Pipeline([("scale", scaler), ("head", r["head"])]) if spec.standardise else r["head"]
+    model = Pipeline([("scale", scaler), ("head", r["head"])]) if spec.standardise and config.standardise else r["head"]
     info = {k: entry[k] for k in ("balance", "description", "fitted", "fit_seconds", "val", "test")}
     info["config"] = asdict(config)
+    info.update(run_info or {})
     SavedHead(task.head, model, genres, th, header, info).save(out / task.entry)
     return entry
 

@@ -7,13 +7,21 @@ head turns similarities into probabilities with one logistic map per genre fitte
 (an increasing map, so each genre's ranking, hence its AUC and AP, stays as zero-shot made it;
 a genre whose prompts rank backwards on validation gets its prior instead).
 
+Plots are compared with a short description of each genre's typical story instead of a template
+("Cowboys, outlaws and a sheriff in the Wild West frontier." rather than "A western movie."): a
+plot sentence is closer to another plot sentence than to a label. On the 1,363 ``imdb_plots``
+with MiniLM, before any calibration, macro ROC AUC was 0.777 with :data:`GENRE_DESCRIPTIONS`,
+0.729 with descriptions and templates together, 0.725 with the bare genre name and 0.701 with
+:data:`TEXT_TEMPLATES` (the descriptions were written once, not tuned on those plots). Genres
+without a description fall back to the templates.
+
 The head gets prompt embeddings as an array; :func:`build_prompt_embeddings` makes them from any
 ``encode_texts`` callable, so nothing here imports an encoder.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 from sklearn.linear_model import LogisticRegression
@@ -35,6 +43,30 @@ TEXT_TEMPLATES: tuple[str, ...] = (
     "The plot of a {} movie.",
     "A story in the {} genre.",
 )
+# What a plot of each genre tends to tell, as one plot-like sentence (text encoders only).
+GENRE_DESCRIPTIONS: dict[str, str] = {
+    "Drama": "People face personal struggles, family conflict, loss and difficult choices in their lives.",
+    "Comedy": "A funny story full of jokes, misunderstandings and hilarious mishaps.",
+    "Action": "A hero fights villains in explosive battles, chases, shootouts and fistfights.",
+    "Adventure": "Heroes set out on a journey or quest to explore unknown lands and find treasure.",
+    "Crime": "Criminals, gangsters and police: a heist, a murder, drugs, a robbery or a detective investigation.",
+    "Thriller": "A tense, suspenseful story of danger, a conspiracy, a chase or a killer on the loose.",
+    "Romance": "Two people fall in love; a love story, a relationship, a romance or a marriage.",
+    "Mystery": "A puzzling mystery: a detective investigates a disappearance, a secret or an unexplained death.",
+    "Sci-Fi": "Science fiction: space travel, aliens, robots, time travel or a future world shaped by technology.",
+    "Horror": "A terrifying horror story of ghosts, demons, monsters, a haunted house or a murderous killer.",
+    "Fantasy": "A fantasy world of magic, wizards, witches, dragons, fairy tales and mythical creatures.",
+    "Biography": "The true story of the life of a real, famous person, based on real events.",
+    "Animation": "An animated cartoon for children with talking animals and toys.",
+    "Family": "A heartwarming story for children and families, with kids, parents and pets.",
+    "History": "A historical story set in the past: a king, an empire, a war or real events of history.",
+    "War": "Soldiers fight in a war: battles, an army, World War II, the front line.",
+    "Music": "A musician, a singer or a band pursues a career in music.",
+    "Musical": "A musical with singing and dancing on stage.",
+    "Western": "Cowboys, outlaws and a sheriff in the Wild West frontier.",
+    "Film-Noir": "A cynical private detective, a femme fatale and crime in a dark city of the 1940s.",
+    "Sport": "An athlete or a team trains and competes to win a championship game.",
+}
 # Genres used by `genrekit zeroshot` when none are given: the most common IMDb genres.
 DEFAULT_GENRES: tuple[str, ...] = (
     "Drama", "Comedy", "Romance", "Action", "Thriller", "Horror", "Adventure", "Crime", "Family",
@@ -65,10 +97,16 @@ def templates_for(modality: str) -> tuple[str, ...]:
     return IMAGE_TEMPLATES if modality == "image" else TEXT_TEMPLATES
 
 
+def descriptions_for(modality: str) -> Mapping[str, str] | None:
+    """Genre descriptions that replace the templates for items of this modality (plots only)."""
+    return None if modality == "image" else GENRE_DESCRIPTIONS
+
+
 def build_prompt_embeddings(
     encode_texts: Callable[[list[str]], np.ndarray],
     genres: Sequence[str],
     templates: Sequence[str] = IMAGE_TEMPLATES,
+    descriptions: Mapping[str, str] | None = None,
 ) -> np.ndarray:
     """One unit-length embedding per genre: the mean of its normalised prompt embeddings.
 
@@ -76,6 +114,8 @@ def build_prompt_embeddings(
         encode_texts: the model's text tower, e.g. ``encoder.encode_texts``.
         genres: genre labels, in the column order of the head.
         templates: format strings with one ``{}`` for the genre phrase.
+        descriptions: genre -> one sentence used instead of the templates for that genre
+            (see :func:`descriptions_for`); other genres use the templates.
 
     Returns:
         (G, d) float32.
@@ -85,10 +125,16 @@ def build_prompt_embeddings(
     """
     if not templates or any("{}" not in t for t in templates):
         raise ConfigError(f"prompt templates must each contain '{{}}' for the genre; got {list(templates)}")
-    prompts = [t.format(genre_phrase(g)) for g in genres for t in templates]
-    E = l2_normalise(np.asarray(encode_texts(prompts), dtype=np.float32))
-    E = E.reshape(len(genres), len(templates), -1).mean(axis=1)
-    return l2_normalise(E)
+    descriptions = descriptions or {}
+    per_genre = [[descriptions[g]] if g in descriptions else [t.format(genre_phrase(g)) for t in templates] for g in genres]
+    E = l2_normalise(np.asarray(encode_texts([p for ps in per_genre for p in ps]), dtype=np.float32))
+    ends = np.cumsum([len(ps) for ps in per_genre])
+    return l2_normalise(np.stack([E[end - len(ps) : end].mean(axis=0) for ps, end in zip(per_genre, ends)]))
+
+
+def genre_prompt_embeddings(encode_texts: Callable[[list[str]], np.ndarray], genres: Sequence[str], modality: str) -> np.ndarray:
+    """:func:`build_prompt_embeddings` with the prompts suited to items of ``modality`` (image or text)."""
+    return build_prompt_embeddings(encode_texts, genres, templates_for(modality), descriptions_for(modality))
 
 
 def cosine_scores(X: np.ndarray, prompt_embeddings: np.ndarray) -> np.ndarray:
