@@ -4,7 +4,8 @@ For each backbone, in one run on the same machine:
   1. model only: the best images/s over a grid of batch sizes and memory formats, on tensors that
      are already decoded and preprocessed (the ceiling extraction can reach);
   2. genrekit: `extract` end to end, JPEG files to HDF5 store, with its defaults;
-  3. naive: one image at a time (PIL open, transform, forward, append), as notebooks do.
+  3. naive: one image at a time (PIL open, transform, fp32 forward, append), as notebooks do.
+Model-only is measured in fp32 and in the precision genrekit picks (bf16 on CPUs that have it).
 It prints images/s and the ratios genrekit/model-only (goal >= 0.85) and genrekit/naive (goal >= 2).
 
     python benchmarks/bench_extract.py                      # mobilenet_v2 and ViT-B-32, 256 posters
@@ -58,9 +59,10 @@ def model_only_grid(enc, batches, threads, seconds) -> dict[tuple[int, bool, int
 
 
 def naive(enc, paths) -> float:
-    """The notebook way: open, transform, forward one image at a time, default memory format and threads."""
+    """The notebook way: open, transform, forward one image at a time; fp32, default memory format and threads."""
     from PIL import Image
 
+    assert enc.precision == "fp32"
     enc.channels_last = False
     enc.module.to(memory_format=torch.contiguous_format)
     t0 = time.perf_counter()
@@ -83,25 +85,30 @@ def main() -> None:
     rows = []
     for name in args.backbones:
         weights = str(MOBILENET) if name == "mobilenet_v2" and MOBILENET.exists() else "none"
-        enc = create_encoder(name, weights=weights)
         cores = len(os.sched_getaffinity(0))
         threads = sorted({1, cores})
-        grid = model_only_grid(enc, args.batches, threads, args.seconds)
-        (best_bs, best_cl, best_th), best = max(grid.items(), key=lambda kv: kv[1])
-        print(f"\n## {name} model only, images/s (batch x memory format x torch threads)")
-        for bs in args.batches:
-            cells = "   ".join(f"{'NHWC' if cl else 'NCHW'} {th}t {grid[(bs, cl, th)]:6.1f}"
-                               for cl in (False, True) for th in threads)
-            print(f"  batch {bs:3d}: {cells}")
+        grids = {}
+        for precision in dict.fromkeys(["fp32", create_encoder(name, weights=weights).precision]):
+            enc = create_encoder(name, weights=weights, precision=precision)
+            grids[precision] = grid = model_only_grid(enc, args.batches, threads, args.seconds)
+            print(f"\n## {name} model only, {precision}, images/s (batch x memory format x torch threads)")
+            for bs in args.batches:
+                cells = "   ".join(f"{'NHWC' if cl else 'NCHW'} {th}t {grid[(bs, cl, th)]:6.1f}"
+                                   for cl in (False, True) for th in threads)
+                print(f"  batch {bs:3d}: {cells}")
+        (best_prec, (best_bs, best_cl, best_th)), best = max(
+            (((p, k), v) for p, g in grids.items() for k, v in g.items()), key=lambda kv: kv[1]
+        )
         with tempfile.TemporaryDirectory() as tmp:
             rep = extract(ExtractConfig(backbone=name, weights=weights, data=str(POSTERS), out=f"{tmp}/s.h5", limit=args.n))
         e2e = rep.items_per_second
-        nv = naive(create_encoder(name, weights=weights), paths[: max(32, args.n // 4)])
+        nv = naive(create_encoder(name, weights=weights, precision="fp32"), paths[: max(32, args.n // 4)])
         s = rep.seconds
-        print(f"  genrekit end to end (batch {create_encoder(name, weights=weights).spec.cpu_batch_size}): {e2e:.1f} images/s "
+        default = create_encoder(name, weights=weights)
+        print(f"  genrekit end to end (defaults: batch {default.spec.cpu_batch_size}, {default.precision}): {e2e:.1f} images/s "
               f"(read wait {s['read']:.1f}s, encode {s['encode']:.1f}s, write {s['write']:.2f}s, total {s['total']:.1f}s)")
         print(f"  naive one-at-a-time loop: {nv:.1f} images/s")
-        rows.append((name, best, f"batch {best_bs}{' NHWC' if best_cl else ''}, {best_th} thread(s)", e2e, nv))
+        rows.append((name, best, f"{best_prec}, batch {best_bs}{' NHWC' if best_cl else ''}, {best_th} thread(s)", e2e, nv))
     print("\n| backbone | model-only best (batch) | genrekit end to end | naive loop | e2e / model-only (goal >= 0.85) | e2e / naive (goal >= 2) |")
     print("|---|---|---|---|---|---|")
     for name, best, cfg, e2e, nv in rows:

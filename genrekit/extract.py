@@ -50,8 +50,8 @@ class ExtractConfig:
     device: str = "auto"
     precision: str = "auto"  # GPU autocast: bf16 where supported, else fp16
     resize: str | None = None  # squash | center-crop | letterbox; None = squash (measured best on posters)
-    workers: int | None = None  # decode processes; None = 1 on CPU (decoding is light), spare cores on GPU
-    threads: int | None = None  # torch CPU threads; None = every core on CPU (see _workers_and_threads)
+    workers: int | None = None  # decode processes; None = spare cores on GPU, 0-1 on CPU (_workers_and_threads)
+    threads: int | None = None  # torch CPU threads; None = the cores the decode workers leave
     limit: int | None = None  # only the first N samples of the manifest
     dtype: str = "float32"  # stored embedding type: float32 or float16
     normalize: str | None = None  # none | l2; None = the backbone's default
@@ -147,17 +147,19 @@ def _cores() -> int:
 def _workers_and_threads(config: ExtractConfig, on_gpu: bool) -> tuple[int, int]:
     """Decode processes and torch threads.
 
-    On GPU the CPU only decodes: one process per spare core. On CPU the model is the work: torch
-    gets every core and one decode process runs beside it, mostly idle (decoding a poster costs
-    about a tenth of a MobileNetV2 forward). Measured on 2 cores (benchmarks/README.md): 1 worker +
-    2 threads ran at 56-65 posters/s, 1 worker + 1 thread at 39-45.
+    On GPU the CPU only decodes: one process per spare core. On CPU the model is the work, and
+    torch's threads wait for each other at every layer, so a decode process competing for their
+    cores slows every layer. Measured on 2 cores (benchmarks/README.md, MobileNetV2 bf16):
+    decoding in the main process with 2 torch threads ran at 107 posters/s, one decode worker
+    beside 2 threads at 86, one worker beside 1 thread at 78. With more cores, one worker gets a
+    core of its own.
     """
     cores = _cores()
     if on_gpu:
         workers = config.workers if config.workers is not None else max(1, min(8, cores - 1))
         return workers, config.threads or max(1, cores - workers)
-    workers = config.workers if config.workers is not None else (1 if cores > 1 else 0)
-    return workers, config.threads or cores
+    workers = config.workers if config.workers is not None else (0 if cores <= 2 else 1)
+    return workers, config.threads or max(1, cores - workers)
 
 
 @contextlib.contextmanager
@@ -317,9 +319,14 @@ def encoder_from_header(header: StoreHeader, device: str = "cpu") -> Encoder:
             f"the store was made with weights {weights}, which no longer exist; put the file back or re-extract"
         )
     resize = header.preprocessing.get("resize") if header.modality == "image" else None
-    encoder = create_encoder(ident["name"], weights, device, resize=resize)
+    # The store's precision where this device has it (a GPU's fp16 store is read in fp32 on CPU);
+    # predictions tolerate the ~0.999 cosine between precisions, extending a store does not.
+    precision = ident.get("precision", "fp32")
+    if precision == "fp16" and not device.startswith(("cuda", "auto")):
+        precision = "fp32"
+    encoder = create_encoder(ident["name"], weights, device, precision=precision, resize=resize)
     new = store_header(encoder, header.modality, header.genres, header.normalisation, header.dtype)
-    diff = header.diff(new)
+    diff = [d for d in header.diff(new) if d[0] != "encoder.precision"]
     if diff:
         field_, a, b = diff[0]
         raise StoreMismatchError(f"the encoder rebuilt for this store differs in {field_}: store has {a!r}, now {b!r}")

@@ -18,8 +18,9 @@ from conftest import make_collection, write_manifest
 
 
 def cfg(manifest, out, **kw):
+    # fp32: these tests compare stores made with different batch boundaries exactly.
     return ExtractConfig(**{"backbone": "test-tiny-cnn", "data": str(manifest), "out": str(out), "workers": 0,
-                            "batch_size": 4, **kw})
+                            "batch_size": 4, "precision": "fp32", **kw})
 
 
 def test_extraction_is_deterministic_and_labelled(collection, tmp_path):
@@ -71,7 +72,8 @@ KILL_SCRIPT = textwrap.dedent(
     """
     import sys, genrekit.extract as ex
     ex.FLUSH_ROWS = 4
-    ex.extract(ex.ExtractConfig(backbone="test-tiny-cnn", data=sys.argv[1], out=sys.argv[2], workers=0, batch_size=4))
+    ex.extract(ex.ExtractConfig(backbone="test-tiny-cnn", data=sys.argv[1], out=sys.argv[2], workers=0, batch_size=4,
+                                precision="fp32"))
     """
 )
 
@@ -160,3 +162,17 @@ def test_bad_options_are_refused(collection, tmp_path):
         extract(cfg(collection, tmp_path / "x.h5", modality="audio"))
     with pytest.raises(ConfigError, match="text encoder"):
         extract(cfg(collection, tmp_path / "x.h5", backbone="test-tiny-text"))
+
+
+def test_bf16_is_recorded_and_close_to_fp32(collection, tmp_path):
+    r32 = extract(cfg(collection, tmp_path / "a.h5"))
+    r16 = extract(cfg(collection, tmp_path / "b.h5", precision="bf16"))
+    a, b = FeatureStore(r32.store), FeatureStore(r16.store)
+    assert (a.header.encoder["precision"], b.header.encoder["precision"]) == ("fp32", "bf16")
+    Xa, Xb = a.load().X, b.load().X
+    cos = (Xa * Xb).sum(1) / np.linalg.norm(Xa, axis=1) / np.linalg.norm(Xb, axis=1)
+    assert cos.min() > 0.99
+    with pytest.raises(StoreMismatchError, match="precision"):
+        extract(cfg(collection, tmp_path / "a.h5", precision="bf16"))
+    with pytest.raises(ConfigError, match="fp16 is for GPUs"):
+        extract(cfg(collection, tmp_path / "c.h5", precision="fp16"))

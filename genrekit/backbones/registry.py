@@ -126,7 +126,8 @@ def create_encoder(
         weights: a weights tag, a local checkpoint file or folder, or ``"none"`` for random init;
             ``None`` means the backbone's default tag.
         device: ``cpu``, ``cuda``, ``cuda:1`` or ``auto``.
-        precision: ``auto`` (bf16/fp16 autocast on GPU, fp32 on CPU), ``fp32``, ``fp16`` or ``bf16``.
+        precision: ``auto`` (bf16 where the GPU or CPU has it, else fp16 on GPU and fp32 on CPU),
+            ``fp32``, ``fp16`` (GPU only) or ``bf16``. Recorded in the encoder identity.
         resize: override the poster resize mode (``squash``, ``center-crop``, ``letterbox``).
 
     Example:

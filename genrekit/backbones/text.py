@@ -53,7 +53,7 @@ class HFTextEncoder(Encoder):
                 input_ids[r, : len(s)] = torch.tensor(s)
                 mask[r, : len(s)] = 1
             input_ids, mask = input_ids.to(self.device), mask.to(self.device)
-            hidden = self.module(input_ids=input_ids, attention_mask=mask).last_hidden_state  # type: ignore[misc]
+            hidden = self.module(input_ids=input_ids, attention_mask=mask).last_hidden_state.float()  # type: ignore[misc]
             m = mask.unsqueeze(-1).to(hidden.dtype)
             outs.append((hidden * m).sum(1) / m.sum(1).clamp_min(1))
         return pool_windows(torch.cat(outs).float(), owners, [len(s) for s in seqs], len(texts))
