@@ -178,7 +178,7 @@ def store_info(
     pre_s = ", ".join(f"{k}={v}" for k, v in pre.items())
     for k, v in (
         ("rows", f"{info['rows']:,} x {info['dim']} {info['dtype']} ({info['size_bytes'] / 1e6:.1f} MB)"),
-        ("encoder", f"{enc.get('name')} ({enc.get('family')})"),
+        ("encoder", f"{enc.get('name')} ({enc.get('family')}, {enc.get('precision', 'fp32')})"),
         ("weights", weights),
         ("modality", info["modality"]),
         ("preprocessing", pre_s),

@@ -9,10 +9,11 @@ import typer
 from rich.table import Table
 
 from genrekit_cli.main import app
+from genrekit_cli.options import JsonOpt
 from genrekit_cli.ui import console, err_console, print_json, progress_bar
 
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")]
 DeviceOpt = Annotated[str, typer.Option(help="Where the encoder runs: cpu, cuda or auto.")]
+TopOpt = Annotated[int, typer.Option("--top", help="Genres shown per item (the predicted ones always are); 0: all.")]
 
 
 def _csv(value: Optional[str]) -> tuple[str, ...]:
@@ -197,6 +198,7 @@ def predict(
     posters: Annotated[Optional[list[Path]], typer.Argument(help="Poster image files.")] = None,
     text: Annotated[Optional[list[str]], typer.Option("--text", help="A plot, for heads trained on text (repeatable).")] = None,
     device: DeviceOpt = "cpu",
+    top: TopOpt = 8,
     json: JsonOpt = False,
 ) -> None:
     """Genres of new posters (or plots), sorted by probability; the predicted set is starred."""
@@ -210,15 +212,15 @@ def predict(
         preds = predict_texts(run, text, device=device)
     else:
         preds, failures = predict_files(run, [str(p) for p in posters or []], device=device)
-    _print_predictions(preds, failures, json)
+    _print_predictions(preds, failures, json, top)
 
 
-def _print_predictions(preds, failures, json: bool) -> None:
+def _print_predictions(preds, failures, json: bool, top: int | None = 8) -> None:
     if json:
         print_json({"predictions": [p.to_json() for p in preds], "failures": [{"item": i, "reason": r} for i, r in failures]})
     else:
         for p in preds:
-            console.print(f"[bold]{p.item}[/]: {p.line()}", highlight=False)
+            console.print(f"[bold]{p.item}[/]: {p.line(max(top or 0, len(p.predicted)) or None)}", highlight=False)
         if preds:
             console.print("* = predicted genre", style="dim")
         for item, reason in failures:
@@ -290,6 +292,7 @@ def zeroshot(
     genres: Annotated[Optional[str], typer.Option(help="Comma-separated genres [default: 21 common IMDb genres].")] = None,
     top_k: Annotated[int, typer.Option(help="Genres to mark per poster (0: those above 1/number of genres).")] = 0,
     device: DeviceOpt = "cpu",
+    top: TopOpt = 8,
     json: JsonOpt = False,
 ) -> None:
     """Genres of posters from prompts ("a poster of a horror movie."), or of plots from genre descriptions; no training."""
@@ -306,4 +309,4 @@ def zeroshot(
             [str(p) for p in posters or []], backbone=backbone or "ViT-B-32", weights=weights, genres=_csv(genres) or None,
             device=device, top_k=top_k,
         )  # fmt: skip
-    _print_predictions(preds, failures, json)
+    _print_predictions(preds, failures, json, top)

@@ -111,7 +111,7 @@ def clip_spec(name: str, description: str = "", **overrides) -> BackboneSpec:
         build=build_open_clip,
         preprocess=Preprocess(size=size if isinstance(size, int) else size[-1], mean=OPENAI_MEAN, std=OPENAI_STD, interpolation="bicubic"),
         normalisation="l2",
-        cpu_batch_size=16,
+        cpu_batch_size=32,  # measured: bf16 ViT-B-32 runs 125 images/s at 32, 100 at 8 (2 cores)
         description=description or f"open_clip {name}",
         options={"arch": name, "any_tag": True},
         **overrides,

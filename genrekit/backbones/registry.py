@@ -42,6 +42,7 @@ def _clip(name: str, dim: int, size: int, description: str, weights: tuple[str, 
         build=clip.build_open_clip,
         preprocess=Preprocess(size=size, mean=clip.OPENAI_MEAN, std=clip.OPENAI_STD, interpolation="bicubic"),
         normalisation="l2",
+        cpu_batch_size=32,  # measured: bf16 ViT-B-32 runs 125 images/s at 32, 100 at 8 (2 cores)
         description=description,
         # open_clip knows its own tags (list_pretrained_tags_by_model); build checks them.
         options={"arch": name, "any_tag": bool(weights)},
