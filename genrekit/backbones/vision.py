@@ -19,8 +19,7 @@ class ModuleEncoder(Encoder):
     """An image encoder whose module maps a normalised batch straight to embeddings."""
 
     def _forward_images(self, x: torch.Tensor) -> torch.Tensor:
-        assert self.module is not None
-        return self.module(x)
+        return self.module(x)  # type: ignore[misc]
 
 
 def load_checkpoint(path: str) -> dict[str, torch.Tensor]:
