@@ -190,7 +190,7 @@ def _text_batches(samples: Sequence[Sample], batch_size: int):
     for start in range(0, len(samples), batch_size):
         chunk = range(start, min(start + batch_size, len(samples)))
         ok = [i for i in chunk if samples[i].plot and samples[i].plot.strip()]
-        bad = [(i, "no plot (empty or missing)") for i in chunk if i not in set(ok)]
+        bad = [(i, "no plot (empty or missing)") for i in sorted(set(chunk) - set(ok))]
         yield ok, [samples[i].plot for i in ok], bad
 
 
