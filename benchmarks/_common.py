@@ -18,6 +18,8 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
+from genrekit.system import cpu_count
+
 BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
 SHARED = REPO.parent / "shared"
@@ -27,10 +29,6 @@ PLOTS = DATA / "imdb_plots" / "plots.csv"
 MOBILENET = SHARED / "weights" / "mobilenet_v2-coralquant-dequant-tv.pth"
 # Stores the scripts build themselves when no --store is given (git-ignored).
 CACHE = BENCH / ".cache"
-
-
-def cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 def cpu_model() -> str:
@@ -61,7 +59,7 @@ def machine_lines(extra: str = "") -> list[str]:
         if module in sys.modules:
             versions += f", {name} {getattr(sys.modules[module], '__version__', '?')}"
     lines = [
-        f"- machine: {cpu_model()}, {cores()} cores, {platform.system()} {platform.release()}",
+        f"- machine: {cpu_model()}, {cpu_count()} cores, {platform.system()} {platform.release()}",
         f"- date: {time.strftime('%Y-%m-%d %H:%M %Z')}",
         f"- versions: {versions}",
         f"- command: `{command()}`",

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import os
 import platform
 import tempfile
 import time
@@ -27,6 +26,7 @@ import torch
 from genrekit.backbones import create_encoder
 from genrekit.data.manifest import read_manifest
 from genrekit.extract import ExtractConfig, extract
+from genrekit.system import cpu_count
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 POSTERS = SHARED / "data" / "movie_posters" / "labels.csv"
@@ -84,7 +84,7 @@ def main() -> None:
     rows = []
     for name in args.backbones:
         weights = str(MOBILENET) if name == "mobilenet_v2" and MOBILENET.exists() else "none"
-        cores = len(os.sched_getaffinity(0))
+        cores = cpu_count()
         threads = sorted({1, cores})
         grids = {}
         for precision in dict.fromkeys(["fp32", create_encoder(name, weights=weights).precision]):

@@ -27,7 +27,7 @@ import numpy as np
 from _common import PLOTS, POSTERS, build_store, fmt, md_table, poster_store, print_header, quiet_baseline
 from bench_accuracy import shared_split, with_split
 
-from genrekit.data.manifest import read_manifest
+from genrekit.data.manifest import PARTS, read_manifest
 from genrekit.evaluation.metrics import macro_average_precision, multilabel_metrics
 from genrekit.fusion import FusionConfig, join_stores, run_fused
 from genrekit.heads.runner import HeadsConfig, run_heads
@@ -51,7 +51,7 @@ def tfidf_logreg(fs: FeatureSet, cols: list[int]) -> dict:
 
     plot = {s.id: s.plot or "" for s in read_manifest(PLOTS).samples}
     docs = np.array([plot[i] for i in fs.ids], dtype=object)
-    part = {p: fs.split == p for p in ("train", "val", "test")}
+    part = {p: fs.split == p for p in PARTS}
     vec = TfidfVectorizer(sublinear_tf=True, min_df=2, stop_words="english", ngram_range=(1, 2)).fit(docs[part["train"]])
     X = {p: vec.transform(docs[m]) for p, m in part.items()}
     Y = {p: fs.Y[m][:, cols] for p, m in part.items()}

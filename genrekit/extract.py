@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -26,6 +25,7 @@ from genrekit.data.vocab import VocabConfig, apply_vocabulary
 from genrekit.errors import ConfigError, StoreMismatchError, UnreadableImageError
 from genrekit.progress import ProgressFn
 from genrekit.store import StoreHeader, StoreWriter, l2_normalise
+from genrekit.system import cpu_count
 
 log = logging.getLogger(__name__)
 MODALITIES = ("image", "text")
@@ -140,10 +140,6 @@ def _collate(items):
     return [i for i, _ in ok], xs, bad
 
 
-def _cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-
-
 def _workers_and_threads(config: ExtractConfig, on_gpu: bool) -> tuple[int, int]:
     """Decode processes and torch threads.
 
@@ -154,11 +150,13 @@ def _workers_and_threads(config: ExtractConfig, on_gpu: bool) -> tuple[int, int]
     beside 2 threads at 86, one worker beside 1 thread at 78. With more cores, one worker gets a
     core of its own.
     """
-    cores = _cores()
-    if on_gpu:
-        workers = config.workers if config.workers is not None else max(1, min(8, cores - 1))
-        return workers, config.threads or max(1, cores - workers)
-    workers = config.workers if config.workers is not None else (0 if cores <= 2 else 1)
+    cores = cpu_count()
+    if config.workers is not None:
+        workers = config.workers
+    elif on_gpu:
+        workers = max(1, min(8, cores - 1))
+    else:
+        workers = 0 if cores <= 2 else 1
     return workers, config.threads or max(1, cores - workers)
 
 

@@ -34,6 +34,7 @@ import h5py
 import numpy as np
 
 from genrekit import __version__
+from genrekit.data.manifest import PARTS
 from genrekit.errors import StoreError, StoreMismatchError
 
 FORMAT_VERSION = 1
@@ -223,7 +224,7 @@ class FeatureStore:
 
     def write_split(self, split: Mapping[str, str]) -> None:
         """Store a ``train``/``val``/``test`` assignment for every row (ids missing from it get "")."""
-        bad = {v for v in split.values()} - {"train", "val", "test", ""}
+        bad = set(split.values()) - {*PARTS, ""}
         if bad:
             raise StoreError(f"split values must be train, val or test; got {sorted(bad)}")
         values = [split.get(i, "") for i in self.ids]
@@ -251,7 +252,7 @@ class FeatureStore:
             **{k: v for k, v in self.attrs.items() if k not in ("complete",)},
             "genre_counts": counts,
             "split_counts": (
-                {s: int((split == s).sum()) for s in ("train", "val", "test")} if split is not None else None
+                {s: int((split == s).sum()) for s in PARTS} if split is not None else None
             ),
             "failures": [{"id": i, "reason": r} for i, r in fails],
         }

@@ -14,6 +14,7 @@ from genrekit.data.download import DownloadConfig, download_posters
 from genrekit.data.inspection import InspectReport, inspect_manifest
 from genrekit.data.manifest import write_manifest
 from genrekit.data.split import (
+    PARTS,
     SPLIT_METHODS,
     SplitConfig,
     split_manifest,
@@ -192,7 +193,7 @@ def split_cmd(
     m = load_manifest(manifest, format, columns, genre_sep)
     split, warnings = split_manifest(m, cfg)
     write_split_file(out, list(split), split)
-    counts = {p: sum(1 for v in split.values() if v == p) for p in ("train", "val", "test")}
+    counts = {p: sum(1 for v in split.values() if v == p) for p in PARTS}
     if json:
         print_json({"out": str(out), "counts": counts, "warnings": warnings})
         return

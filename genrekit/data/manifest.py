@@ -21,6 +21,9 @@ import numpy as np
 
 from genrekit.errors import ManifestError
 
+# The parts of a split, in this order wherever they are listed.
+PARTS = ("train", "val", "test")
+
 log = logging.getLogger(__name__)
 
 

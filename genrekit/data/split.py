@@ -21,12 +21,11 @@ from pathlib import Path
 import numpy as np
 from iterstrat.ml_stratifiers import IterativeStratification
 
-from genrekit.data.manifest import Manifest
+from genrekit.data.manifest import PARTS, Manifest
 from genrekit.errors import ConfigError, ManifestError, UnknownNameError
 
 log = logging.getLogger(__name__)
 
-PARTS = ("train", "val", "test")
 
 
 def _check_ratios(ratios: Sequence[float]) -> np.ndarray:

@@ -34,6 +34,7 @@ from genrekit.heads.sklearn_heads import similarity_order
 from genrekit.heads.zeroshot import genre_prompt_embeddings
 from genrekit.progress import ProgressFn, null_progress
 from genrekit.store import FeatureSet, StoreHeader
+from genrekit.system import cpu_count
 
 log = logging.getLogger(__name__)
 
@@ -111,14 +112,6 @@ class HeadsConfig:
             get_spec(self.chain_encoder)
         if self.min_train_positives < 1 or self.min_eval_positives < 1:
             raise ConfigError("--min-positives must be at least 1 (a genre needs a positive to be learnt and scored)")
-
-
-def cpu_count() -> int:
-    """Cores this process may use (cgroup/affinity aware where the OS tells)."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:
-        return os.cpu_count() or 1
 
 
 # -- preparing the data ------------------------------------------------------------------------
