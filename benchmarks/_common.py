@@ -123,7 +123,7 @@ def build_store(
     cached store can never be silently stale.
     """
     from genrekit.errors import StoreMismatchError
-    from genrekit.extract import ExtractConfig, extract
+    from genrekit.extraction import ExtractConfig, extract
 
     CACHE.mkdir(parents=True, exist_ok=True)
     out = CACHE / f"{name}.h5"

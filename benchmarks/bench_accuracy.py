@@ -41,7 +41,7 @@ from _common import (
 
 from genrekit.data.manifest import read_manifest
 from genrekit.data.split import stratified_split
-from genrekit.heads.runner import HeadsConfig, run_heads
+from genrekit.runs.leaderboard import HeadsConfig, run_heads
 from genrekit.store import FeatureSet, FeatureStore, StoreHeader
 
 README = BENCH / "README.md"

@@ -25,7 +25,7 @@ import torch
 
 from genrekit.backbones import create_encoder
 from genrekit.data.manifest import read_manifest
-from genrekit.extract import ExtractConfig, extract
+from genrekit.extraction import ExtractConfig, extract
 from genrekit.system import cpu_count
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"

@@ -120,7 +120,7 @@ def synthetic_posters(folder: Path, n: int, unique: int) -> Path:
 
 
 def end_to_end(model: str, precision: str, device: str, labels: Path, out: Path) -> tuple[float, float, dict]:
-    from genrekit.extract import ExtractConfig, extract
+    from genrekit.extraction import ExtractConfig, extract
 
     rep = extract(ExtractConfig(backbone=model, weights="none", data=str(labels), out=str(out), device=device, precision=precision))
     s = rep.seconds

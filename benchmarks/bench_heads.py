@@ -32,7 +32,7 @@ from _common import (
 )
 
 from genrekit.heads.registry import list_heads
-from genrekit.heads.runner import HeadsConfig, run_heads
+from genrekit.runs.leaderboard import HeadsConfig, run_heads
 from genrekit.store import FeatureStore
 
 PUBLISHED = {"roc_auc_macro": 0.68, "map_macro": 0.24}  # movie_posters/SOURCE.md, real MobileNetV2 weights

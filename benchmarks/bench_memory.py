@@ -42,7 +42,7 @@ def child(n: int, backbone: str, weights: str | None, trace: bool) -> None:
     import time
     import tracemalloc
 
-    from genrekit.extract import ExtractConfig, extract
+    from genrekit.extraction import ExtractConfig, extract
 
     if trace:
         tracemalloc.start(10)

@@ -6,7 +6,7 @@
    C=1 untuned), same stratified 70/15/15 split, same genres, test macro ROC AUC and mAP.
 2. The films of ``movie_posters`` that have a plot (683): MobileNetV2 posters + MiniLM plots
    joined by id (``--join inner``), each store alone, early and late fusion
-   (``genrekit.fusion.run_fused``), mAP on the same test items. ``--outer`` adds the outer join
+   (``genrekit.runs.fused.run_fused``), mAP on the same test items. ``--outer`` adds the outer join
    (all 6,000 posters, 683 with a plot) scored on the test items that have a plot.
 3. Text zero-shot with MiniLM on ``imdb_plots``: macro ROC AUC of the cosine similarity between
    each plot and each genre's description (no label used), on the test split of 1 and on all
@@ -29,8 +29,9 @@ from bench_accuracy import shared_split, with_split
 
 from genrekit.data.manifest import PARTS, read_manifest
 from genrekit.evaluation.metrics import macro_average_precision, multilabel_metrics
-from genrekit.fusion import FusionConfig, join_stores, run_fused
-from genrekit.heads.runner import HeadsConfig, run_heads
+from genrekit.features import join_stores
+from genrekit.runs.fused import FusionConfig, run_fused
+from genrekit.runs.leaderboard import HeadsConfig, run_heads
 from genrekit.heads.zeroshot import TEXT_TEMPLATES, build_prompt_embeddings, cosine_scores, genre_prompt_embeddings
 from genrekit.store import FeatureSet, FeatureStore
 

@@ -23,7 +23,7 @@ from sklearn.multiclass import OneVsRestClassifier
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from genrekit.extract import ExtractConfig, extract
+from genrekit.extraction import ExtractConfig, extract
 from genrekit.store import FeatureStore
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"

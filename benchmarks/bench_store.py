@@ -33,7 +33,7 @@ from _common import (
     spread,
 )
 
-from genrekit.extract import ExtractConfig, extract
+from genrekit.extraction import ExtractConfig, extract
 from genrekit.store import FeatureStore, StoreHeader, StoreWriter
 
 

@@ -103,12 +103,6 @@ class FeatureSet:
     split: np.ndarray | None  # (N,) str, or None when the store has no split
 
 
-def l2_normalise(X: np.ndarray) -> np.ndarray:
-    """Rows scaled to unit length (zero rows stay zero), float32: the ``l2`` normalisation."""
-    X = np.asarray(X, dtype=np.float32)
-    return X / np.maximum(np.linalg.norm(X, axis=1, keepdims=True), 1e-12)
-
-
 def _str_array(values: Sequence[str]) -> np.ndarray:
     return np.array(list(values), dtype=object)
 

@@ -11,7 +11,7 @@ from PIL import Image
 
 import genrekit.data.images as images
 from genrekit.errors import ConfigError, StoreMismatchError
-from genrekit.extract import ExtractConfig, extract
+from genrekit.extraction import ExtractConfig, extract
 from genrekit.store import FeatureStore
 
 from conftest import make_collection, write_manifest
@@ -44,7 +44,7 @@ def test_rerun_recomputes_nothing(collection, tmp_path):
 
 
 def test_crash_mid_run_resumes_to_the_same_store(collection, tmp_path, monkeypatch):
-    import genrekit.extract as ex
+    import genrekit.extraction.core as ex
 
     ref = FeatureStore(extract(cfg(collection, tmp_path / "ref.h5")).store).load()
     monkeypatch.setattr(ex, "FLUSH_ROWS", 4)  # flush every batch
@@ -70,7 +70,7 @@ def test_crash_mid_run_resumes_to_the_same_store(collection, tmp_path, monkeypat
 
 KILL_SCRIPT = textwrap.dedent(
     """
-    import sys, genrekit.extract as ex
+    import sys, genrekit.extraction as ex
     ex.FLUSH_ROWS = 4
     ex.extract(ex.ExtractConfig(backbone="test-tiny-cnn", data=sys.argv[1], out=sys.argv[2], workers=0, batch_size=4,
                                 precision="fp32"))

@@ -9,19 +9,10 @@ import pytest
 from typer.testing import CliRunner
 
 from genrekit.errors import ConfigError, LabelError, UnknownNameError
-from genrekit.fusion import (
-    FusionConfig,
-    combine,
-    early_fusion,
-    join_features,
-    join_stores,
-    run_fused,
-    tune_block_weights,
-    tune_weights,
-    weight_grid,
-)
-from genrekit.heads.apply import evaluate_run, predict_texts
-from genrekit.heads.runner import HeadsConfig
+from genrekit.features import combine, early_fusion, join_features, join_stores, weight_grid
+from genrekit.runs.fused import FusionConfig, run_fused, tune_block_weights, tune_weights
+from genrekit.inference import evaluate_run, predict_texts
+from genrekit.runs.leaderboard import HeadsConfig
 from genrekit.heads.saved import load_head
 from genrekit.store import FeatureSet, StoreHeader, StoreWriter
 from genrekit_cli.main import app

@@ -14,7 +14,7 @@ from genrekit.heads import create_head, get_head_spec, list_heads
 from genrekit.heads.balance import imbalance_ratios, oversample_indices
 from genrekit.heads.knn import KNNHead, exact_search
 from genrekit.heads.sklearn_heads import ChainHead, similarity_order
-from genrekit.heads.synthetic import synthetic_features
+from synthetic import synthetic_features
 from genrekit.heads.zeroshot import build_prompt_embeddings, genre_phrase
 
 PREV = [0.5, 0.3, 0.2, 0.1]

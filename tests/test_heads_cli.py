@@ -10,7 +10,7 @@ import pytest
 from conftest import make_collection
 from typer.testing import CliRunner
 
-from genrekit.extract import ExtractConfig, extract
+from genrekit.extraction import ExtractConfig, extract
 from genrekit.store import StoreHeader, StoreWriter
 from genrekit_cli.main import app
 

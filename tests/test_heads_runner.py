@@ -10,10 +10,10 @@ import pytest
 
 from genrekit.errors import ConfigError, LabelError, StoreMismatchError, UnknownNameError, UntrustedFileError
 from genrekit.evaluation import METRIC_KEYS
-from genrekit.heads.apply import evaluate_run
-from genrekit.heads.runner import HeadsConfig, run_heads
+from genrekit.inference import evaluate_run
+from genrekit.runs.leaderboard import HeadsConfig, run_heads
 from genrekit.heads.saved import load_head
-from genrekit.heads.synthetic import synthetic_features
+from synthetic import synthetic_features
 from genrekit.store import FeatureSet, StoreHeader
 
 PREV = [0.5, 0.3, 0.2, 0.12]

@@ -10,8 +10,8 @@ from conftest import SHARED, make_collection
 from typer.testing import CliRunner
 
 from genrekit.errors import ConfigError, UnknownNameError
-from genrekit.heads.runner import HeadsConfig, run_heads
-from genrekit.heads.synthetic import synthetic_features
+from genrekit.runs.leaderboard import HeadsConfig, run_heads
+from synthetic import synthetic_features
 from genrekit.heads.zeroshot import GENRE_DESCRIPTIONS, TEXT_TEMPLATES, build_prompt_embeddings, genre_prompt_embeddings
 from genrekit_cli.main import app
 

@@ -116,8 +116,8 @@ def extract(
     no_synonyms: NoSynonymsOpt = False,
 ) -> None:
     """Run a frozen encoder once over a collection into an HDF5 feature store (resumable)."""
-    from genrekit.extract import ExtractConfig
-    from genrekit.extract import extract as run
+    from genrekit.extraction import ExtractConfig
+    from genrekit.extraction import extract as run
 
     config = ExtractConfig(
         backbone=backbone, data=str(data), out=str(out), weights=weights, modality=modality, format=format,

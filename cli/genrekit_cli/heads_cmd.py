@@ -54,7 +54,7 @@ def heads(
 ) -> None:
     """Train heads on cached features, tune thresholds on validation, rank them on test."""
     from genrekit.errors import ConfigError
-    from genrekit.heads.runner import HeadsConfig, run_heads
+    from genrekit.runs.leaderboard import HeadsConfig, run_heads
     from genrekit.store import FeatureStore
 
     if all_ == bool(head):
@@ -81,7 +81,8 @@ def heads(
 
 
 def _fused_heads(stores: list[Path], out: Path, config, fusion: str, join: str, json: bool) -> None:
-    from genrekit.fusion import FusionConfig, join_stores, run_fused
+    from genrekit.features import join_stores
+    from genrekit.runs.fused import FusionConfig, run_fused
 
     fconfig = FusionConfig(fusion=fusion, join=join)
     fconfig.validate()
@@ -203,15 +204,21 @@ def predict(
 ) -> None:
     """Genres of new posters (or plots), sorted by probability; the predicted set is starred."""
     from genrekit.errors import ConfigError
-    from genrekit.heads.apply import predict_files, predict_texts
+    from genrekit.inference.loaded import Item, load_run, predict_items
 
     if bool(posters) == bool(text):
         raise ConfigError("give poster files, or plots with --text (one of them)")
-    failures: list[tuple[str, str]] = []
+    loaded = load_run(run, device=device)
     if text:
-        preds = predict_texts(run, text, device=device)
+        field = next((f for f in loaded.inputs if f != "image"), None)
+        if field is None:
+            raise ConfigError(f"the {loaded.name} head was trained on posters; pass poster files")
+        items = [Item(t, texts={field: t}) for t in text]
     else:
-        preds, failures = predict_files(run, [str(p) for p in posters or []], device=device)
+        if "image" not in loaded.inputs:
+            raise ConfigError(f"the {loaded.name} head was trained on {', '.join(loaded.inputs)} texts; pass them with --text")
+        items = [Item(str(p), image=str(p)) for p in posters or []]
+    preds, failures = predict_items(loaded, items)
     _print_predictions(preds, failures, json, top)
 
 
@@ -245,7 +252,7 @@ def evaluate(
     split: Annotated[Optional[str], typer.Option(help="Score only train, val or test of the store's split [default: all].")] = None,
 ) -> None:
     """Score a saved head on another collection's store (genres aligned by name)."""
-    from genrekit.heads.apply import evaluate_run, write_predictions
+    from genrekit.inference import evaluate_run, write_predictions
     from genrekit.heads.saved import write_json
     from genrekit.store import FeatureStore
 
@@ -297,7 +304,7 @@ def zeroshot(
 ) -> None:
     """Genres of posters from prompts ("a poster of a horror movie."), or of plots from genre descriptions; no training."""
     from genrekit.errors import ConfigError
-    from genrekit.heads.apply import zeroshot_files, zeroshot_texts
+    from genrekit.inference import zeroshot_files, zeroshot_texts
 
     if bool(posters) == bool(plot):
         raise ConfigError("give poster files, or plots with --plot (one of them)")

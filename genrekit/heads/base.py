@@ -12,7 +12,7 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from genrekit.errors import LabelError
-from genrekit.store import l2_normalise  # noqa: F401  (heads normalise as stores do)
+from genrekit.features import l2_normalise  # noqa: F401  (heads normalise as stores do)
 
 
 def check_labels(Y: np.ndarray, n_rows: int, what: str = "Y") -> np.ndarray:

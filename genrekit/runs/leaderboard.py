@@ -146,7 +146,7 @@ def _text_encoder_from_header(header: StoreHeader | None) -> tuple[TextEncoder |
     """The store encoder's text tower, or None and the reason it is unavailable."""
     if header is None:
         return None, "the features have no single encoder (no store header)"
-    from genrekit.extract import encoder_from_header
+    from genrekit.extraction import encoder_from_header
 
     try:
         encoder = encoder_from_header(header)

@@ -24,7 +24,8 @@ from genrekit.data.manifest import Manifest, Sample, read_manifest
 from genrekit.data.vocab import VocabConfig, apply_vocabulary
 from genrekit.errors import ConfigError, StoreMismatchError, UnreadableImageError
 from genrekit.progress import ProgressFn
-from genrekit.store import StoreHeader, StoreWriter, l2_normalise
+from genrekit.features import l2_normalise
+from genrekit.store import StoreHeader, StoreWriter
 from genrekit.system import cpu_count
 
 log = logging.getLogger(__name__)

@@ -2,7 +2,7 @@
 
 These are the library halves of ``genrekit predict``, ``genrekit evaluate`` and ``genrekit
 zeroshot``. Encoders are imported inside the functions that need them. Heads trained on fused
-stores (:mod:`genrekit.fusion`) are refused here: their inputs come from several encoders at once.
+stores (:mod:`genrekit.runs.fused`) are refused here: their inputs come from several encoders at once.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import numpy as np
 from genrekit.errors import ConfigError, LabelError
 from genrekit.evaluation.metrics import evaluate
 from genrekit.heads.saved import SavedHead, load_head
+from genrekit.runs.fused import LATE_FUSION_FILE
 from genrekit.heads.zeroshot import DEFAULT_GENRES, cosine_scores, genre_prompt_embeddings, softmax_probabilities
 from genrekit.store import FeatureSet, StoreHeader
 
@@ -67,10 +68,6 @@ def rank(items: Sequence[str], P: np.ndarray, Y: np.ndarray, genres: Sequence[st
     return out
 
 
-# Written by late fusion in place of run.json (see genrekit.fusion).
-LATE_FUSION_FILE = "fusion.json"
-
-
 def _as_saved(run: str | Path | SavedHead) -> SavedHead:
     """The saved head of a single-store run; fused runs are refused in one line."""
     if not isinstance(run, SavedHead) and (Path(run) / LATE_FUSION_FILE).is_file():
@@ -91,7 +88,7 @@ def _as_saved(run: str | Path | SavedHead) -> SavedHead:
 def _run_encoder(saved: SavedHead, device: str):
     if saved.header is None:
         raise ConfigError("this head was trained on features without a store header (e.g. fused); predict from features instead")
-    from genrekit.extract import encoder_from_header
+    from genrekit.extraction import encoder_from_header
 
     return encoder_from_header(saved.header, device=device)
 
@@ -117,7 +114,7 @@ def predict_files(
     saved = _as_saved(run)
     if saved.header is not None and saved.header.modality != "image":
         raise ConfigError(f"the {saved.name} head was trained on {saved.header.modality} features; pass texts with --text")
-    from genrekit.extract import embed_files
+    from genrekit.extraction import embed_files
 
     encoder = _run_encoder(saved, device)
     X, ok, failures = embed_files(encoder, saved.header, [str(p) for p in paths])
@@ -132,7 +129,7 @@ def predict_texts(run: str | Path | SavedHead, texts: Sequence[str], device: str
     saved = _as_saved(run)
     if saved.header is not None and saved.header.modality != "text":
         raise ConfigError(f"the {saved.name} head was trained on {saved.header.modality} features; pass poster files")
-    from genrekit.extract import embed_texts
+    from genrekit.extraction import embed_texts
 
     X = embed_texts(_run_encoder(saved, device), saved.header, list(texts))
     P = saved.predict_proba(X)
@@ -240,7 +237,7 @@ def zeroshot_files(
         top_k: how many genres to mark per poster (0: those above 1/G).
     """
     from genrekit.backbones import create_encoder
-    from genrekit.extract import embed_files, store_header
+    from genrekit.extraction import embed_files, store_header
 
     genres = _zeroshot_genres(genres)
     encoder = create_encoder(backbone, weights, device)
@@ -280,7 +277,7 @@ def zeroshot_texts(
         ('Western',)
     """
     from genrekit.backbones import create_encoder
-    from genrekit.extract import embed_texts, store_header
+    from genrekit.extraction import embed_texts, store_header
 
     texts = list(texts)
     if not texts or not all(t.strip() for t in texts):
