@@ -8,6 +8,7 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
+from genrekit.atomic import refuse_overwrite
 from genrekit.data.clean import CleanConfig, clean_manifest
 from genrekit.data.demo import make_demo
 from genrekit.data.download import DownloadConfig, download_posters
@@ -136,6 +137,9 @@ def clean_cmd(
 
     Example: genrekit data clean MovieGenre.csv --out clean.csv --removed removed.csv --top-k 20 --other
     """
+    refuse_overwrite(out, {"the manifest": manifest}, "--out")
+    if removed:
+        refuse_overwrite(removed, {"the manifest": manifest, "--out": out}, "--removed")
     m = load_manifest(manifest, format, columns, genre_sep)
     vcfg = vocab_config(top_k, min_count, genres, other, synonym, no_synonyms)
     cfg = CleanConfig(require_image, True, deep, not keep_title_year, not keep_identical)
@@ -190,6 +194,7 @@ def split_cmd(
     except ValueError:
         raise ConfigError(f"--ratios {ratios!r} must be three numbers, e.g. 0.7,0.15,0.15") from None
     cfg = SplitConfig(by, r, seed, test_from, val_fraction)  # type: ignore[arg-type]
+    refuse_overwrite(out, {"the manifest": manifest}, "--out")
     m = load_manifest(manifest, format, columns, genre_sep)
     split, warnings = split_manifest(m, cfg)
     write_split_file(out, list(split), split)
@@ -204,11 +209,13 @@ def split_cmd(
 @data_app.command("download")
 def download_cmd(
     manifest: ManifestArg,
-    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for images/, labels.csv and failures.csv.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for images/, labels.csv (labels.downloaded.csv if labels.csv is MANIFEST) and failures.csv.")],
     workers: Annotated[int, typer.Option("--workers", help="Concurrent requests.")] = 8,
-    timeout: Annotated[float, typer.Option("--timeout", help="Seconds per request.")] = 20.0,
-    retries: Annotated[int, typer.Option("--retries", help="Retries after 5xx, timeouts, truncated bodies.")] = 3,
+    timeout: Annotated[float, typer.Option("--timeout", help="Seconds for the connection and for each read.")] = 20.0,
+    deadline: Annotated[float, typer.Option("--deadline", help="Total seconds per URL, retries and redirects included.")] = 120.0,
+    retries: Annotated[int, typer.Option("--retries", help="Retries after 5xx, 429, timeouts, truncated bodies.")] = 3,
     backoff: Annotated[float, typer.Option("--backoff", help="Seconds before the first retry (doubles).")] = 1.0,
+    max_retry_after: Annotated[float, typer.Option("--max-retry-after", help="Longest Retry-After (seconds) to wait for; longer is a failure.")] = 60.0,
     format: FormatOpt = "auto",
     columns: ColumnsOpt = None,
     genre_sep: GenreSepOpt = None,
@@ -219,7 +226,8 @@ def download_cmd(
     Example: genrekit data download MovieGenre.csv --out posters/
     """
     m = load_manifest(manifest, format, columns, genre_sep)
-    cfg = DownloadConfig(workers=workers, timeout=timeout, retries=retries, backoff=backoff)
+    cfg = DownloadConfig(workers=workers, timeout=timeout, deadline=deadline, retries=retries, backoff=backoff,
+                         max_retry_after=max_retry_after)
     with progress_bar("posters") as progress:
         _, report = download_posters(m, out, cfg, progress=progress)
     if json:

@@ -14,6 +14,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from genrekit.atomic import atomic_open
 from genrekit.data.inspection import ImageCheck, duplicate_images, duplicate_title_year, scan_images
 from genrekit.data.manifest import Manifest, Sample
 from genrekit.progress import ProgressFn
@@ -84,8 +85,7 @@ class CleanReport:
     def write_csv(self, path: str | Path) -> Path:
         """Write the removed rows as ``id,reason,detail,title``."""
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "w", newline="", encoding="utf-8") as fh:
+        with atomic_open(path, newline="") as fh:
             w = csv.writer(fh)
             w.writerow(["id", "reason", "detail", "title"])
             w.writerows([r.id, r.reason, r.detail, r.title] for r in self.removed)

@@ -12,7 +12,6 @@ import csv
 import io
 import logging
 import math
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +19,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from genrekit.atomic import atomic_open, atomic_write
 from genrekit.errors import ConfigError
 from genrekit.progress import ProgressFn, null_progress
 
@@ -311,16 +311,14 @@ def make_demo(
         rel = f"images/demo-{i:05d}.jpg"
         buf = io.BytesIO()
         img.save(buf, format="JPEG", quality=90)
-        (out / rel).write_bytes(buf.getvalue())
+        atomic_write(out / rel, buf.getvalue())
         rows.append([f"demo-{i:05d}", title, _year(genres, rng), "|".join(genres), _plot(genres, rng), rel])
         progress("demo", i + 1, n)
     labels = out / "labels.csv"
-    tmp = out / ".labels.csv.tmp"
-    with open(tmp, "w", newline="", encoding="utf-8") as fh:
+    with atomic_open(labels, newline="") as fh:
         w = csv.writer(fh)
         w.writerow(["id", "title", "year", "genres", "plot", "image"])
         w.writerows(rows)
-    os.replace(tmp, labels)
-    (out / "README.txt").write_text(_README.format(n=n, seed=seed), encoding="utf-8")
+    atomic_write(out / "README.txt", _README.format(n=n, seed=seed))
     log.info("wrote %d demo posters to %s", n, out)
     return labels

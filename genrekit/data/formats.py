@@ -29,6 +29,7 @@ from genrekit.data.manifest import (
     parse_year,
     read_csv_manifest,
     read_csv_rows,
+    read_regular_bytes,
     resolve_image,
     split_genres,
 )
@@ -155,7 +156,7 @@ def _mmimdb_root(path: Path) -> tuple[Path, Path | None]:
 def read_mmimdb(path: Path, **_: object) -> Manifest:
     """Read MM-IMDb: per-film JSON (genres, plot list, title, year) + jpeg, and ``split.json``."""
     data, split_file = _mmimdb_root(path)
-    files = sorted(p for p in data.glob("*.json") if p.name != "split.json")
+    files = sorted(p for p in data.glob("*.json") if p.name != "split.json" and p.is_file())
     if not files:
         raise ManifestError(f"{str(path)!r} has no <id>.json files (expected MM-IMDb's dataset/ folder)")
     split: dict[str, str] = {}
@@ -251,8 +252,7 @@ def detect_format(path: Path) -> str:
             f"cannot tell the format of {path.name} (expected a .csv file, an MM-IMDb folder or a folder "
             "per genre); name it with --format"
         )
-    with open(path, "rb") as fh:
-        head = fh.read(65536).decode("utf-8", errors="replace").lstrip("\ufeff")
+    head = read_regular_bytes(path, head=65536).decode("utf-8", errors="replace").lstrip("\ufeff")
     lines = head.splitlines()
     cols = [c.strip() for c in next(csv.reader(lines[:1]), [])]
     if all(c in cols for c in KAGGLE_COLUMNS):

@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, field
 
 from PIL import Image
 
-from genrekit.data.images import load_image
+from genrekit.data.images import load_image, open_regular
 from genrekit.data.manifest import Manifest, Sample
 from genrekit.errors import UnreadableImageError
 from genrekit.progress import ProgressFn, null_progress
@@ -40,28 +40,33 @@ def check_image(path: str | None, deep: bool = False) -> ImageCheck:
     if path.startswith(("http://", "https://")):
         return ImageCheck("not downloaded (a URL; run `genrekit data download`)")
     try:
-        with open(path, "rb") as fh:
-            data = fh.read()
-    except FileNotFoundError:
-        return ImageCheck("missing file")
-    except OSError as e:
-        return ImageCheck(f"cannot open ({e.strerror or e})")
-    sha1 = hashlib.sha1(data).hexdigest()
-    if not data:
-        return ImageCheck("empty file (0 bytes)", sha1)
-    if deep:
+        fh = open_regular(path)
+    except UnreadableImageError as e:
+        return ImageCheck(str(e))
+    with fh:
+        h = hashlib.sha1()
+        size = 0
+        # Hash in chunks: memory stays bounded whatever the file (open_regular bounds the size).
+        while chunk := fh.read(1 << 20):
+            h.update(chunk)
+            size += len(chunk)
+        sha1 = h.hexdigest()
+        if not size:
+            return ImageCheck("empty file (0 bytes)", sha1)
+        if deep:
+            try:
+                load_image(path)
+            except UnreadableImageError as e:
+                return ImageCheck(str(e), sha1)
+            return ImageCheck(None, sha1)
+        fh.seek(0)
         try:
-            load_image(path)
-        except UnreadableImageError as e:
-            return ImageCheck(str(e), sha1)
-        return ImageCheck(None, sha1)
-    try:
-        with Image.open(path) as img:
-            img.verify()
-    except Image.UnidentifiedImageError:
-        return ImageCheck("not an image (unrecognised format)", sha1)
-    except Exception as e:  # verify() raises whatever the plugin raises on a broken header
-        return ImageCheck(f"cannot decode ({e})", sha1)
+            with Image.open(fh) as img:
+                img.verify()
+        except Image.UnidentifiedImageError:
+            return ImageCheck("not an image (unrecognised format)", sha1)
+        except Exception as e:  # verify() raises whatever the plugin raises on a broken header
+            return ImageCheck(f"cannot decode ({e})", sha1)
     return ImageCheck(None, sha1)
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import io
 import logging
+import os
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
@@ -19,10 +20,16 @@ from pathlib import Path
 
 import numpy as np
 
-from genrekit.errors import ManifestError
+from genrekit.atomic import atomic_open
+from genrekit.data.images import open_regular
+from genrekit.errors import ManifestError, UnreadableImageError
 
 # The parts of a split, in this order wherever they are listed.
 PARTS = ("train", "val", "test")
+# Years outside this range are typos or junk (the store keeps years as int32); refused when read.
+YEARS = (1800, 2200)
+# A manifest larger than this is refused unread (MovieGenre.csv, 40k rows, is 12 MB).
+MAX_MANIFEST_BYTES = 2 * 2**30
 
 log = logging.getLogger(__name__)
 
@@ -122,9 +129,13 @@ def resolve_image(value: str, root: Path) -> str | None:
     if value.startswith(("http://", "https://")):
         return value
     if "\x00" in value:
-        raise ManifestError(f"image path {value!r} contains a NUL byte (expected a file path or an http(s) URL)")
+        return value  # refused with its row number when the manifest is assembled
     p = Path(value).expanduser()
-    return str((p if p.is_absolute() else root / p).resolve())
+    p = p if p.is_absolute() else root / p
+    try:
+        return str(p.resolve())
+    except (OSError, RuntimeError):  # a symlink loop: the row's image fails later, with the reason
+        return os.path.abspath(p)
 
 
 def parse_year(value: str, row: int, column: str = "year") -> int | None:
@@ -133,11 +144,17 @@ def parse_year(value: str, row: int, column: str = "year") -> int | None:
     if not value:
         return None
     try:
-        return int(float(value))
-    except ValueError:
+        year = int(float(value))
+    except (ValueError, OverflowError):
         raise ManifestError(
             f"row {row}, column {column!r}: {value!r} is not a year (expected e.g. 1999 or empty)"
         ) from None
+    if not YEARS[0] <= year <= YEARS[1]:
+        raise ManifestError(
+            f"row {row}, column {column!r}: {value!r} is not a plausible year "
+            f"(expected {YEARS[0]}-{YEARS[1]} or empty; fix or empty the cell)"
+        )
+    return year
 
 
 def read_text(path: Path, what: str = "manifest") -> tuple[str, list[int]]:
@@ -146,10 +163,7 @@ def read_text(path: Path, what: str = "manifest") -> tuple[str, list[int]]:
     Decoding per line keeps valid UTF-8 rows intact when only a few rows are Latin-1 (as in the
     Kaggle MovieGenre.csv). Returns the text and the 1-based line numbers that needed the fallback.
     """
-    if not path.is_file():
-        kind = "a folder" if path.is_dir() else "missing"
-        raise ManifestError(f"{what} {str(path)!r} is {kind} (expected a CSV file)")
-    raw = path.read_bytes()
+    raw = read_regular_bytes(path, what)
     if raw.startswith(b"\xef\xbb\xbf"):
         raw = raw[3:]
     try:
@@ -164,6 +178,23 @@ def read_text(path: Path, what: str = "manifest") -> tuple[str, list[int]]:
             lines.append(line.decode("latin-1"))
             bad.append(n)
     return "\n".join(lines), bad
+
+
+def read_regular_bytes(path: Path, what: str = "manifest", max_bytes: int = MAX_MANIFEST_BYTES, head: int | None = None) -> bytes:
+    """The bytes of ``path`` (its first ``head`` bytes if given) if it is a regular file of at most
+    ``max_bytes``, else a one-line refusal.
+
+    A FIFO, a device (``/dev/zero``) or a socket is refused before reading, never a hang or an
+    out-of-memory.
+    """
+    try:
+        with open_regular(str(path), what, max_bytes) as fh:
+            return fh.read(max_bytes if head is None else min(head, max_bytes))
+    except UnreadableImageError as e:
+        reason = "missing" if str(e) == "missing file" else str(e)
+        if Path(path).is_dir():
+            reason = "a folder"
+        raise ManifestError(f"{what} {str(path)!r} is {reason} (expected a CSV file)") from None
 
 
 def latin1_warning(name: str, lines: list[int]) -> str:
@@ -233,6 +264,7 @@ def build_manifest(
     seen: dict[str, int] = {}
     dups: list[tuple[int, Sample]] = []
     for row, s in records:
+        _refuse_nul(path, row, s)
         if not s.id:
             raise ManifestError(f"{path.name} row {row}, column 'id': empty (every row needs a unique id)")
         if s.id in seen:
@@ -248,6 +280,16 @@ def build_manifest(
     for w in warnings:
         log.warning(w)
     return Manifest(samples, str(path), warnings, fmt, dups, list(latin1_rows))
+
+
+def _refuse_nul(path: Path, row: int, s: Sample) -> None:
+    """Refuse a NUL byte in any text field: HDF5 strings cannot hold one, and it is never meant."""
+    for column, value in (("id", s.id), ("title", s.title), ("plot", s.plot), ("image", s.image), *(("genres", g) for g in s.genres)):
+        if value and "\x00" in value:
+            raise ManifestError(
+                f"{path.name} row {row}, column {column!r}: contains a NUL byte ({value[:40]!r}); "
+                "remove it from the file"
+            )
 
 
 def read_csv_manifest(
@@ -334,10 +376,8 @@ def write_manifest(manifest: Manifest, path: str | Path, relative_to: str | Path
     """
     path = Path(path)
     root = Path(relative_to or path.parent).resolve()
-    path.parent.mkdir(parents=True, exist_ok=True)
     with_split = any(s.split for s in manifest.samples)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", newline="", encoding="utf-8") as fh:
+    with atomic_open(path, newline="") as fh:
         w = csv.writer(fh)
         w.writerow(["id", "title", "year", "genres", "plot", "image"] + (["split"] if with_split else []))
         for s in manifest.samples:
@@ -348,5 +388,4 @@ def write_manifest(manifest: Manifest, path: str | Path, relative_to: str | Path
                     image = p.relative_to(root).as_posix()
             row = [s.id, s.title or "", "" if s.year is None else s.year, "|".join(s.genres), s.plot or "", image]
             w.writerow(row + ([s.split or ""] if with_split else []))
-    tmp.replace(path)
     return path

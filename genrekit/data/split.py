@@ -13,7 +13,6 @@ from __future__ import annotations
 import csv
 import io
 import logging
-import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +20,8 @@ from pathlib import Path
 import numpy as np
 from iterstrat.ml_stratifiers import IterativeStratification
 
-from genrekit.data.manifest import PARTS, Manifest
+from genrekit.atomic import atomic_open
+from genrekit.data.manifest import PARTS, Manifest, read_regular_bytes
 from genrekit.errors import ConfigError, ManifestError, UnknownNameError
 
 log = logging.getLogger(__name__)
@@ -179,7 +179,7 @@ def read_split_file(path: str | Path) -> dict[str, str]:
     path = Path(path)
     if not path.is_file():
         raise ManifestError(f"split file {str(path)!r} does not exist (make one with `genrekit data split`)")
-    text = path.read_text(encoding="utf-8-sig", errors="replace")
+    text = read_regular_bytes(path, "split file").decode("utf-8-sig", errors="replace")
     if not text.strip():
         raise ManifestError(f"split file {path.name} is empty (expected a header row id,split)")
     reader = csv.reader(io.StringIO(text, newline=""))
@@ -219,13 +219,10 @@ def write_split_file(path: str | Path, ids: Sequence[str], split: Sequence[str] 
     bad = sorted({str(p) for p in parts} - set(PARTS))
     if bad:
         raise ConfigError(f"split values must be train, val or test; got {bad}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", newline="", encoding="utf-8") as fh:
+    with atomic_open(path, newline="") as fh:
         w = csv.writer(fh)
         w.writerow(["id", "split"])
         w.writerows(zip(ids, parts))
-    os.replace(tmp, path)
     return path
 
 

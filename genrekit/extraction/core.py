@@ -22,7 +22,7 @@ from genrekit.backbones import Encoder, Preprocess, create_encoder
 from genrekit.data.images import load_image
 from genrekit.data.manifest import Manifest, Sample, read_manifest
 from genrekit.data.vocab import VocabConfig, apply_vocabulary
-from genrekit.errors import ConfigError, StoreMismatchError, UnreadableImageError
+from genrekit.errors import ConfigError, ManifestError, StoreMismatchError, UnreadableImageError
 from genrekit.progress import ProgressFn
 from genrekit.features import l2_normalise
 from genrekit.store import StoreHeader, StoreWriter
@@ -210,6 +210,8 @@ def extract(config: ExtractConfig, progress: ProgressFn | None = None, manifest:
     config.validate()
     t_start = time.perf_counter()
     manifest = manifest or read_manifest(config.data, config.format)
+    if not manifest.samples:  # a header-only manifest would otherwise make an empty store
+        raise ManifestError(f"manifest {manifest.source or config.data} has no rows (only a header?); nothing to extract")
     for w in manifest.warnings:
         log.warning(w)
     manifest, vocab_report = apply_vocabulary(manifest, config.vocab)
