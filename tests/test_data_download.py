@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import csv
 import io
+import json
+import os
 import threading
 import time
 from collections import Counter
+from pathlib import Path
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
@@ -31,6 +34,7 @@ GOOD = {"ok", "png", "slow", "flaky", "trunconce", "redirect"}
 
 class _Handler(BaseHTTPRequestHandler):
     hits: Counter = Counter()
+    times: dict = {}
     lock = threading.Lock()
 
     def log_message(self, *args):  # keep test output clean
@@ -50,6 +54,7 @@ class _Handler(BaseHTTPRequestHandler):
         with self.lock:
             self.hits[self.path] += 1
             n = self.hits[self.path]
+            self.times.setdefault(self.path, []).append(time.monotonic())
         kind = self.path.split("/")[1]
         body = jpeg_bytes((hash(self.path) % 256, 100, 50), (30, 45))
         if kind in ("ok", "slow"):
@@ -81,11 +86,49 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(200, b"<html>poster moved</html>", "text/html; charset=utf-8")
         elif kind == "garbage":
             self._send(200, b"\x00\x01 definitely not an image" * 10, "application/octet-stream")
+        elif kind == "trickle":  # every read succeeds within the timeout; the whole takes 2 s
+            self.send_response(200)
+            self.send_header("Content-Type", "image/jpeg")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            step = max(1, len(body) // 40)
+            try:
+                for k in range(0, len(body), step):
+                    self.wfile.write(body[k : k + step])
+                    self.wfile.flush()
+                    time.sleep(0.05)
+            except (BrokenPipeError, ConnectionResetError):
+                pass
+        elif kind == "retryafter":  # asks for 1 s, then serves
+            if n == 1:
+                self.send_response(503)
+                self.send_header("Retry-After", "1")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+            else:
+                self._send(200, body)
+        elif kind == "retrylong":
+            self.send_response(429)
+            self.send_header("Retry-After", "3600")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+        elif kind in ("ftp", "file", "loop", "chain"):
+            target = {
+                "ftp": "ftp://127.0.0.1:9/poster.jpg",
+                "file": "file:///etc/passwd",
+                "loop": self.path,
+                "chain": f"{self.path}/{n}",  # a new URL every time, never an image
+            }[kind]
+            self.send_response(302)
+            self.send_header("Location", target)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
 
 
 @pytest.fixture()
 def server():
     _Handler.hits = Counter()
+    _Handler.times = {}
     srv = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
     srv.daemon_threads = True
     t = threading.Thread(target=srv.serve_forever, daemon=True)
@@ -165,3 +208,89 @@ def test_safe_names_do_not_collide():
 def test_bad_config():
     with pytest.raises(ConfigError, match="workers >= 1"):
         DownloadConfig(workers=0)
+
+
+def test_deadline_retry_after_and_redirect_checks(tmp_path, server):
+    base, hits = server
+    kinds = ["retryafter", "retrylong", "ftp", "file", "loop", "chain", "ok"]
+    body = "id,genres,image\n" + "".join(f"{k},Drama,{base}/{k}/x\n" for k in kinds)
+    m = read_manifest(write_csv(tmp_path, body, "urls.csv"))
+    cfg = DownloadConfig(workers=8, timeout=0.3, deadline=5, retries=2, backoff=0.01, max_retry_after=1.5)
+    local, report = download_posters(m, tmp_path / "out", cfg)
+    reasons = {i: r for i, _, r in report.failures}
+    assert set(local.ids) == {"ok", "retryafter"}
+    # Retry-After honoured: the second attempt came after the second the server asked for.
+    t = _Handler.times["/retryafter/x"]
+    assert len(t) == 2 and t[1] - t[0] >= 0.95
+    assert reasons["retrylong"] == "HTTP 429, Retry-After 3600 s is over the 1.5 s cap" and hits["/retrylong/x"] == 1
+    assert reasons["ftp"] == "redirect to a non-HTTP(S) URL refused (ftp://127.0.0.1:9/poster.jpg)"
+    assert reasons["file"] == "redirect to a non-HTTP(S) URL refused (file:///etc/passwd)"
+    assert reasons["loop"].startswith("redirect loop (") and hits["/loop/x"] == 1
+    assert reasons["chain"] == "too many redirects (more than 5)"
+
+
+def test_a_trickling_server_is_cut_at_the_deadline(tmp_path, server):
+    base, _ = server
+    m = read_manifest(write_csv(tmp_path, f"id,genres,image\nt,Drama,{base}/trickle/t\n", "one.csv"))
+    cfg = DownloadConfig(workers=1, timeout=0.3, deadline=0.7, retries=0, backoff=0.01)
+    t0 = time.monotonic()
+    _, report = download_posters(m, tmp_path / "out", cfg)
+    assert time.monotonic() - t0 < 1.5  # the body takes 2 s to arrive
+    assert [r for _, _, r in report.failures] == ["deadline of 0.7 s passed (after 1 attempts)"]
+
+
+def test_ids_too_long_or_starting_with_a_dot(tmp_path, server):
+    base, _ = server
+    ids = ["a" * 300, ".hidden", "..", "...x", "é" * 200, "tt0114709"]
+    body = "id,genres,image\n" + "".join(f"{i},Drama,{base}/ok/{k}\n" for k, i in enumerate(ids))
+    m = read_manifest(write_csv(tmp_path, body, "urls.csv"))
+    local, report = download_posters(m, tmp_path / "out", CONFIG)
+    assert report.failures == [] and local.ids == ids
+    names = [Path(s.image).name for s in local.samples]
+    assert len(set(names)) == len(ids)
+    assert all(not n.startswith(".") and len(n.encode()) <= 120 for n in names)
+    assert names[-1] == "tt0114709.jpg"
+    assert read_manifest(report.manifest_path).ids == ids
+    _, again = download_posters(m, tmp_path / "out", CONFIG)  # resumes: the hashed names are stable
+    assert again.skipped_existing == len(ids) and again.downloaded == 0
+
+
+def test_download_never_overwrites_its_input_manifest(tmp_path, server):
+    base, _ = server
+    data = tmp_path / "data"
+    labels = write_csv(
+        data,
+        "id,genres,image,title,plot\n"
+        f"a,Drama,{base}/ok/a,Alpha,A plot.\n"
+        f"b,Comedy|Romance,{base}/404/b,Beta,The plot that must survive.\n",
+        "labels.csv",
+    )
+    before = labels.read_bytes()
+    local, report = download_posters(read_manifest(labels), data, CONFIG)
+    assert labels.read_bytes() == before
+    assert report.manifest_path == data / "labels.downloaded.csv"
+    assert read_manifest(report.manifest_path).ids == ["a"] == local.ids
+
+    from typer.testing import CliRunner
+
+    from genrekit_cli.main import app
+
+    res = CliRunner().invoke(app, ["data", "download", str(labels), "--out", str(data), "--timeout", "0.3",
+                                   "--retries", "0", "--backoff", "0", "--json"])
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.stdout[res.stdout.index("{"):])
+    assert out["manifest"] == str(data / "labels.downloaded.csv") and labels.read_bytes() == before
+
+
+def test_a_planted_link_cannot_redirect_a_download(tmp_path, server):
+    base, _ = server
+    m = read_manifest(write_csv(tmp_path, f"id,genres,image\na,Drama,{base}/ok/a\n", "one.csv"))
+    images = tmp_path / "out" / "images"
+    images.mkdir(parents=True)
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious")
+    os.symlink(victim, images / ".a.part")  # the part file name of the old downloader
+    os.symlink(victim, images / "a.jpg")  # and the final name
+    _, report = download_posters(m, tmp_path / "out", CONFIG)
+    assert report.downloaded == 1 and victim.read_text() == "precious"
+    assert not (images / "a.jpg").is_symlink()

@@ -159,14 +159,12 @@ def _retry_after(value: str | None) -> float | None:
     return max(0.0, (when - datetime.now(timezone.utc)).total_seconds())
 
 
-def _cut(conn: http.client.HTTPConnection) -> None:
+def _cut(sock: socket.socket) -> None:
     """The deadline watchdog: shutting the socket down wakes a read blocked in another thread."""
-    sock = conn.sock
-    if sock is not None:
-        try:
-            sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
 
 
 class _DeadlinePassed(Exception):
@@ -197,10 +195,12 @@ def _get(url: str, config: DownloadConfig, deadline: float) -> tuple[int, str | 
         )
     else:
         conn = http.client.HTTPConnection(parts.hostname, port, timeout=timeout)
-    watchdog = threading.Timer(remaining, _cut, (conn,))
-    watchdog.daemon = True
+    watchdog: threading.Timer | None = None
     try:
         conn.connect()
+        # The socket itself, not conn.sock: http.client hands it to the response and clears conn.sock.
+        watchdog = threading.Timer(remaining, _cut, (conn.sock,))
+        watchdog.daemon = True
         watchdog.start()
         target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
         conn.request("GET", target, headers={"User-Agent": config.user_agent, "Accept": "image/*"})
@@ -243,7 +243,8 @@ def _get(url: str, config: DownloadConfig, deadline: float) -> tuple[int, str | 
             raise _DeadlinePassed from None
         raise _Retryable(f"connection failed ({type(e).__name__})") from None
     finally:
-        watchdog.cancel()
+        if watchdog is not None:
+            watchdog.cancel()
         conn.close()
     if time.monotonic() >= deadline:
         raise _DeadlinePassed
