@@ -263,6 +263,7 @@ def test_exif_rotated_photo_gives_the_upright_embedding(tmp_path, orientation, s
     assert cos > 0.999, cos
 
 
+@pytest.mark.filterwarnings("ignore:Corrupt EXIF data")
 def test_a_broken_exif_block_does_not_lose_the_image(tmp_path):
     path = tmp_path / "p.jpg"
     path.write_bytes(jpeg_bytes())
@@ -272,3 +273,19 @@ def test_a_broken_exif_block_does_not_lose_the_image(tmp_path):
     raw[2:2] = b"\xff\xe1" + (len(junk) + 2).to_bytes(2, "big") + junk
     path.write_bytes(bytes(raw))
     assert load_image(str(path)).size == (20, 30)
+
+
+def test_a_huge_cell_or_a_line_break_in_a_column_name_is_one_line(tmp_path):
+    path = write_csv(tmp_path, "id,genres,plot\n1,Drama,short\n2,Drama," + "x" * 200_000 + "\n")
+    with pytest.raises(ManifestError, match="line 3: field larger than field limit"):
+        read_manifest(path)
+    path = write_csv(tmp_path, '"i\nd",genres,plot\n1,A,b\n', "h.csv")
+    with pytest.raises(ManifestError) as e:
+        read_manifest(path)
+    assert "\n" not in str(e.value) and "found: 'i\\nd', genres, plot" in str(e.value)
+
+
+def test_kaggle_titles_with_an_implausible_year_keep_it_in_the_title(tmp_path):
+    path = write_csv(tmp_path, "imdbId,Title,Genre,Poster\n1,Movie (0001),Drama,\n2,Old (1999),Drama,\n", "MovieGenre.csv")
+    m = read_manifest(path, "kaggle")
+    assert [(s.title, s.year) for s in m.samples] == [("Movie (0001)", None), ("Old", 1999)]

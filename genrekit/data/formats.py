@@ -21,6 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from genrekit.data.manifest import (
+    YEARS,
     CsvColumns,
     Manifest,
     Sample,
@@ -31,13 +32,14 @@ from genrekit.data.manifest import (
     read_csv_rows,
     read_regular_bytes,
     resolve_image,
+    show_columns,
     split_genres,
 )
 from genrekit.errors import ConfigError, ManifestError, UnknownNameError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif")
 KAGGLE_COLUMNS = ("imdbId", "Title", "Genre", "Poster")
-_TITLE_YEAR = re.compile(r"^(.*?)\s*\((\d{4})(?:[–-]\d{0,4})?\)\s*$")
+_TITLE_YEAR = re.compile(r"^(.*?)\s*\((\d{4})(?:[–-]\d{0,4})?\)\s*$", re.S)
 _YEAR = re.compile(r"\b(1[89]\d\d|20\d\d)\b")
 
 # Column names seen in AniList / MAL exports, in order of preference.
@@ -77,13 +79,13 @@ def read_kaggle(path: Path, **_: object) -> Manifest:
     cols, rows, latin1 = read_csv_rows(path)
     missing = [c for c in ("imdbId", "Title", "Genre") if c not in cols]
     if missing:
-        raise ManifestError(f"{path.name} lacks column(s) {', '.join(missing)}; found: {', '.join(cols) or 'none'}")
+        raise ManifestError(f"{path.name} lacks column(s) {', '.join(missing)}; found: {show_columns(cols)}")
     records = []
     for n, row in rows:
         title = row["Title"].strip()
         year = None
         m = _TITLE_YEAR.match(title)
-        if m:
+        if m and YEARS[0] <= int(m.group(2)) <= YEARS[1]:  # "Blade Runner 2049 (0001)" keeps its title whole
             title, year = m.group(1).strip(), int(m.group(2))
         records.append(
             (
@@ -110,7 +112,7 @@ def read_anime(path: Path, genre_sep: str | None = None, **_: object) -> Manifes
     if cp is None and ci is None:
         missing.append("a synopsis/description or an image column")
     if missing or cid is None or cg is None:
-        raise ManifestError(f"anime CSV {path.name} lacks {', '.join(missing)}; found: {', '.join(cols) or 'none'}")
+        raise ManifestError(f"anime CSV {path.name} lacks {', '.join(missing)}; found: {show_columns(cols)}")
     sep = genre_sep if genre_sep is not None else ("|" if detect_separator([r[cg] for _, r in rows]) == "|" else ",")
     root = path.parent.resolve()
     records = []

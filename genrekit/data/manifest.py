@@ -211,12 +211,25 @@ def read_csv_rows(path: Path) -> tuple[list[str], list[tuple[int, dict[str, str]
     cols = [c.strip() for c in (reader.fieldnames or [])]
     reader.fieldnames = cols
     rows = []
-    for row in reader:
-        n = reader.line_num
+    end = reader.line_num
+    while True:
+        try:
+            row = next(reader)
+        except StopIteration:
+            break
+        except csv.Error as e:  # a cell over csv.field_size_limit() characters, or broken quoting
+            raise ManifestError(f"{path.name} line {end + 1}: {e}; fix the row or remove it") from None
+        # The line a row starts on (a quoted cell may span lines): where an editor shows it.
+        n, end = end + 1, reader.line_num
         if None in row:
             raise ManifestError(f"{path.name} line {n}: {len(cols) + len(row[None])} fields, the header has {len(cols)}")
         rows.append((n, {k: (v or "") for k, v in row.items()}))
     return cols, rows, latin1
+
+
+def show_columns(cols: Sequence[str]) -> str:
+    """Column names for a one-line message (a name with a line break or control character is quoted)."""
+    return ", ".join(c if c.isprintable() else repr(c) for c in cols) or "none"
 
 
 def detect_separator(cells: Sequence[str]) -> str | None:
@@ -314,7 +327,7 @@ def read_csv_manifest(
     if missing or not ({c.image, c.plot} & set(cols)):
         need = missing or [f"{c.image} or {c.plot}"]
         raise ManifestError(
-            f"manifest {path.name} lacks column(s) {', '.join(need)}; found: {', '.join(cols) or 'none'} "
+            f"manifest {path.name} lacks column(s) {', '.join(need)}; found: {show_columns(cols)} "
             "(name the columns with --id-col/--genres-col/--image-col/--plot-col)"
         )
     sep = genre_sep if genre_sep is not None else detect_separator([r[c.genres] for _, r in rows])
@@ -368,6 +381,18 @@ def read_manifest(
     return read_any(Path(path), format, columns=columns, genre_sep=genre_sep)
 
 
+def _genre_cell(s: Sample) -> str:
+    """Genres joined by ``|``. A lone genre that a reader would split on commas or spaces (when no
+    row of the file has a ``|``) gets a trailing ``|``, so ``Science Fiction`` reads back whole."""
+    for g in s.genres:
+        if "|" in g:
+            raise ManifestError(f"id {s.id!r}: genre {g!r} contains '|', the genre separator of the CSV; rename it")
+    cell = "|".join(s.genres)
+    if len(s.genres) == 1 and ("," in cell or len(cell.split()) != 1):
+        cell += "|"
+    return cell
+
+
 def write_manifest(manifest: Manifest, path: str | Path, relative_to: str | Path | None = None) -> Path:
     """Write ``manifest`` as a genrekit CSV (``id,title,year,genres,plot,image[,split]``).
 
@@ -386,6 +411,6 @@ def write_manifest(manifest: Manifest, path: str | Path, relative_to: str | Path
                 p = Path(image)
                 if p.is_relative_to(root):
                     image = p.relative_to(root).as_posix()
-            row = [s.id, s.title or "", "" if s.year is None else s.year, "|".join(s.genres), s.plot or "", image]
+            row = [s.id, s.title or "", "" if s.year is None else s.year, _genre_cell(s), s.plot or "", image]
             w.writerow(row + ([s.split or ""] if with_split else []))
     return path
