@@ -188,7 +188,7 @@ def read_regular_bytes(path: Path, what: str = "manifest", max_bytes: int = MAX_
     out-of-memory.
     """
     try:
-        with open_regular(str(path), what, max_bytes) as fh:
+        with open_regular(str(path), "file", max_bytes) as fh:
             return fh.read(max_bytes if head is None else min(head, max_bytes))
     except UnreadableImageError as e:
         reason = "missing" if str(e) == "missing file" else str(e)
