@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from genrekit_cli.main import app
@@ -196,3 +197,22 @@ def store_info(
         t.add_row(k, str(v))
     console.print(t, highlight=False)
     print_failures([(f["id"], f["reason"]) for f in info["failures"]])
+
+
+MERGE_EXAMPLES = """
+Examples:
+  genrekit store merge node1.h5 node2.h5 node3.h5 --out all.h5
+"""
+
+
+@store_app.command("merge", epilog=MERGE_EXAMPLES)
+def store_merge(
+    stores: Annotated[list[Path], typer.Argument(help="Two or more stores of one encoder and preprocessing.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="The merged store to create (must not exist).")],
+) -> None:
+    """Merge stores made on different machines (same encoder identity; duplicate ids kept once)."""
+    from genrekit.store import merge_stores
+
+    merged = merge_stores(stores, out)
+    console.print(f"[bold green]{escape(str(merged.path))}[/]: {len(merged):,} rows, {len(merged.genres)} genres, "
+                  f"{len(merged.failures)} failures, from {len(stores)} stores")
