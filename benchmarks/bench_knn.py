@@ -12,6 +12,11 @@ the ratio to scikit-learn (goal >= 5x) and recall@k of every index against the e
     python benchmarks/bench_knn.py                 # 100,000 x 512, 1,000 queries, k = 10 (~3 min here)
     python benchmarks/bench_knn.py --quick         # 20,000 x 512, 200 queries (~20 s)
     python benchmarks/bench_knn.py --clusters 0    # isotropic Gaussian: the hardest case for ANN
+    python benchmarks/bench_knn.py --sizes 10000 25000 50000 100000   # where index="auto" switches
+
+``--sizes`` times what the head does in a leaderboard run (fit on n training rows, then search
+0.3 n validation and test queries) with the exact numpy search and with the IVF index that
+``index="auto"`` builds above ``AUTO_EXACT_BELOW``, to place that threshold.
 """
 
 from __future__ import annotations
@@ -64,7 +69,10 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=5, help="alternating timing rounds")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--quick", action="store_true", help="20,000 base vectors, 200 queries, 3 rounds, IVF256")
+    ap.add_argument("--sizes", type=int, nargs="+", help="compare exact vs auto IVF fit+search at these training sizes")
     args = ap.parse_args()
+    if args.sizes:
+        return crossover(args)
     approx = APPROX
     if args.quick:
         args.n, args.queries, args.rounds = min(args.n, 20_000), min(args.queries, 200), min(args.rounds, 3)
@@ -117,6 +125,30 @@ def main() -> None:
               f"recall {recalls[best]:.3f}")  # fmt: skip
     else:
         print(f"no index reaches both recall@{args.k} >= 0.95 and the 5x goal")
+
+
+def crossover(args) -> None:
+    """Fit + search time of the exact path and of the auto IVF index, by training-set size."""
+    from genrekit.heads.knn import auto_index
+
+    print_header("bench_knn --sizes", f"dim {args.dim}, k = {args.k}, queries = 0.3 n, {args.clusters or 'no'} clusters")
+    rows = []
+    for n in args.sizes:
+        X, Q = synthetic(n, int(0.3 * n), args.dim, args.clusters, args.noise, args.seed)
+        Y = (np.arange(n) % 2)[:, None].astype(np.uint8)
+        spec, params = auto_index(n) if auto_index(n)[0] else (f"IVF{int(2 ** round(np.log2(4 * np.sqrt(n))))},Flat", "nprobe=16")
+        t0 = time.perf_counter()
+        exact = KNNHead(ks=(args.k,), index="Flat", exact_below=10**12).fit(X, Y)
+        _, true = exact.kneighbors(Q, args.k)
+        t_exact = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        ivf = KNNHead(ks=(args.k,), index=spec, search_params=params, exact_below=0).fit(X, Y)
+        _, found = ivf.kneighbors(Q, args.k)
+        t_ivf = time.perf_counter() - t0
+        rows.append([f"{n:,}", f"{len(Q):,}", f"{t_exact:.1f}", f"{spec} ({params})", f"{t_ivf:.1f}", f"{t_exact / t_ivf:.2f}",
+                     f"{recall(found, true):.3f}"])  # fmt: skip
+        print(rows[-1], flush=True)
+    print(md_table(["train n", "queries", "exact fit+search s", "IVF index", "IVF fit+search s", "exact / IVF time", "IVF recall@k"], rows))
 
 
 def _searcher(head: KNNHead, params: str, Q: np.ndarray, k: int):

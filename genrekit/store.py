@@ -420,3 +420,97 @@ class StoreWriter:
         os.replace(tmp, self.path)
         shutil.rmtree(self.parts, ignore_errors=True)
         return FeatureStore(self.path)
+
+
+# -- merging stores made on different machines -------------------------------------------------
+def merge_stores(paths: Sequence[str | Path], out: str | Path, atol: float = 1e-5) -> FeatureStore:
+    """Merge stores of one encoder (made on different machines or shards) into one new store.
+
+    Streams each store in batches (no store is loaded whole) through a :class:`StoreWriter`, so an
+    interrupted merge resumes like an extraction. Genres are the union of the stores' genres,
+    aligned by name; splits are carried over.
+
+    Args:
+        paths: two or more stores with the same encoder, weights, preprocessing, normalisation,
+            modality and dtype.
+        out: the merged store to create (it must not exist).
+        atol: duplicate ids are kept once when their embeddings agree within this tolerance.
+
+    Raises:
+        StoreMismatchError: the stores differ in an identity field (named), or one id has other
+            embeddings, labels or split in two stores (the id is named).
+
+    Example:
+        >>> merge_stores(["node1.h5", "node2.h5"], "all.h5")  # doctest: +SKIP
+    """
+    paths = [Path(p) for p in paths]
+    out = Path(out)
+    if len(paths) < 2:
+        raise StoreError(f"merge needs at least two stores; got {len(paths)}")
+    if out.exists():
+        raise StoreError(f"{out} exists; merge writes a new store (choose another --out or remove it)")
+    for p in paths:
+        if out.resolve() == p.resolve():
+            raise StoreError(f"--out {out} is one of the stores being merged; choose another file")
+    stores = [FeatureStore(p) for p in paths]
+    first = stores[0]
+    for s in stores[1:]:
+        for f, a, b in first.header.diff(s.header):
+            if f != "genres":
+                raise StoreMismatchError(f"{s.path} differs from {first.path} in {f}: {b!r} vs {a!r}; only stores of one encoder and preprocessing merge")
+    genres = list(dict.fromkeys(g for s in stores for g in s.genres))
+    header = StoreHeader(**{**first.header.to_json(), "genres": tuple(genres),
+                            "config": {**dict(first.header.config), "merged_from": [str(p) for p in paths]}})  # fmt: skip
+    # Ids in more than one store: keep the first store's row, compare the others' against it.
+    owner: dict[str, int] = {}
+    dup: set[str] = set()
+    for k, s in enumerate(stores):
+        for i in s.ids:
+            if i in owner and owner[i] != k:
+                dup.add(i)
+            owner.setdefault(i, k)
+    kept: dict[str, tuple[np.ndarray, frozenset]] = {}
+    split: dict[str, str] = {}
+    writer = StoreWriter(out, header)
+    for k, s in enumerate(stores):
+        cols = np.array([genres.index(g) for g in s.genres], dtype=np.int64)
+        s_split = dict(zip(s.ids, s.split)) if s.split is not None else {}
+        with h5py.File(s.path, "r") as f:
+            for start in range(0, len(s), 4096):
+                sl = slice(start, min(start + 4096, len(s)))
+                ids = s._read_str(f, "ids", sl)
+                X = f["embeddings"][sl].astype(np.float32)
+                Y = np.zeros((len(ids), len(genres)), np.uint8)
+                Y[:, cols] = f["labels"][sl]
+                keep = np.ones(len(ids), bool)
+                for r, i in enumerate(ids):
+                    part = s_split.get(i, "")
+                    if part and split.setdefault(i, part) != part:
+                        raise StoreMismatchError(f"id {i!r} is in split {split[i]!r} in one store and {part!r} in {s.path}")
+                    if i not in dup:
+                        continue
+                    labels = frozenset(np.asarray(genres)[Y[r] > 0])
+                    if i not in kept:
+                        kept[i] = (X[r].copy(), labels)
+                        continue
+                    keep[r] = False
+                    x0, l0 = kept[i]
+                    if not np.allclose(x0, X[r], atol=atol, rtol=0):
+                        raise StoreMismatchError(
+                            f"id {i!r} has different embeddings in {s.path} and an earlier store "
+                            f"(max |difference| {np.abs(x0 - X[r]).max():.3g}); these are not the same item or not the same encoder"
+                        )
+                    if l0 != labels:
+                        raise StoreMismatchError(f"id {i!r} has genres {sorted(l0)} in one store and {sorted(labels)} in {s.path}")
+                ids = ids[keep]
+                if len(ids):
+                    titles = s._read_str(f, "meta/title", sl) if "meta/title" in f else np.full(len(keep), "", dtype=object)
+                    years = f["meta/year"][sl] if "meta/year" in f else np.full(len(keep), -1, np.int32)
+                    writer.write_part(ids, X[keep], Y[keep], titles[keep], years[keep])
+        fails = [(i, r) for i, r in s.failures if i not in owner]
+        if fails:
+            writer.write_part([], np.zeros((0, header.dim), np.float32), np.zeros((0, len(genres)), np.uint8), [], [], fails)
+    merged = writer.finalize()
+    if split:
+        merged.write_split(split)
+    return merged

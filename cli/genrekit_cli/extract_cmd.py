@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from genrekit_cli.main import app
@@ -85,6 +86,7 @@ Examples:
   genrekit extract --backbone ViT-L-14 --data posters/labels.csv --out posters.h5
   genrekit extract --backbone mobilenet_v2 --weights mobilenet_v2.pth --data labels.csv --out mnv2.h5
   genrekit extract --backbone minilm --modality text --data labels.csv --out plots.h5
+  genrekit extract --backbone ViT-L-14 --data labels.csv --out posters.h5 --engine ray --ray-address auto --num-gpus-per-worker 1
 """
 
 
@@ -102,7 +104,7 @@ def extract(
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
     precision: Annotated[str, typer.Option(help="GPU autocast: auto (bf16 where supported), fp16, bf16, fp32.")] = "auto",
     resize: Annotated[Optional[str], typer.Option(help="squash (default), center-crop or letterbox.")] = None,
-    workers: Annotated[Optional[int], typer.Option(help="Image decoding processes [default: spare cores on GPU; on CPU none up to 2 cores, else 1].")] = None,
+    workers: Annotated[Optional[int], typer.Option(help="Image decoding processes; with --engine ray, encoder actors [default: spare cores on GPU; on CPU none up to 2 cores, else 1; ray: one per GPU, else 1].")] = None,
     threads: Annotated[Optional[int], typer.Option(help="Torch CPU threads [default: the cores decoding leaves].")] = None,
     limit: Annotated[Optional[int], typer.Option(help="Only the first N samples.")] = None,
     dtype: Annotated[str, typer.Option(help="Stored embedding type: float32 or float16.")] = "float32",
@@ -114,6 +116,9 @@ def extract(
     other: OtherOpt = False,
     synonym: SynonymOpt = None,
     no_synonyms: NoSynonymsOpt = False,
+    engine: Annotated[str, typer.Option(help="local (this machine) or ray (a Ray cluster; pip install 'genrekit[ray]').")] = "local",
+    ray_address: Annotated[Optional[str], typer.Option(help="With --engine ray: auto (a running cluster) or ray://HOST:PORT [default: start Ray on this machine].")] = None,
+    num_gpus_per_worker: Annotated[float, typer.Option(help="With --engine ray: GPUs per encoder actor (1: one actor per GPU).")] = 0.0,
 ) -> None:
     """Run a frozen encoder once over a collection into an HDF5 feature store (resumable)."""
     from genrekit.extraction import ExtractConfig
@@ -124,6 +129,7 @@ def extract(
         batch_size=batch_size, device=device, precision=precision, resize=resize, workers=workers, threads=threads,
         limit=limit, dtype=dtype, normalize=normalize, split=str(split) if split else None,
         vocab=vocab_config(top_k, min_count, genres, other, synonym, no_synonyms),
+        engine=engine, ray_address=ray_address, num_gpus_per_worker=num_gpus_per_worker,
     )
     manifest = load_manifest(data, format, columns, genre_sep)
     with progress_bar("posters" if modality == "image" else "plots") as progress:
@@ -191,3 +197,22 @@ def store_info(
         t.add_row(k, str(v))
     console.print(t, highlight=False)
     print_failures([(f["id"], f["reason"]) for f in info["failures"]])
+
+
+MERGE_EXAMPLES = """
+Examples:
+  genrekit store merge node1.h5 node2.h5 node3.h5 --out all.h5
+"""
+
+
+@store_app.command("merge", epilog=MERGE_EXAMPLES)
+def store_merge(
+    stores: Annotated[list[Path], typer.Argument(help="Two or more stores of one encoder and preprocessing.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="The merged store to create (must not exist).")],
+) -> None:
+    """Merge stores made on different machines (same encoder identity; duplicate ids kept once)."""
+    from genrekit.store import merge_stores
+
+    merged = merge_stores(stores, out)
+    console.print(f"[bold green]{escape(str(merged.path))}[/]: {len(merged):,} rows, {len(merged.genres)} genres, "
+                  f"{len(merged.failures)} failures, from {len(stores)} stores")

@@ -30,6 +30,7 @@ from genrekit.system import cpu_count
 
 log = logging.getLogger(__name__)
 MODALITIES = ("image", "text")
+ENGINES = ("local", "ray")
 # Parts are flushed at least this often, so a crash loses at most this much work.
 FLUSH_ROWS, FLUSH_SECONDS = 512, 10.0
 
@@ -58,8 +59,15 @@ class ExtractConfig:
     normalize: str | None = None  # none | l2; None = the backbone's default
     split: str | None = None  # an id,split CSV to store with the features
     vocab: VocabConfig = field(default_factory=VocabConfig)  # --top-k, --min-count, --genres, --other, synonyms
+    engine: str = "local"  # local | ray
+    ray_address: str | None = None  # --ray-address: auto, ray://HOST:PORT; None starts a local Ray
+    num_gpus_per_worker: float = 0.0  # --num-gpus-per-worker: GPUs per encoder actor on a Ray cluster
 
     def validate(self) -> None:
+        if self.engine not in ENGINES:
+            raise ConfigError(f"--engine {self.engine!r} is not one of {', '.join(ENGINES)}")
+        if self.num_gpus_per_worker < 0:
+            raise ConfigError(f"--num-gpus-per-worker must be 0 or more, got {self.num_gpus_per_worker}")
         if self.modality not in MODALITIES:
             raise ConfigError(f"--modality {self.modality!r} is not one of {', '.join(MODALITIES)}")
         if self.dtype not in ("float32", "float16"):
@@ -123,15 +131,23 @@ class _ImageFiles(Dataset):
         return len(self.paths)
 
     def __getitem__(self, i: int):
-        path = self.paths[i]
-        try:
-            if path is None:
-                raise UnreadableImageError("no image in the manifest")
-            return i, self.preprocess(load_image(path, draft=2 * self.preprocess.size)), None
-        except UnreadableImageError as e:
-            return i, None, str(e)
-        except Exception as e:  # a worker must never die on one bad file
-            return i, None, f"cannot decode ({type(e).__name__}: {e})"
+        return (i, *decode_item(self.paths[i], self.preprocess))
+
+
+def decode_item(path: str | None, preprocess: Preprocess) -> tuple[torch.Tensor | None, str | None]:
+    """One poster decoded and preprocessed, or the reason it cannot be: ``(tensor, None)`` or ``(None, reason)``.
+
+    The same function runs in local decode workers and in a cluster's decode tasks, so failures
+    are recorded with the same reasons everywhere.
+    """
+    try:
+        if path is None:
+            raise UnreadableImageError("no image in the manifest")
+        return preprocess(load_image(path, draft=2 * preprocess.size)), None
+    except UnreadableImageError as e:
+        return None, str(e)
+    except Exception as e:  # a worker must never die on one bad file
+        return None, f"cannot decode ({type(e).__name__}: {e})"
 
 
 def _collate(items):
@@ -193,22 +209,28 @@ def _text_batches(samples: Sequence[Sample], batch_size: int):
         yield ok, [samples[i].plot for i in ok], bad
 
 
-def extract(config: ExtractConfig, progress: ProgressFn | None = None, manifest: Manifest | None = None) -> ExtractReport:
-    """Encode every sample of a manifest into a feature store, resuming where a previous run stopped.
+@dataclass
+class Plan:
+    """What one extraction run will do: the samples still to encode, the encoder, the store writer."""
 
-    Args:
-        config: what to extract, from where, into which store.
-        progress: called as ``progress("encode", done, total)`` after each batch.
-        manifest: an already-read manifest (else ``config.data`` is read).
+    config: ExtractConfig
+    genres: list[str]
+    samples: list[Sample]
+    encoder: Encoder
+    header: StoreHeader
+    writer: StoreWriter
+    todo: list[Sample]
+    started: float = field(default_factory=time.perf_counter)
 
-    Example:
-        >>> report = extract(ExtractConfig(backbone="mobilenet_v2", weights="mobilenet.pth",
-        ...                                data="posters/labels.csv", out="posters.h5"))  # doctest: +SKIP
-        >>> report.rows, len(report.failures)
-        (6000, 0)
-    """
+    @property
+    def skipped(self) -> int:
+        return len(self.samples) - len(self.todo)
+
+
+def plan_extraction(config: ExtractConfig, manifest: Manifest | None = None) -> Plan:
+    """Read the manifest, build the encoder and the store header, and find what is left to do."""
     config.validate()
-    t_start = time.perf_counter()
+    started = time.perf_counter()
     manifest = manifest or read_manifest(config.data, config.format)
     if not manifest.samples:  # a header-only manifest would otherwise make an empty store
         raise ManifestError(f"manifest {manifest.source or config.data} has no rows (only a header?); nothing to extract")
@@ -226,40 +248,112 @@ def extract(config: ExtractConfig, progress: ProgressFn | None = None, manifest:
     header = store_header(encoder, config.modality, genres, config.normalize, config.dtype, resolved)
     writer = StoreWriter(config.out, header)
     todo = [s for s in samples if s.id not in writer.done_ids]
-    skipped = len(samples) - len(todo)
-    if skipped:
-        log.info("resuming %s: %d of %d samples already done", config.out, skipped, len(samples))
-    genre_index = {g: k for k, g in enumerate(genres)}
+    if len(todo) < len(samples):
+        log.info("resuming %s: %d of %d samples already done", config.out, len(samples) - len(todo), len(samples))
+    return Plan(config, list(genres), list(samples), encoder, header, writer, todo, started)
+
+
+class PartSink:
+    """Collects encoded rows and failures (by index into ``plan.todo``) and writes them as crash-safe parts.
+
+    Rows may arrive in any order (a cluster returns batches as they finish): each part carries
+    its own ids, so the store never relies on order.
+    """
+
+    def __init__(self, plan: Plan, times: dict[str, float]) -> None:
+        self.plan, self.times = plan, times
+        self.genre_index = {g: k for k, g in enumerate(plan.genres)}
+        self.failures: list[tuple[str, str]] = []
+        self.done = 0
+        self._idx: list[int] = []
+        self._emb: list[np.ndarray] = []
+        self._fail: list[tuple[str, str]] = []
+        self._last = time.perf_counter()
+
+    def add(self, idx: Sequence[int], emb: np.ndarray | None, bad: Sequence[tuple[int, str]]) -> None:
+        todo, modality = self.plan.todo, self.plan.config.modality
+        if len(idx):
+            self._idx.extend(int(i) for i in idx)
+            self._emb.append(np.asarray(emb, dtype=np.float32))
+        for i, reason in bad:
+            s = todo[int(i)]
+            self._fail.append((s.id, reason))
+            self.failures.append((s.id, reason))
+            log.warning("%s: %s (%s)", s.id, reason, s.image if modality == "image" else "plot")
+        self.done += len(idx) + len(bad)
+        if len(self._idx) >= FLUSH_ROWS or time.perf_counter() - self._last > FLUSH_SECONDS:
+            self.flush()
+
+    def flush(self) -> None:
+        if not (self._idx or self._fail):
+            return
+        t0 = time.perf_counter()
+        plan = self.plan
+        rows = [plan.todo[i] for i in self._idx]
+        labels = np.zeros((len(rows), len(plan.genres)), np.uint8)
+        for r, s in enumerate(rows):
+            labels[r, [self.genre_index[g] for g in s.genres if g in self.genre_index]] = 1
+        emb = np.concatenate(self._emb) if self._emb else np.zeros((0, plan.header.dim), np.float32)
+        if plan.header.normalisation == "l2":
+            emb = l2_normalise(emb)
+        plan.writer.write_part([s.id for s in rows], emb, labels, [s.title for s in rows], [s.year for s in rows], self._fail)
+        self._idx, self._emb, self._fail = [], [], []
+        self._last = time.perf_counter()
+        self.times["write"] = self.times.get("write", 0.0) + self._last - t0
+
+
+def finish(plan: Plan, sink: PartSink, times: dict[str, float]) -> ExtractReport:
+    """Flush what is left, turn the parts into the store, attach the split, and report."""
+    sink.flush()
+    t0 = time.perf_counter()
+    store = plan.writer.finalize()
+    if plan.config.split:
+        from genrekit.data.split import read_split_file
+
+        store.write_split(read_split_file(plan.config.split))
+    times["write"] = times.get("write", 0.0) + time.perf_counter() - t0
+    times["total"] = time.perf_counter() - plan.started
+    return ExtractReport(
+        store=str(store.path),
+        rows=len(store),
+        encoded=sink.done - len(sink.failures),
+        skipped=plan.skipped,
+        failures=sink.failures,
+        all_failures=len(store.failures),
+        seconds=times,
+    )
+
+
+def extract(config: ExtractConfig, progress: ProgressFn | None = None, manifest: Manifest | None = None) -> ExtractReport:
+    """Encode every sample of a manifest into a feature store, resuming where a previous run stopped.
+
+    Args:
+        config: what to extract, from where, into which store; ``config.engine`` picks this
+            machine (``local``) or a Ray cluster (``ray``, :mod:`genrekit.extraction.ray_engine`).
+        progress: called as ``progress("encode", done, total)`` after each batch.
+        manifest: an already-read manifest (else ``config.data`` is read).
+
+    Example:
+        >>> report = extract(ExtractConfig(backbone="mobilenet_v2", weights="mobilenet.pth",
+        ...                                data="posters/labels.csv", out="posters.h5"))  # doctest: +SKIP
+        >>> report.rows, len(report.failures)
+        (6000, 0)
+    """
+    if config.engine == "ray":
+        from genrekit.extraction.ray_engine import extract_on_ray
+
+        return extract_on_ray(config, progress, manifest)
+    plan = plan_extraction(config, manifest)
+    todo, encoder = plan.todo, plan.encoder
     on_gpu = encoder.device.type == "cuda"
     batch_size = config.batch_size or (256 if on_gpu else encoder.spec.cpu_batch_size)
     workers, threads = _workers_and_threads(config, on_gpu)
     times = {"read": 0.0, "encode": 0.0, "write": 0.0}
-    failures: list[tuple[str, str]] = []
-    buf_idx: list[int] = []
-    buf_emb: list[np.ndarray] = []
-    buf_fail: list[tuple[str, str]] = []
-    last_flush = time.perf_counter()
-
-    def flush() -> None:
-        nonlocal buf_idx, buf_emb, buf_fail, last_flush
-        t0 = time.perf_counter()
-        rows = [todo[i] for i in buf_idx]
-        labels = np.zeros((len(rows), len(genres)), np.uint8)
-        for r, s in enumerate(rows):
-            labels[r, [genre_index[g] for g in s.genres if g in genre_index]] = 1
-        emb = np.concatenate(buf_emb) if buf_emb else np.zeros((0, header.dim), np.float32)
-        if header.normalisation == "l2":
-            emb = l2_normalise(emb)
-        writer.write_part([s.id for s in rows], emb, labels, [s.title for s in rows], [s.year for s in rows], buf_fail)
-        buf_idx, buf_emb, buf_fail = [], [], []
-        last_flush = time.perf_counter()
-        times["write"] += last_flush - t0
-
+    sink = PartSink(plan, times)
     if config.modality == "image":
         batches = _image_batches(todo, encoder, batch_size, workers if len(todo) > batch_size else 0)
     else:
         batches = _text_batches(todo, batch_size)
-    done = 0
     if progress:
         progress("encode", 0, len(todo))
     t_wait = time.perf_counter()
@@ -267,40 +361,15 @@ def extract(config: ExtractConfig, progress: ProgressFn | None = None, manifest:
         for ok_idx, inputs, bad in batches:
             t0 = time.perf_counter()
             times["read"] += t0 - t_wait
+            emb = None
             if ok_idx:
                 emb = encoder.encode_images(inputs) if config.modality == "image" else encoder.encode_texts(inputs)
-                buf_idx.extend(ok_idx)
-                buf_emb.append(emb)
             times["encode"] += time.perf_counter() - t0
-            for i, reason in bad:
-                buf_fail.append((todo[i].id, reason))
-                failures.append((todo[i].id, reason))
-                log.warning("%s: %s (%s)", todo[i].id, reason, todo[i].image if config.modality == "image" else "plot")
-            done += len(ok_idx) + len(bad)
-            if len(buf_idx) >= FLUSH_ROWS or time.perf_counter() - last_flush > FLUSH_SECONDS:
-                flush()
+            sink.add(ok_idx, emb, bad)
             if progress:
-                progress("encode", done, len(todo))
+                progress("encode", sink.done, len(todo))
             t_wait = time.perf_counter()
-    if buf_idx or buf_fail:
-        flush()
-    t0 = time.perf_counter()
-    store = writer.finalize()
-    if config.split:
-        from genrekit.data.split import read_split_file
-
-        store.write_split(read_split_file(config.split))
-    times["write"] += time.perf_counter() - t0
-    times["total"] = time.perf_counter() - t_start
-    return ExtractReport(
-        store=str(store.path),
-        rows=len(store),
-        encoded=done - len(failures),
-        skipped=skipped,
-        failures=failures,
-        all_failures=len(store.failures),
-        seconds=times,
-    )
+    return finish(plan, sink, times)
 
 
 # -- using a store's encoder on new inputs (predict, zero-shot) --------------------------------
