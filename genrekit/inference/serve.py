@@ -448,7 +448,7 @@ textarea{width:100%;min-height:70px;margin-top:8px;font:inherit;padding:6px;bord
 button{margin-top:10px;padding:8px 16px;border:0;border-radius:6px;background:var(--accent);color:#fff;font:inherit;cursor:pointer}
 button:disabled{opacity:.5;cursor:default}
 #error{color:#b91c1c;margin-top:10px;white-space:pre-wrap}
-#summary{font-size:18px;margin-bottom:12px}#summary b{color:var(--pred)}
+#summary{font-size:18px;margin-bottom:12px}#summary b.pred{color:var(--pred)}
 .row{display:grid;grid-template-columns:120px 1fr 56px;gap:8px;align-items:center;margin:3px 0}
 .row .g{white-space:nowrap;overflow:hidden;text-overflow:ellipsis}.row.pred .g{font-weight:600;color:var(--pred)}
 .bar{height:14px;background:#eef2f7;border-radius:4px;overflow:hidden}.bar i{display:block;height:100%;background:#93c5fd}
@@ -518,7 +518,7 @@ async function predict(){
 function show(j){
   const top = j.genres[0];
   $("summary").className = "";
-  $("summary").innerHTML = `Top genre: <b id="top-genre">${esc(top.genre)}</b> (${(100*top.probability).toFixed(1)}%)` +
+  $("summary").innerHTML = `Top genre: <b id="top-genre"${top.predicted?' class="pred"':""}>${esc(top.genre)}</b> (${(100*top.probability).toFixed(1)}%)` +
     `<br><span class="note">predicted: <span id="predicted">${j.predicted.map(esc).join(", ") || "none"}</span></span>`;
   $("genres").innerHTML = j.genres.map(g => `<div class="row${g.predicted?" pred":""}" data-genre="${esc(g.genre)}">` +
     `<span class="g">${g.predicted?"\u2713 ":""}${esc(g.genre)}</span><span class="bar"><i style="width:${(100*g.probability).toFixed(1)}%"></i></span>` +
