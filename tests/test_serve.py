@@ -136,6 +136,9 @@ def test_text_run_reads_its_field_and_equals_the_cli(runs):
         assert got.json()["probabilities"] == json.loads(res.output)["predictions"][0]["probabilities"]
         r = c.post("/api/predict", files={"image": _file(runs["images"][0])})
         assert r.status_code == 422 and "unknown field 'image'" in r.json()["error"]
+        r = c.post("/api/predict", files={"plot": ("plot.txt", b"a horror story", "text/plain")})
+        assert r.status_code == 422 and "not file uploads" in r.json()["error"]
+        assert c.post("/api/predict", data={"plot": plot}).json()["probabilities"] == got.json()["probabilities"]
         b = c.post("/api/predict/batch", data={"plot": ["one horror story", "a comedy"]}).json()
         assert [p["item"] for p in b["predictions"]] == ["one horror story", "a comedy"]
 

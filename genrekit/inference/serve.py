@@ -204,6 +204,8 @@ async def _read_form(request: Request, run: LoadedRun, cfg: ServeConfig, tmp: st
         images = [v for v in form.getlist(IMAGE_FIELD) if not (isinstance(v, UploadFile) and not v.filename and not v.size)]
         if any(not isinstance(v, UploadFile) for v in images):
             raise ApiError(422, f"field {IMAGE_FIELD!r} must be a file upload (a poster), not text")
+        if any(isinstance(v, UploadFile) for f in text_fields for v in form.getlist(f)):
+            raise ApiError(422, f"text fields ({', '.join(text_fields)}) must be form text, not file uploads")
         texts = {f: [str(v) for v in form.getlist(f)] for f in text_fields}
         counts = {f: len(v) for f, v in [(IMAGE_FIELD, images), *texts.items()] if v}
         if not counts:
