@@ -1,0 +1,532 @@
+"""Serve a run over HTTP: an upload page and a JSON API (the library half of ``genrekit serve``).
+
+The run is loaded once (:func:`genrekit.inference.loaded.load_run`, so every run kind works) and
+warmed up with one prediction before the first request. Each request goes through the same
+:func:`~genrekit.inference.loaded.predict_items` as ``genrekit predict``, so the JSON answer for a
+poster equals ``genrekit predict --json`` for it.
+
+Endpoints: ``GET /`` (the page, self-contained: no CDN, no build step), ``POST /api/predict``,
+``POST /api/predict/batch``, ``GET /api/info``, ``GET /healthz``, OpenAPI at ``/docs``.
+
+Hostile input gets a one-line JSON error ``{"error": ..., "status": ...}`` with a 4xx code: a body
+over the size limit (413, checked on the Content-Length header and again while the body streams
+in), an image with too many pixels (413), a file that is not an image, empty, truncated or a
+decompression bomb (422), a request that is not a form or a file part that says it is not an image
+(415), a missing or unknown field (422). Uploaded bytes are written only inside a per-request
+temporary directory that is removed when the request ends (the decoder reads files by path).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import ipaddress
+import json
+import logging
+import os
+import re
+import tempfile
+import threading
+import time
+import warnings
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from fastapi import FastAPI, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse
+from PIL import Image
+from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException
+
+from genrekit import __version__
+from genrekit.errors import ConfigError
+from genrekit.inference.loaded import Item, LoadedRun, load_run, predict_items
+from genrekit.inference.predict import Prediction
+
+log = logging.getLogger(__name__)
+
+MB = 1024 * 1024
+IMAGE_FIELD = "image"
+CONFIG_ENV = "GENREKIT_SERVE_CONFIG"  # how `--workers N` hands the config to each worker process
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    """What ``genrekit serve`` was asked for; one field per CLI flag.
+
+    Attributes:
+        run: the run directory (``RUNS/`` for its best head, ``RUNS/<head>``, a fused run ...).
+        host: address to bind; loopback by default, anything else is logged as a warning.
+        port: TCP port.
+        workers: uvicorn worker processes; each loads the run once.
+        max_upload_mb: largest poster file, and largest request body of ``/api/predict``
+            (a batch may carry ``max_batch`` such files).
+        max_pixels: largest image (width x height) decoded; bigger ones get 413 before decoding.
+        max_batch: most items in one ``/api/predict/batch`` request.
+        device: where the encoder runs.
+    """
+
+    run: str
+    host: str = "127.0.0.1"
+    port: int = 8000
+    workers: int = 1
+    max_upload_mb: float = 10.0
+    max_pixels: int = 40_000_000
+    max_batch: int = 32
+    device: str = "cpu"
+
+    def check(self) -> ServeConfig:
+        if not 0 < self.port < 65536:
+            raise ConfigError(f"--port {self.port}; expected 1-65535")
+        if self.workers < 1:
+            raise ConfigError(f"--workers {self.workers}; expected 1 or more")
+        if not self.max_upload_mb > 0:
+            raise ConfigError(f"--max-upload-mb {self.max_upload_mb}; expected a positive size in MB")
+        if self.max_pixels < 1 or self.max_batch < 1:
+            raise ConfigError(f"--max-pixels {self.max_pixels} and --max-batch {self.max_batch} must be positive")
+        return self
+
+    @property
+    def max_upload_bytes(self) -> int:
+        return int(self.max_upload_mb * MB)
+
+
+def is_loopback(host: str) -> bool:
+    """True for ``localhost`` and loopback addresses (127.0.0.0/8, ::1)."""
+    if host.strip().lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+class ApiError(HTTPException):
+    """A client error rendered as ``{"error": detail, "status": code}``."""
+
+
+# -- the request body limit -------------------------------------------------------------------------
+class BodyLimit:
+    """ASGI middleware: refuse bodies over a size with 413, before and while they stream in.
+
+    Starlette has no request-size limit of its own (its ``max_part_size`` covers only non-file
+    fields), so this counts the bytes as they arrive, and a client that lies in Content-Length or
+    sends chunks cannot make the server buffer more than the limit.
+    """
+
+    def __init__(self, app, limit_for):
+        self.app, self.limit_for = app, limit_for  # path -> (bytes allowed, how the limit is named)
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope["method"] not in ("POST", "PUT", "PATCH"):
+            return await self.app(scope, receive, send)
+        limit, named = self.limit_for(scope["path"])
+        length = dict(scope["headers"]).get(b"content-length", b"")
+        if length.isdigit() and int(length) > limit:
+            return await _error_response(413, f"request body of {int(length) / MB:.1f} MB is over {named}")(scope, receive, send)
+        seen = 0
+
+        async def counted():
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > limit:
+                    raise ApiError(413, f"request body of more than {seen / MB:.1f} MB is over {named}")
+            return message
+
+        await self.app(scope, counted, send)
+
+
+def _too_big(n: int, limit: int) -> str:
+    return f"file of {n / MB:.1f} MB is over the limit of {limit / MB:g} MB (--max-upload-mb)"
+
+
+def _error_response(status: int, message: str) -> JSONResponse:
+    return JSONResponse({"error": message, "status": status}, status_code=status)
+
+
+# -- reading a request into items ---------------------------------------------------------------------
+def _suffix(filename: str) -> str:
+    """A safe file suffix from a client's filename (the name itself is never used as a path)."""
+    s = Path(filename or "").suffix.lower()
+    return s if re.fullmatch(r"\.[a-z0-9]{1,6}", s) else ".img"
+
+
+def _content_type_ok(ct: str | None) -> bool:
+    ct = (ct or "").split(";")[0].strip().lower()
+    return ct in ("", "application/octet-stream") or ct.startswith("image/")
+
+
+def _pixel_check(path: str, max_pixels: int) -> str | None:
+    """A reason when the image's header declares more than ``max_pixels``; decoding is left to predict."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        try:
+            with Image.open(path) as img:
+                w, h = img.size
+        except Image.DecompressionBombError as e:
+            return f"too many pixels: decompression bomb ({e})"
+        except Exception:
+            return None  # not an image, empty, truncated: predict names the reason, as for the CLI
+    if w * h > max_pixels:
+        return f"too many pixels: {w}x{h} = {w * h:,} is over the limit of {max_pixels:,} (--max-pixels)"
+    return None
+
+
+@dataclass
+class _Parsed:
+    items: list[Item]
+    refused: list[tuple[str, int, str]]  # (name, status, reason) of items refused before predicting
+
+
+async def _read_form(request: Request, run: LoadedRun, cfg: ServeConfig, tmp: str, batch: bool) -> _Parsed:
+    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if ctype not in ("multipart/form-data", "application/x-www-form-urlencoded"):
+        raise ApiError(415, f"content type {ctype or 'none'!r}; send multipart/form-data with fields: {', '.join(run.inputs)}")
+    text_fields = [f for f in run.inputs if f != IMAGE_FIELD]
+    try:
+        # Starlette stops parsing past these counts; one more than allowed lets the checks below name the limit.
+        form = await request.form(max_files=cfg.max_batch + 1 if batch else 2, max_fields=4 * cfg.max_batch + 8)
+    except ApiError:
+        raise
+    except Exception as e:  # malformed multipart, too many parts: Starlette raises its own types
+        msg = str(getattr(e, "detail", None) or e)
+        if msg.startswith("Too many"):
+            raise ApiError(413, f"too many parts ({msg}): at most {cfg.max_batch} items per request (--max-batch)") from None
+        raise ApiError(400, f"cannot read the form: {msg}") from None
+    try:
+        unknown = sorted(set(form.keys()) - set(run.inputs))
+        if unknown:
+            raise ApiError(422, f"unknown field {unknown[0]!r}; this run reads: {', '.join(run.inputs)}")
+        images = [v for v in form.getlist(IMAGE_FIELD) if not (isinstance(v, UploadFile) and not v.filename and not v.size)]
+        if any(not isinstance(v, UploadFile) for v in images):
+            raise ApiError(422, f"field {IMAGE_FIELD!r} must be a file upload (a poster), not text")
+        if any(isinstance(v, UploadFile) for f in text_fields for v in form.getlist(f)):
+            raise ApiError(422, f"text fields ({', '.join(text_fields)}) must be form text, not file uploads")
+        texts = {f: [str(v) for v in form.getlist(f)] for f in text_fields}
+        counts = {f: len(v) for f, v in [(IMAGE_FIELD, images), *texts.items()] if v}
+        if not counts:
+            raise ApiError(422, f"missing field: send {' and/or '.join(repr(f) for f in run.inputs)} (this run reads {', '.join(run.inputs)})")
+        n = max(counts.values())
+        if len(set(counts.values())) > 1:
+            raise ApiError(422, f"fields have different counts ({counts}); send one value of each field per item")
+        if not batch and n > 1:
+            raise ApiError(422, f"{n} values for one field; /api/predict takes one item, use /api/predict/batch")
+        if n > cfg.max_batch:
+            raise ApiError(413, f"{n} items in one batch; the limit is {cfg.max_batch} (--max-batch)")
+        items, refused = [], []
+        for k in range(n):
+            item_texts = {f: v[k] for f, v in texts.items() if v}
+            up = images[k] if images else None
+            name = (up.filename or f"upload-{k}") if up is not None else next(iter(item_texts.values()), f"item-{k}")
+            name = name[:200]
+            path = None
+            if up is not None:
+                if not _content_type_ok(up.content_type):
+                    refused.append((name, 415, f"content type {up.content_type!r} is not an image type"))
+                    continue
+                if (up.size or 0) > cfg.max_upload_bytes:
+                    refused.append((name, 413, _too_big(up.size or 0, cfg.max_upload_bytes)))
+                    continue
+                path = os.path.join(tmp, f"{k}{_suffix(up.filename or '')}")
+                with open(path, "wb") as f:  # inside the request's temporary directory only
+                    while chunk := await up.read(MB):
+                        f.write(chunk)
+                reason = _pixel_check(path, cfg.max_pixels)
+                if reason:
+                    refused.append((name, 413, reason))
+                    continue
+            items.append(Item(name, image=path, texts=item_texts))
+        return _Parsed(items, refused)
+    finally:
+        await form.close()
+
+
+# -- the JSON answer ------------------------------------------------------------------------------------
+def prediction_json(p: Prediction) -> dict:
+    """``genrekit predict --json``'s record for one item, plus the ranked list the page draws."""
+    out = p.to_json()
+    chosen = set(p.predicted)
+    out["genres"] = [{"genre": g, "probability": round(v, 6), "predicted": g in chosen} for g, v in p.ranked]
+    return out
+
+
+def _features() -> dict:
+    """What the page can show besides probabilities, and why not when it cannot."""
+    explain = importlib.util.find_spec("genrekit.inference.explain") is not None
+    return {
+        "saliency": {
+            "available": False,
+            "reason": "genrekit.inference.explain is installed but not wired into serve yet"
+            if explain
+            else "saliency maps come from `genrekit explain`, which this build does not include",
+        },
+        "similar_posters": {
+            "available": False,
+            "reason": "a saved knn head keeps the training vectors and labels but not their ids or poster files, "
+            "so its neighbours cannot be shown as posters",
+        },
+    }
+
+
+class Server:
+    """One loaded run and the limits it is served with; predictions are serialised by a lock.
+
+    The lock keeps one prediction at a time: the encoder already uses every core for one batch,
+    and run kinds need not be thread-safe.
+    """
+
+    def __init__(self, run: LoadedRun, cfg: ServeConfig):
+        self.run, self.cfg = run, cfg
+        self.lock = threading.Lock()
+        self.identity = run.identity()
+        self.started = time.time()
+
+    def info(self) -> dict:
+        return {
+            "genrekit_version": __version__,
+            "run": {"kind": self.run.kind, "name": self.run.name, **self.identity},
+            "genres": list(self.run.genres),
+            "inputs": list(self.run.inputs),
+            "thresholds": self.run.thresholds.to_json(),
+            "limits": {"max_upload_mb": self.cfg.max_upload_mb, "max_pixels": self.cfg.max_pixels, "max_batch": self.cfg.max_batch},
+            "features": _features(),
+        }
+
+    def predict(self, items: Sequence[Item]) -> tuple[list[Prediction], list[tuple[str, str]], float]:
+        with self.lock:
+            t = time.perf_counter()
+            preds, failures = predict_items(self.run, items)
+            return preds, failures, (time.perf_counter() - t) * 1000
+
+    def warm_up(self) -> float:
+        """One prediction on a generated item, so the encoder is built before the first request."""
+        t = time.perf_counter()
+        with tempfile.TemporaryDirectory(prefix="genrekit-serve-") as tmp:
+            image = None
+            if IMAGE_FIELD in self.run.inputs:
+                image = os.path.join(tmp, "warm-up.png")
+                Image.new("RGB", (64, 96), (128, 64, 32)).save(image)
+            texts = {f: "A warm-up text." for f in self.run.inputs if f != IMAGE_FIELD}
+            _, failures, _ = self.predict([Item("warm-up", image=image, texts=texts)])
+        if failures:
+            raise ConfigError(f"the run cannot predict a generated item: {failures[0][1]}")
+        return time.perf_counter() - t
+
+
+def _request_schema(inputs: Sequence[str], batch: bool) -> dict:
+    props = {}
+    for f in inputs:
+        one = {"type": "string", "format": "binary"} if f == IMAGE_FIELD else {"type": "string"}
+        desc = "a poster file" if f == IMAGE_FIELD else f"the item's {f}"
+        props[f] = {"type": "array", "items": one, "description": desc + "s (one per item)"} if batch else {**one, "description": desc}
+    return {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {"type": "object", "properties": props}}}}}
+
+
+def create_app(run: LoadedRun, cfg: ServeConfig) -> FastAPI:
+    """The FastAPI app serving ``run``; the run is warmed up here, once.
+
+    Example:
+        >>> cfg = ServeConfig(run="runs/")  # doctest: +SKIP
+        >>> app = create_app(load_run(cfg.run), cfg)
+        >>> uvicorn.run(app, host=cfg.host, port=cfg.port)
+    """
+    server = Server(run, cfg)
+    log.info("warm-up prediction in %.2f s", server.warm_up())
+    app = FastAPI(
+        title="genrekit",
+        version=__version__,
+        description=f"Genres of posters{' and texts' if len(run.inputs) > 1 or IMAGE_FIELD not in run.inputs else ''} "
+        f"with the {run.kind} run {run.name!r} (inputs: {', '.join(run.inputs)}).",
+    )
+    app.state.server = server
+
+    @app.exception_handler(HTTPException)
+    async def _http_error(request: Request, exc: HTTPException):
+        return _error_response(exc.status_code, str(exc.detail))
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(request: Request, exc: RequestValidationError):
+        first = exc.errors()[0] if exc.errors() else {}
+        return _error_response(422, f"{'.'.join(str(x) for x in first.get('loc', ()))}: {first.get('msg', 'invalid request')}")
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    async def page() -> HTMLResponse:
+        return HTMLResponse(PAGE)
+
+    @app.get("/healthz", summary="Liveness: the run is loaded")
+    async def healthz() -> dict:
+        return {"status": "ok", "run": run.name, "uptime_s": round(time.time() - server.started, 1)}
+
+    @app.get("/api/info", summary="The run: identity, genres, thresholds, inputs, limits")
+    async def info() -> dict:
+        return server.info()
+
+    async def _predict(request: Request, batch: bool):
+        t0 = time.perf_counter()
+        with tempfile.TemporaryDirectory(prefix="genrekit-serve-") as tmp:
+            parsed = await _read_form(request, run, cfg, tmp, batch)
+            if not batch and parsed.refused:
+                _, status, reason = parsed.refused[0]
+                raise ApiError(status, reason)
+            preds, failures, model_ms = await run_in_threadpool(server.predict, parsed.items) if parsed.items else ([], [], 0.0)
+        # Run kinds name an unreadable poster by its path, which here is a temporary file: give the upload's name back.
+        names = {it.image: it.name for it in parsed.items if it.image}
+        failures = [(n, r) for n, _, r in parsed.refused] + [(names.get(n, n), r) for n, r in failures]
+        if not preds:
+            raise ApiError(422, failures[0][1] if len(failures) == 1 else "; ".join(f"{n}: {r}" for n, r in failures[:5]))
+        common = {
+            "threshold_rule": run.thresholds.to_json(),
+            "run": {"kind": run.kind, "name": run.name, **server.identity},
+            "timing_ms": {"predict": round(model_ms, 2), "total": round((time.perf_counter() - t0) * 1000, 2)},
+        }
+        if not batch:
+            return {**prediction_json(preds[0]), **common}
+        return {"predictions": [prediction_json(p) for p in preds], "failures": [{"item": n, "reason": r} for n, r in failures], **common}
+
+    @app.post("/api/predict", summary="Genres of one poster (and/or its texts)", openapi_extra=_request_schema(run.inputs, False))
+    async def predict(request: Request) -> dict:
+        """Multipart form: ``image`` (a poster file) and/or the run's text fields. Returns the genres
+        sorted by probability, the predicted set, the threshold rule, the run's identity and timing."""
+        return await _predict(request, batch=False)
+
+    @app.post("/api/predict/batch", summary="Genres of several posters", openapi_extra=_request_schema(run.inputs, True))
+    async def predict_batch(request: Request) -> dict:
+        """Multipart form with the fields repeated, one value each per item; unreadable items are
+        listed under ``failures`` (422 when none is readable)."""
+        return await _predict(request, batch=True)
+
+    # A form adds part headers and text fields to the file's bytes: allow a little room for them.
+    one = (cfg.max_upload_bytes + MB // 16, f"the limit of {cfg.max_upload_mb:g} MB (--max-upload-mb)")
+    many = (cfg.max_upload_bytes * cfg.max_batch + MB, f"the batch limit of {cfg.max_batch} x {cfg.max_upload_mb:g} MB (--max-batch x --max-upload-mb)")
+    app.add_middleware(BodyLimit, limit_for=lambda path: many if path.endswith("/batch") else one)
+    return app
+
+
+def app_from_env() -> FastAPI:
+    """The app for one uvicorn worker process: the config comes from ``GENREKIT_SERVE_CONFIG``."""
+    raw = os.environ.get(CONFIG_ENV)
+    if not raw:
+        raise ConfigError(f"{CONFIG_ENV} is not set; start workers with `genrekit serve`")
+    cfg = ServeConfig(**json.loads(raw)).check()
+    return create_app(load_run(cfg.run, device=cfg.device), cfg)
+
+
+def serve(cfg: ServeConfig, log_level: str = "info") -> None:
+    """Load the run and serve it with uvicorn until interrupted (``genrekit serve``)."""
+    import uvicorn
+
+    cfg.check()
+    if not is_loopback(cfg.host):
+        log.warning("binding to %s: the API is reachable from other machines and has no authentication", cfg.host)
+    if cfg.workers == 1:
+        app = create_app(load_run(cfg.run, device=cfg.device), cfg)
+        uvicorn.run(app, host=cfg.host, port=cfg.port, log_level=log_level)
+        return
+    load_run(cfg.run, device=cfg.device)  # fail here, in one line, rather than in every worker
+    os.environ[CONFIG_ENV] = json.dumps(asdict(cfg))
+    uvicorn.run("genrekit.inference.serve:app_from_env", factory=True, host=cfg.host, port=cfg.port, workers=cfg.workers, log_level=log_level)
+
+
+PAGE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width,initial-scale=1">
+<title>genrekit</title>
+<style>
+:root{--fg:#1d2330;--muted:#6b7280;--line:#e5e7eb;--accent:#2563eb;--pred:#16a34a;--bg:#f8fafc}
+*{box-sizing:border-box}body{margin:0;font:15px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;color:var(--fg);background:var(--bg)}
+header{padding:14px 24px;border-bottom:1px solid var(--line);background:#fff;display:flex;gap:16px;align-items:baseline;flex-wrap:wrap}
+header h1{font-size:20px;margin:0}#run{color:var(--muted);font-size:13px}
+main{display:grid;grid-template-columns:minmax(260px,340px) 1fr;gap:24px;padding:24px;max-width:1200px}
+@media(max-width:800px){main{grid-template-columns:1fr}}
+section{background:#fff;border:1px solid var(--line);border-radius:10px;padding:16px}
+h2{font-size:15px;margin:0 0 10px}
+#drop{border:2px dashed #94a3b8;border-radius:10px;padding:18px;text-align:center;color:var(--muted);cursor:pointer}
+#drop.over{border-color:var(--accent);background:#eff6ff}
+#preview{width:100%;margin-top:12px;border-radius:6px;display:none}
+textarea{width:100%;min-height:70px;margin-top:8px;font:inherit;padding:6px;border:1px solid var(--line);border-radius:6px}
+button{margin-top:10px;padding:8px 16px;border:0;border-radius:6px;background:var(--accent);color:#fff;font:inherit;cursor:pointer}
+button:disabled{opacity:.5;cursor:default}
+#error{color:#b91c1c;margin-top:10px;white-space:pre-wrap}
+#summary{font-size:18px;margin-bottom:12px}#summary b.pred{color:var(--pred)}
+.row{display:grid;grid-template-columns:120px 1fr 56px;gap:8px;align-items:center;margin:3px 0}
+.row .g{white-space:nowrap;overflow:hidden;text-overflow:ellipsis}.row.pred .g{font-weight:600;color:var(--pred)}
+.bar{height:14px;background:#eef2f7;border-radius:4px;overflow:hidden}.bar i{display:block;height:100%;background:#93c5fd}
+.row.pred .bar i{background:var(--pred)}.p{text-align:right;font-variant-numeric:tabular-nums}
+.note{color:var(--muted);font-size:13px}.extra{margin-top:16px}
+#meta{color:var(--muted);font-size:12px;margin-top:10px}
+</style></head>
+<body>
+<header><h1>genrekit</h1><span id="run">loading run&hellip;</span></header>
+<main>
+<section>
+  <h2>Poster</h2>
+  <div id="drop" tabindex="0">Drop a poster here, or <u>pick a file</u>
+    <input id="poster" type="file" name="image" accept="image/*" hidden></div>
+  <img id="preview" alt="the poster">
+  <div id="texts"></div>
+  <button id="go" disabled>Predict</button>
+  <div id="error" role="alert"></div>
+</section>
+<section>
+  <h2>Genres</h2>
+  <div id="summary" class="note">Drop a poster to see its genres.</div>
+  <div id="genres"></div>
+  <div id="meta"></div>
+  <div class="extra" id="saliency"><h2>Saliency maps of the top genres</h2><p class="note" id="saliency-note"></p></div>
+  <div class="extra" id="similar"><h2>Most similar training posters</h2><p class="note" id="similar-note"></p></div>
+</section>
+</main>
+<script>
+"use strict";
+const $ = (id) => document.getElementById(id);
+let info = null, file = null;
+function esc(s){return String(s).replace(/[&<>"']/g,c=>({"&":"&amp;","<":"&lt;",">":"&gt;",'"':"&quot;","'":"&#39;"}[c]));}
+function ready(){ $("go").disabled = !(file || [...document.querySelectorAll("#texts textarea")].some(t=>t.value.trim())); }
+function pick(f){ if(!f) return; file = f; const img = $("preview"); img.src = URL.createObjectURL(f); img.style.display = "block"; ready(); predict(); }
+fetch("/api/info").then(r=>r.json()).then(j=>{
+  info = j; const r = j.run;
+  $("run").textContent = `${r.kind} run \u201c${r.name}\u201d \u00b7 encoder ${r.encoder ?? "?"} \u00b7 ${j.genres.length} genres \u00b7 rule ${j.thresholds.rule}`;
+  if(!j.inputs.includes("image")) $("drop").style.display = "none";
+  for(const f of j.inputs.filter(x=>x!=="image")){
+    const t = document.createElement("textarea"); t.name = f; t.placeholder = `Paste the ${f} here`; t.addEventListener("input", ready); $("texts").appendChild(t);
+  }
+  $("saliency-note").textContent = j.features.saliency.available ? "" : "Not shown: " + j.features.saliency.reason + ".";
+  $("similar-note").textContent = j.features.similar_posters.available ? "" : "Not shown: " + j.features.similar_posters.reason + ".";
+}).catch(e=>{ $("error").textContent = "cannot reach the server: " + e; });
+const drop = $("drop");
+drop.addEventListener("click", ()=>$("poster").click());
+drop.addEventListener("keydown", e=>{ if(e.key==="Enter"||e.key===" ") $("poster").click(); });
+$("poster").addEventListener("change", e=>pick(e.target.files[0]));
+for(const ev of ["dragenter","dragover"]) drop.addEventListener(ev, e=>{ e.preventDefault(); drop.classList.add("over"); });
+for(const ev of ["dragleave","drop"]) drop.addEventListener(ev, e=>{ e.preventDefault(); drop.classList.remove("over"); });
+drop.addEventListener("drop", e=>pick(e.dataTransfer.files[0]));
+$("go").addEventListener("click", predict);
+async function predict(){
+  const fd = new FormData();
+  if(file) fd.append("image", file, file.name);
+  for(const t of document.querySelectorAll("#texts textarea")) if(t.value.trim()) fd.append(t.name, t.value);
+  $("error").textContent = ""; $("go").disabled = true; $("summary").textContent = "Predicting\u2026"; $("summary").className = "note";
+  try{
+    const r = await fetch("/api/predict", {method:"POST", body:fd});
+    const j = await r.json();
+    if(!r.ok) throw new Error(j.error || r.statusText);
+    show(j);
+  }catch(e){ $("error").textContent = "error: " + e.message; $("summary").textContent = ""; }
+  finally{ ready(); }
+}
+function show(j){
+  const top = j.genres[0];
+  $("summary").className = "";
+  $("summary").innerHTML = `Top genre: <b id="top-genre"${top.predicted?' class="pred"':""}>${esc(top.genre)}</b> (${(100*top.probability).toFixed(1)}%)` +
+    `<br><span class="note">predicted: <span id="predicted">${j.predicted.map(esc).join(", ") || "none"}</span></span>`;
+  $("genres").innerHTML = j.genres.map(g => `<div class="row${g.predicted?" pred":""}" data-genre="${esc(g.genre)}">` +
+    `<span class="g">${g.predicted?"\u2713 ":""}${esc(g.genre)}</span><span class="bar"><i style="width:${(100*g.probability).toFixed(1)}%"></i></span>` +
+    `<span class="p">${(100*g.probability).toFixed(1)}%</span></div>`).join("");
+  $("meta").textContent = `rule ${j.threshold_rule.rule} \u00b7 ${j.timing_ms.predict} ms model, ${j.timing_ms.total} ms in all \u00b7 \u2713 = predicted genre`;
+}
+</script>
+</body></html>
+"""

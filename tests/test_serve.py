@@ -1,0 +1,241 @@
+"""`genrekit serve`'s API through FastAPI's TestClient: every endpoint, every bad input, concurrency."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import struct
+import tempfile
+import zlib
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+from conftest import make_collection
+from PIL import Image
+from typer.testing import CliRunner
+
+pytest.importorskip("fastapi")
+pytest.importorskip("multipart")
+from fastapi.testclient import TestClient  # noqa: E402
+
+from genrekit.extraction import ExtractConfig, extract  # noqa: E402
+from genrekit.inference.loaded import load_run  # noqa: E402
+from genrekit.inference.serve import CONFIG_ENV, ServeConfig, app_from_env, create_app, is_loopback  # noqa: E402
+from genrekit_cli.main import app as cli  # noqa: E402
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """A poster run (colorstats) and a plot run (tiny text encoder) on 120 generated films."""
+    root = tmp_path_factory.mktemp("serve")
+    manifest = make_collection(root / "col", n=120)
+    out = {"root": root, "images": sorted((root / "col" / "img").glob("*.jpg"))}
+    for name, backbone, modality in (("posters", "colorstats", "image"), ("plots", "test-tiny-text", "text")):
+        store = root / f"{name}.h5"
+        extract(ExtractConfig(backbone=backbone, weights="none", data=str(manifest), out=str(store), device="cpu", modality=modality))
+        res = runner.invoke(cli, ["heads", "--store", str(store), "--head", "logreg", "--out", str(root / name),
+                                  "--min-positives", "3", "--jobs", "1"])  # fmt: skip
+        assert res.exit_code == 0, res.output
+        out[name] = root / name
+    return out
+
+
+LIMITS = dict(max_upload_mb=0.05, max_pixels=1_000_000, max_batch=4)
+
+
+@pytest.fixture(scope="module")
+def client(runs):
+    cfg = ServeConfig(run=str(runs["posters"]), **LIMITS)
+    with TestClient(create_app(load_run(cfg.run), cfg)) as c:
+        yield c
+
+
+def _file(path, name=None, ctype="image/jpeg"):
+    return (name or os.path.basename(path), open(path, "rb").read(), ctype)
+
+
+def _good(client, runs):
+    r = client.post("/api/predict", files={"image": _file(runs["images"][0])})
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def _png_header_only(w: int, h: int) -> bytes:
+    """A PNG that declares w x h pixels in a few dozen bytes (the shape of a decompression bomb)."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+
+
+def _jpeg(size) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", size, (90, 20, 160)).save(buf, "JPEG", quality=50)
+    return buf.getvalue()
+
+
+# -- endpoints ------------------------------------------------------------------------------------------------
+def test_healthz_info_docs_and_page(client):
+    assert client.get("/healthz").json()["status"] == "ok"
+    info = client.get("/api/info").json()
+    assert info["inputs"] == ["image"] and info["run"]["encoder"] == "colorstats" and info["run"]["kind"] == "head"
+    assert len(info["thresholds"]["values"]) == len(info["genres"]) and info["limits"]["max_batch"] == 4
+    assert set(info["features"]) == {"saliency", "similar_posters"}
+    assert "/api/predict/batch" in client.get("/openapi.json").json()["paths"]
+    assert client.get("/docs").status_code == 200
+    page = client.get("/")
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    html = page.text
+    assert 'type="file"' in html and 'id="genres"' in html and "Saliency maps" in html and "similar training posters" in html
+    assert "src=\"http" not in html and "href=\"http" not in html and "@import" not in html  # nothing from the network
+
+
+def test_predict_equals_the_cli_predict_json(client, runs):
+    for path in runs["images"][:3]:
+        got = client.post("/api/predict", files={"image": _file(path)}).json()
+        res = runner.invoke(cli, ["predict", "--run", str(runs["posters"]), str(path), "--json"])
+        assert res.exit_code == 0, res.output
+        want = json.loads(res.output)["predictions"][0]
+        assert got["probabilities"] == want["probabilities"] and got["predicted"] == want["predicted"]
+        assert got["item"] == path.name
+        assert [g["genre"] for g in got["genres"]] == list(want["probabilities"])  # sorted by probability
+        assert [g["genre"] for g in got["genres"] if g["predicted"]] == got["predicted"]
+        assert got["threshold_rule"]["rule"] and got["run"]["encoder"] == "colorstats" and "weights_sha256" in got["run"]
+        assert got["timing_ms"]["total"] >= got["timing_ms"]["predict"] > 0
+
+
+def test_batch_predicts_each_file_and_names_the_unreadable_one(client, runs):
+    files = [("image", _file(p)) for p in runs["images"][:3]] + [("image", ("broken.jpg", b"not a jpeg", "image/jpeg"))]
+    r = client.post("/api/predict/batch", files=files)
+    assert r.status_code == 200, r.text
+    j = r.json()
+    assert [p["item"] for p in j["predictions"]] == [p.name for p in runs["images"][:3]]
+    assert j["failures"] == [{"item": "broken.jpg", "reason": "not an image (unrecognised format)"}]
+    single = client.post("/api/predict", files={"image": _file(runs["images"][1])}).json()
+    assert j["predictions"][1]["probabilities"] == single["probabilities"]
+    too_many = [("image", _file(p)) for p in runs["images"][:5]]
+    r = client.post("/api/predict/batch", files=too_many)
+    assert r.status_code == 413 and "--max-batch" in r.json()["error"]
+    r = client.post("/api/predict/batch", files=[("image", ("a.jpg", b"x", "image/jpeg"))])
+    assert r.status_code == 422 and "not an image" in r.json()["error"]
+
+
+def test_text_run_reads_its_field_and_equals_the_cli(runs):
+    cfg = ServeConfig(run=str(runs["plots"]))
+    with TestClient(create_app(load_run(cfg.run), cfg)) as c:
+        assert c.get("/api/info").json()["inputs"] == ["plot"]
+        plot = "A comedy and horror story number 7."
+        got = c.post("/api/predict", data={"plot": plot})
+        assert got.status_code == 200, got.text
+        res = runner.invoke(cli, ["predict", "--run", str(runs["plots"]), "--text", plot, "--json"])
+        assert got.json()["probabilities"] == json.loads(res.output)["predictions"][0]["probabilities"]
+        r = c.post("/api/predict", files={"image": _file(runs["images"][0])})
+        assert r.status_code == 422 and "unknown field 'image'" in r.json()["error"]
+        r = c.post("/api/predict", files={"plot": ("plot.txt", b"a horror story", "text/plain")})
+        assert r.status_code == 422 and "not file uploads" in r.json()["error"]
+        assert c.post("/api/predict", data={"plot": plot}).json()["probabilities"] == got.json()["probabilities"]
+        b = c.post("/api/predict/batch", data={"plot": ["one horror story", "a comedy"]}).json()
+        assert [p["item"] for p in b["predictions"]] == ["one horror story", "a comedy"]
+
+
+# -- bad input: a clear 4xx JSON error each time, and the next good request still succeeds ----------------
+def _chunked(body: bytes):
+    yield from (body[i : i + 8192] for i in range(0, len(body), 8192))
+
+
+BAD = {
+    "not an image": (lambda: {"files": {"image": ("x.jpg", b"GIF89a? no, plain text", "image/jpeg")}}, 422, "not an image"),
+    "empty file": (lambda: {"files": {"image": ("x.jpg", b"", "image/jpeg")}}, 422, "empty file"),
+    "truncated": (lambda: {"files": {"image": ("x.jpg", _jpeg((300, 450))[:600], "image/jpeg")}}, 422, "truncated"),
+    "decompression bomb": (lambda: {"files": {"image": ("bomb.png", _png_header_only(40_000, 40_000), "image/png")}}, 413, "decompression bomb"),
+    "too many pixels": (lambda: {"files": {"image": ("big.jpg", _jpeg((1500, 1000)), "image/jpeg")}}, 413, "too many pixels"),
+    "over size": (lambda: {"files": {"image": ("huge.jpg", b"\xff" * 200_000, "image/jpeg")}}, 413, "--max-upload-mb"),
+    "wrong request type": (lambda: {"json": {"image": "poster.jpg"}}, 415, "multipart/form-data"),
+    "wrong part type": (lambda: {"files": {"image": ("x.txt", b"hello", "text/plain")}}, 415, "not an image type"),
+    "missing field": (lambda: {"files": {}, "data": {}, "headers": {"content-type": "multipart/form-data; boundary=x"}, "content": b"--x--\r\n"}, 422, "missing field"),
+    "unknown field": (lambda: {"files": {"poster": ("x.jpg", b"x", "image/jpeg")}}, 422, "unknown field 'poster'"),
+    "text for a file": (lambda: {"data": {"image": "poster.jpg"}}, 422, "must be a file upload"),
+    "two files": (lambda: {"files": [("image", ("a.jpg", b"a", "image/jpeg")), ("image", ("b.jpg", b"b", "image/jpeg"))]}, 422, "/api/predict/batch"),
+    "broken multipart": (lambda: {"headers": {"content-type": "multipart/form-data"}, "content": b"garbage"}, 400, "cannot read the form"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD))
+def test_bad_input_gets_a_json_4xx_and_the_server_keeps_serving(client, runs, case):
+    make, status, words = BAD[case]
+    kwargs = make()
+    if "content" in kwargs:
+        kwargs.pop("files", None), kwargs.pop("data", None)
+    r = client.post("/api/predict", **kwargs)
+    assert r.status_code == status, r.text
+    body = r.json()
+    assert body["status"] == status and words in body["error"] and "\n" not in body["error"]
+    _good(client, runs)
+
+
+def test_a_chunked_body_over_the_limit_is_cut_off_while_streaming(client, runs):
+    boundary = "bnd"
+    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"image\"; filename=\"x.jpg\"\r\n"
+            f"Content-Type: image/jpeg\r\n\r\n").encode() + b"\0" * 300_000 + f"\r\n--{boundary}--\r\n".encode()  # fmt: skip
+    r = client.post("/api/predict", content=_chunked(body), headers={"content-type": f"multipart/form-data; boundary={boundary}"})
+    assert r.status_code == 413 and "request body of more than" in r.json()["error"]
+    _good(client, runs)
+
+
+def test_concurrent_requests_all_get_their_own_answer(client, runs):
+    paths = runs["images"][:8]
+    want = {p.name: client.post("/api/predict", files={"image": _file(p)}).json()["probabilities"] for p in paths}
+
+    def one(p):
+        return client.post("/api/predict", files={"image": _file(p)}).json()
+
+    with ThreadPoolExecutor(8) as pool:
+        got = list(pool.map(one, paths * 3))
+    assert all(g["probabilities"] == want[g["item"]] for g in got) and len(got) == 24
+
+
+def test_nothing_from_a_request_stays_on_disk(runs, tmp_path, monkeypatch):
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    cfg = ServeConfig(run=str(runs["posters"]), **LIMITS)
+    with TestClient(create_app(load_run(cfg.run), cfg)) as c:
+        assert list(scratch.iterdir()) == []  # the warm-up cleaned up too
+        _good(c, runs)
+        c.post("/api/predict", files={"image": ("x.jpg", b"junk", "image/jpeg")})
+        c.post("/api/predict/batch", files=[("image", _file(p)) for p in runs["images"][:3]])
+        assert list(scratch.iterdir()) == []
+
+
+def test_workers_build_the_app_from_the_environment(runs, monkeypatch):
+    monkeypatch.delenv(CONFIG_ENV, raising=False)
+    with pytest.raises(ValueError, match=CONFIG_ENV):
+        app_from_env()
+    monkeypatch.setenv(CONFIG_ENV, json.dumps({"run": str(runs["posters"]), "port": 8123}))
+    with TestClient(app_from_env()) as c:
+        assert c.get("/healthz").json()["run"] == "logreg"
+
+
+def test_loopback_by_default_and_a_warning_elsewhere(runs, monkeypatch):
+    assert is_loopback("127.0.0.1") and is_loopback("localhost") and is_loopback("::1") and is_loopback("127.0.0.2")
+    assert not is_loopback("0.0.0.0") and not is_loopback("192.168.1.4") and not is_loopback("example.org")
+    import genrekit.inference.serve as serve_mod
+
+    seen = []
+    monkeypatch.setattr(serve_mod, "serve", lambda cfg: seen.append(cfg))
+    res = runner.invoke(cli, ["serve", "--run", str(runs["posters"]), "--host", "0.0.0.0", "--port", "8123"])
+    assert res.exit_code == 0 and "warning" in res.output and "0.0.0.0" in res.output and seen[0].host == "0.0.0.0"
+    res = runner.invoke(cli, ["serve", "--run", str(runs["posters"])])
+    assert res.exit_code == 0 and "warning" not in res.output and seen[1].host == "127.0.0.1" and seen[1].port == 8000
+    res = runner.invoke(cli, ["serve", "--run", str(runs["posters"]), "--port", "0"])
+    assert res.exit_code == 1 and "--port 0" in res.output
+
+
+def test_a_missing_run_is_one_line_at_start_up(tmp_path):
+    res = runner.invoke(cli, ["serve", "--run", str(tmp_path / "nope")])
+    assert res.exit_code == 1 and "does not exist" in res.output
