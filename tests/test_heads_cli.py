@@ -56,7 +56,7 @@ def test_predict_sorts_genres_and_marks_the_predicted_set(tiny):
 def test_evaluate_writes_scores_and_predictions(tiny, tmp_path):
     js, preds = tmp_path / "scores.json", tmp_path / "preds.csv"
     res = runner.invoke(app, ["evaluate", "--run", str(tiny["runs"] / "logreg"), "--store", str(tiny["store"]),
-                              "--json", str(js), "--predictions", str(preds)])  # fmt: skip
+                              "--out", str(js), "--predictions", str(preds)])  # fmt: skip
     assert res.exit_code == 0, res.output
     scores = json.loads(js.read_text())
     assert "f1_micro" in scores["metrics"] and scores["items"] == 160

@@ -25,7 +25,7 @@ from genrekit.data.vocab import VocabConfig, apply_vocabulary
 from genrekit.errors import ConfigError, StoreMismatchError, UnreadableImageError
 from genrekit.progress import ProgressFn
 from genrekit.features import l2_normalise
-from genrekit.store import StoreHeader, StoreWriter
+from genrekit.store import StoreHeader, StoreWriter, store_lock
 from genrekit.system import cpu_count
 
 log = logging.getLogger(__name__)
@@ -208,6 +208,11 @@ def extract(config: ExtractConfig, progress: ProgressFn | None = None, manifest:
         (6000, 0)
     """
     config.validate()
+    with store_lock(config.out):  # a second extract into this store is refused, naming this pid
+        return _extract_locked(config, progress, manifest)
+
+
+def _extract_locked(config: ExtractConfig, progress: ProgressFn | None, manifest: Manifest | None) -> ExtractReport:
     t_start = time.perf_counter()
     manifest = manifest or read_manifest(config.data, config.format)
     for w in manifest.warnings:
@@ -223,6 +228,7 @@ def extract(config: ExtractConfig, progress: ProgressFn | None = None, manifest:
     }
     header = store_header(encoder, config.modality, genres, config.normalize, config.dtype, resolved)
     writer = StoreWriter(config.out, header)
+    genres = list(writer.header.genres)  # the store's column order when it has these genres in another order
     todo = [s for s in samples if s.id not in writer.done_ids]
     skipped = len(samples) - len(todo)
     if skipped:
