@@ -6,7 +6,6 @@ Every case goes through the CLI where a user would meet it and asserts one clear
 from __future__ import annotations
 
 import errno
-import json
 import os
 import subprocess
 import sys

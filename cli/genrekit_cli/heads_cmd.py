@@ -6,7 +6,9 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from genrekit_cli.main import app
 from genrekit_cli.options import DeviceOpt, JsonOpt
@@ -182,7 +184,7 @@ def _print_per_genre(entry: dict, title: str) -> None:
     for c in ("genre", "precision", "recall", "F1", "support", "AUC", "AP"):
         t.add_column(c, justify="left" if c == "genre" else "right")
     for r in entry["per_genre"]:
-        t.add_row(r["genre"], _fmt(r["precision"]), _fmt(r["recall"]), _fmt(r["f1"]), str(r["support"]), _fmt(r["auc"]), _fmt(r["ap"]))
+        t.add_row(Text(r["genre"]), _fmt(r["precision"]), _fmt(r["recall"]), _fmt(r["f1"]), str(r["support"]), _fmt(r["auc"]), _fmt(r["ap"]))
     console.print(t)
 
 
@@ -228,11 +230,11 @@ def _print_predictions(preds, failures, json: bool, top: int | None = 8) -> None
         print_json({"predictions": [p.to_json() for p in preds], "failures": [{"item": i, "reason": r} for i, r in failures]})
     else:
         for p in preds:
-            console.print(f"[bold]{p.item}[/]: {p.line(max(top or 0, len(p.predicted)) or None)}", highlight=False)
+            console.print(f"[bold]{escape(p.item)}[/]: {escape(p.line(max(top or 0, len(p.predicted)) or None))}", highlight=False)
         if preds:
             console.print("* = predicted genre", style="dim")
         for item, reason in failures:
-            err_console.print(f"[yellow]skipped[/] {item}: {reason}", highlight=False)
+            err_console.print(f"[yellow]skipped[/] {escape(item)}: {escape(reason)}", highlight=False)
     if failures and not preds:
         raise typer.Exit(1)
 
@@ -276,7 +278,7 @@ def evaluate(
     if json:
         print_json(res)
         return
-    t = Table(title=f"{res['head']} on {store} ({res['items']:,} items, {len(res['genres'])} shared genres)", title_justify="left")
+    t = Table(title=f"{res['head']} on {escape(str(store))} ({res['items']:,} items, {len(res['genres'])} shared genres)", title_justify="left")
     t.add_column("metric")
     t.add_column(f"tuned ({res['thresholds']['rule']})", justify="right")
     t.add_column("at 0.5", justify="right")
