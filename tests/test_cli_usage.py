@@ -120,7 +120,8 @@ def test_a_flag_means_the_same_in_every_command():
         assert all(p.is_flag for _, p in seen[flag]), [(c, p.is_flag) for c, p in seen[flag]]
     for flag in ("--out", "--store", "--device", "--data", "--backbone", "--run"):
         assert not any(p.is_flag for _, p in seen[flag]), flag
-    assert len({p.help for _, p in seen["--device"]}) == 1, [(c, p.help) for c, p in seen["--device"]]
+    for flag in ("--device", "--weights", "--top-k", "--format", "--columns", "--genre-sep"):
+        assert len({p.help for _, p in seen[flag]}) == 1, [(c, p.help) for c, p in seen[flag]]
     for short, long in (("-o", "--out"), ("-s", "--store"), ("-b", "--backbone"), ("-d", "--data"), ("-r", "--run")):
         assert all(long in p.opts for _, p in seen.get(short, [])), short
 

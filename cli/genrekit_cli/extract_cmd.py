@@ -23,6 +23,7 @@ from genrekit_cli.options import (
     OtherOpt,
     SynonymOpt,
     TopKOpt,
+    WeightsOpt,
     load_manifest,
     vocab_config,
 )
@@ -96,7 +97,7 @@ def extract(
     backbone: Annotated[str, typer.Option("--backbone", "-b", help="Encoder name (see `genrekit backbones`).")],
     data: Annotated[Path, typer.Option("--data", "-d", help="Manifest: CSV with id, image and/or plot, genres.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Feature store to create, extend or resume (.h5).")],
-    weights: Annotated[Optional[str], typer.Option(help="Weights tag, local checkpoint file/folder, or none.")] = None,
+    weights: WeightsOpt = None,
     modality: Annotated[str, typer.Option(help="image (posters) or text (plots).")] = "image",
     format: FormatOpt = "auto",
     columns: ColumnsOpt = None,

@@ -11,7 +11,7 @@ from rich.table import Table
 from rich.text import Text
 
 from genrekit_cli.main import app
-from genrekit_cli.options import DeviceOpt, JsonOpt
+from genrekit_cli.options import DeviceOpt, JsonOpt, WeightsOpt
 from genrekit_cli.ui import console, err_console, print_json, progress_bar
 
 TopOpt = Annotated[int, typer.Option("--top", help="Genres shown per item (the predicted ones always are); 0: all.")]
@@ -311,9 +311,10 @@ def zeroshot(
         Optional[str],
         typer.Option("--backbone", "-b", help="Posters: a model with image and text towers; plots: any text tower.", show_default="ViT-B-32 for posters, minilm for plots"),
     ] = None,
-    weights: Annotated[Optional[str], typer.Option(help="Weights tag, local checkpoint, or none.")] = None,
+    weights: WeightsOpt = None,
     genres: Annotated[Optional[str], typer.Option(help="Comma-separated genres.", show_default="21 common IMDb genres")] = None,
-    top_k: Annotated[int, typer.Option(help="Genres to mark per poster (0: those above 1/number of genres).")] = 0,
+    # Not --top-k: that flag chooses the vocabulary in `extract` and `data clean`.
+    top_k: Annotated[int, typer.Option("--pick", help="Genres predicted per item (0: those above 1/number of genres).")] = 0,
     device: DeviceOpt = "cpu",
     top: TopOpt = 8,
     json: JsonOpt = False,
