@@ -63,6 +63,8 @@ def test_evaluate_writes_scores_and_predictions(tiny, tmp_path):
     rows = list(csv.reader(preds.open()))
     assert rows[0] == ["id", *json.loads((tiny["runs"] / "logreg" / "run.json").read_text())["genres"]]
     assert len(rows) == 161
+    res = runner.invoke(app, ["evaluate", "--run", str(tiny["runs"] / "logreg"), "--store", str(tiny["store"]), "--json"])
+    assert res.exit_code == 0 and json.loads(res.stdout)["metrics"] == scores["metrics"], res.output
 
 
 def test_zeroshot_runs_end_to_end_with_a_random_clip(tiny):
