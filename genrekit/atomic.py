@@ -97,3 +97,35 @@ def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """A fresh temporary file name next to ``path``, for writers that need a name (h5py).
+
+    The file is created with ``O_CREAT | O_EXCL`` (:func:`tempfile.mkstemp`), so nothing planted
+    at a predictable name is written through; it replaces ``path`` when the block ends without
+    error and is removed on any error.
+
+    Example:
+        >>> with atomic_path("store.h5") as tmp:  # doctest: +SKIP
+        ...     with h5py.File(tmp, "w") as f:
+        ...         f["x"] = 1
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.chmod(tmp, 0o666 & ~_umask())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise

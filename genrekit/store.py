@@ -14,29 +14,46 @@ Layout of ``STORE.h5``::
            genrekit_version, created, config   (dicts as JSON)
 
 Writes are crash-safe by construction: extraction appends batches as small files in
-``STORE.h5.parts/`` (each written under a temporary name and renamed into place), and
-:meth:`StoreWriter.finalize` streams them into ``STORE.h5.tmp`` and renames that over ``STORE.h5``.
-A ``kill -9`` at any moment therefore leaves either the old complete store or none, plus parts
-that the next run of the same command reuses; a half-written HDF5 file never has the final name.
+``STORE.h5.parts/`` (each written under a fresh ``O_EXCL`` temporary name and renamed into place),
+and :meth:`StoreWriter.finalize` streams them into a fresh temporary file beside the store and
+renames that over ``STORE.h5``. A ``kill -9`` or a full disk at any moment therefore leaves either
+the old complete store or none, plus parts that the next run of the same command reuses; a
+half-written HDF5 file never has the final name. :func:`store_lock` (``STORE.h5.lock``) keeps two
+processes from writing one store at once.
+
+Opening a store checks its layout (datasets, types, shapes, attributes) and refuses HDF5 external
+links, external storage and virtual datasets, so a hand-edited or foreign file is one clear error
+instead of a Python exception deep inside a command, and never reads another file.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
+import logging
 import os
 import shutil
+import tempfile
 import time
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import h5py
 import numpy as np
 
+try:
+    import fcntl
+except ImportError:  # not POSIX: no advisory locks (see store_lock)
+    fcntl = None
+
 from genrekit import __version__
+from genrekit.atomic import atomic_path, atomic_write
 from genrekit.data.manifest import PARTS
 from genrekit.errors import StoreError, StoreMismatchError
 
+log = logging.getLogger(__name__)
 FORMAT_VERSION = 1
 _STR = h5py.string_dtype("utf-8")
 # Fields of the header that must match for two extractions to share a store.
@@ -67,6 +84,18 @@ class StoreHeader:
     def from_json(cls, d: Mapping) -> StoreHeader:
         return cls(**{**d, "genres": tuple(d["genres"])})
 
+    def validate(self) -> None:
+        """Refuse what the store cannot hold: duplicate, empty or unencodable genre names, odd types."""
+        check_text("genre name", self.genres)
+        empty = [g for g in self.genres if not g.strip()]
+        dup = sorted({g for g in self.genres if self.genres.count(g) > 1})
+        if empty or dup:
+            raise StoreError(f"genre names must be unique and not empty; got {'duplicates ' + ', '.join(map(repr, dup)) if dup else 'an empty name'}")
+        if self.dtype not in ("float16", "float32"):
+            raise StoreError(f"store dtype {self.dtype!r} is not float16 or float32")
+        if not isinstance(self.dim, int) or self.dim < 1:
+            raise StoreError(f"embedding dimension {self.dim!r} is not a positive integer")
+
     def diff(self, other: StoreHeader) -> list[tuple[str, object, object]]:
         """Fields (dotted, e.g. ``preprocessing.resize``) whose values differ, with both values."""
         out: list[tuple[str, object, object]] = []
@@ -82,8 +111,43 @@ class StoreHeader:
         return out
 
 
+def check_text(what: str, values: Sequence[str], ids: Sequence[str] | None = None) -> None:
+    """Refuse strings HDF5 and the part files cannot hold as given (NUL characters, lone surrogates).
+
+    numpy's fixed-width strings drop trailing NULs and HDF5 ends strings at the first one, so such
+    a value would come back changed; refusing keeps every id and genre read back equal to the one
+    written.
+    """
+    for k, v in enumerate(values):
+        bad = "a NUL character" if "\x00" in v else None
+        if bad is None:
+            try:
+                v.encode("utf-8")
+            except UnicodeEncodeError:
+                bad = "characters that are not valid UTF-8 (a lone surrogate)"
+        if bad:
+            where = f" (id {ids[k]!r})" if ids is not None else ""
+            raise StoreError(f"{what} {v[:80]!r}{where} contains {bad}, which a feature store cannot hold; clean it in the manifest")
+
+
+def _aligned(stored: StoreHeader, wanted: StoreHeader) -> StoreHeader:
+    """``wanted`` with the stored column order when both have the same genres in another order."""
+    if stored.genres != wanted.genres and sorted(stored.genres) == sorted(wanted.genres):
+        return replace(wanted, genres=stored.genres)
+    return wanted
+
+
 def _mismatch(path: Path, stored: StoreHeader, wanted: StoreHeader) -> StoreMismatchError:
     field, a, b = stored.diff(wanted)[0]
+    if field == "genres":
+        only_store = [g for g in stored.genres if g not in wanted.genres]
+        only_run = [g for g in wanted.genres if g not in stored.genres]
+        parts = [f"only in the store: {', '.join(only_store)}" if only_store else "",
+                 f"only in this run: {', '.join(only_run)}" if only_run else ""]
+        return StoreMismatchError(
+            f"{path.name} has other genres than this run ({'; '.join(p for p in parts if p)}); "
+            f"pass --genres {','.join(stored.genres)} to extract with the store's vocabulary, or write to another --out"
+        )
     return StoreMismatchError(
         f"{path.name} was made with {field}={a!r}, but this run uses {field}={b!r}; "
         "write to another --out, or repeat the options that made it"
@@ -129,30 +193,19 @@ class FeatureStore:
             raise StoreError(f"feature store {str(self.path)!r} does not exist (make one with `genrekit extract`)")
         try:
             with h5py.File(self.path, "r") as f:
-                attrs = dict(f.attrs)
-                self.genres = [g.decode() if isinstance(g, bytes) else g for g in f["genres"][()]] if "genres" in f else []
-                self._n = int(f["ids"].shape[0]) if "ids" in f else 0
+                self._n, self.genres, attrs = _check_layout(self.path, f)
         except OSError as e:
-            raise StoreError(f"{self.path} is not a readable HDF5 file ({e})") from None
-        if "format_version" not in attrs:
-            raise StoreError(f"{self.path} is not a genrekit feature store (no format_version attribute)")
-        if int(attrs["format_version"]) > FORMAT_VERSION:
-            raise StoreError(
-                f"{self.path} has store format {attrs['format_version']}, this genrekit reads up to "
-                f"{FORMAT_VERSION}; upgrade genrekit"
-            )
-        if not attrs.get("complete", False):
-            raise StoreError(f"{self.path} is marked incomplete; re-run the extraction that made it")
-        self.attrs = {k: (json.loads(v) if k in ("encoder", "preprocessing", "config") else v) for k, v in attrs.items()}
+            raise StoreError(f"{self.path} is not a readable HDF5 file ({_first_line(e)})") from None
+        self.attrs = attrs
         self.header = StoreHeader(
-            encoder=self.attrs["encoder"],
-            preprocessing=self.attrs["preprocessing"],
-            normalisation=str(self.attrs["normalisation"]),
-            modality=str(self.attrs["modality"]),
-            dim=int(self.attrs["dim"]),
-            dtype=str(self.attrs["dtype"]),
+            encoder=attrs["encoder"],
+            preprocessing=attrs["preprocessing"],
+            normalisation=str(attrs["normalisation"]),
+            modality=str(attrs["modality"]),
+            dim=int(attrs["dim"]),
+            dtype=str(attrs["dtype"]),
             genres=tuple(self.genres),
-            config=self.attrs["config"],
+            config=attrs["config"],
         )
 
     def __len__(self) -> int:
@@ -175,7 +228,10 @@ class FeatureStore:
         if name not in f:
             return np.array([], dtype=object)
         ds = f[name].asstr()
-        return np.asarray(ds[sl] if sl is not None else ds[()], dtype=object)
+        try:
+            return np.asarray(ds[sl] if sl is not None else ds[()], dtype=object)
+        except UnicodeDecodeError:
+            raise StoreError(f"{self.path}: /{name} holds values that are not UTF-8 text") from None
 
     @property
     def ids(self) -> np.ndarray:
@@ -198,7 +254,9 @@ class FeatureStore:
             emb, lab = f["embeddings"], f["labels"]
             for start in range(0, self._n, batch_size):
                 sl = slice(start, min(start + batch_size, self._n))
-                yield self._read_str(f, "ids", sl), emb[sl].astype(np.float32, copy=False), lab[sl]
+                ids, X, Y = self._read_str(f, "ids", sl), emb[sl].astype(np.float32, copy=False), lab[sl]
+                _check_rows(self.path, ids, X, Y)
+                yield ids, X, Y
 
     def load(self) -> FeatureSet:
         """The whole store as numpy arrays (embeddings as float32)."""
@@ -206,10 +264,15 @@ class FeatureStore:
             X = np.empty((self._n, self.dim), dtype=np.float32)
             if self._n:
                 f["embeddings"].read_direct(X)  # converts float16 on the fly, no second copy
+            ids = self._read_str(f, "ids")
+            Y = f["labels"][()].astype(np.uint8, copy=False) if self._n else np.zeros((0, len(self.genres)), np.uint8)
+            _check_rows(self.path, ids, X, Y)
+            if len(set(ids)) != len(ids):
+                raise StoreError(f"{self.path}: /ids holds an id more than once; the store was edited, re-extract it")
             return FeatureSet(
-                ids=self._read_str(f, "ids"),
+                ids=ids,
                 X=X,
-                Y=f["labels"][()] if self._n else np.zeros((0, len(self.genres)), np.uint8),
+                Y=Y,
                 genres=list(self.genres),
                 titles=self._read_str(f, "meta/title"),
                 years=f["meta/year"][()] if "meta/year" in f else np.full(self._n, -1, np.int32),
@@ -252,6 +315,176 @@ class FeatureStore:
         }
 
 
+# -- checking a store on open --------------------------------------------------------------------
+# What each dataset must be: (kind, rank, rows follow /ids). Kinds: "str", "float", "int".
+_LAYOUT = {
+    "ids": ("str", 1, True),
+    "embeddings": ("float", 2, True),
+    "labels": ("int", 2, True),
+    "genres": ("str", 1, False),
+    "meta/title": ("str", 1, True),
+    "meta/year": ("int", 1, True),
+    "split": ("str", 1, True),
+    "failures/ids": ("str", 1, False),
+    "failures/reasons": ("str", 1, False),
+}
+_REQUIRED = ("ids", "embeddings", "labels", "genres")
+_JSON_ATTRS = ("encoder", "preprocessing", "config")
+_REQUIRED_ATTRS = ("complete", "encoder", "preprocessing", "normalisation", "modality", "dim", "dtype", "config")
+
+
+def _first_line(e: BaseException) -> str:
+    return (str(e).strip().splitlines() or [type(e).__name__])[0]
+
+
+def _refuse_links(path: Path, f: h5py.File) -> None:
+    """External links, external raw storage and virtual datasets would make h5py read other files."""
+    found: list[str] = []
+
+    def visit(name: str, link) -> None:
+        if isinstance(link, h5py.ExternalLink):
+            found.append(f"/{name} is an external link to {link.filename}")
+
+    f.visititems_links(visit)
+    if not found:
+        def visit_obj(name: str, obj) -> None:
+            if isinstance(obj, h5py.Dataset) and (obj.is_virtual or obj.external):
+                found.append(f"/{name} is a {'virtual dataset' if obj.is_virtual else 'dataset stored in another file'}")
+
+        f.visititems(visit_obj)
+    if found:
+        raise StoreError(f"{path} is not a plain genrekit store: {found[0]}; genrekit reads only self-contained stores")
+
+
+def _kind(ds: h5py.Dataset) -> str:
+    if h5py.check_string_dtype(ds.dtype) is not None:
+        return "str"
+    return {"f": "float", "i": "int", "u": "int", "b": "int"}.get(ds.dtype.kind, str(ds.dtype))
+
+
+def _check_layout(path: Path, f: h5py.File) -> tuple[int, list[str], dict]:
+    """Rows, genres and parsed attributes of an open store, or a :class:`StoreError` naming what is wrong."""
+    attrs = dict(f.attrs)
+    if "format_version" not in attrs:
+        raise StoreError(f"{path} is not a genrekit feature store (no format_version attribute)")
+    try:
+        version = int(attrs["format_version"])
+    except (TypeError, ValueError):
+        raise StoreError(f"{path}: attribute format_version {attrs['format_version']!r} is not an integer") from None
+    if version > FORMAT_VERSION:
+        raise StoreError(
+            f"{path} has store format {version}, this genrekit reads up to {FORMAT_VERSION}; upgrade genrekit"
+        )
+    if not attrs.get("complete", False):
+        raise StoreError(f"{path} is marked incomplete; re-run the extraction that made it")
+    missing = [a for a in _REQUIRED_ATTRS if a not in attrs]
+    if missing:
+        raise StoreError(f"{path} lacks the attribute(s) {', '.join(missing)}; it was not written by genrekit, re-extract it")
+    for a in _JSON_ATTRS:
+        try:
+            attrs[a] = json.loads(attrs[a])
+        except (TypeError, ValueError) as e:
+            raise StoreError(f"{path}: attribute {a} is not valid JSON ({_first_line(e)}); re-extract the store") from None
+        if not isinstance(attrs[a], dict):
+            raise StoreError(f"{path}: attribute {a} should be a JSON object, got {type(attrs[a]).__name__}; re-extract the store")
+    try:
+        dim = int(attrs["dim"])
+    except (TypeError, ValueError):
+        raise StoreError(f"{path}: attribute dim {attrs['dim']!r} is not an integer") from None
+    for a in ("normalisation", "modality", "dtype"):
+        attrs[a] = attrs[a].decode() if isinstance(attrs[a], bytes) else attrs[a]
+    if attrs["dtype"] not in ("float16", "float32"):
+        raise StoreError(f"{path}: attribute dtype {attrs['dtype']!r} is not float16 or float32")
+    _refuse_links(path, f)
+    absent = [name for name in _REQUIRED if name not in f]
+    if absent:
+        raise StoreError(f"{path} has no /{absent[0]} dataset; it is not a complete genrekit store, re-extract it")
+    n = None
+    for name, (kind, rank, per_row) in _LAYOUT.items():
+        if name not in f:
+            continue
+        ds = f[name]
+        if not isinstance(ds, h5py.Dataset):
+            raise StoreError(f"{path}: /{name} should be a dataset, found a group")
+        if _kind(ds) != kind or ds.ndim != rank:
+            raise StoreError(f"{path}: /{name} should be a {rank}-d {kind} dataset, found {ds.ndim}-d {ds.dtype} {ds.shape}")
+        if name == "ids":
+            n = ds.shape[0]
+        elif per_row and ds.shape[0] != n:
+            raise StoreError(f"{path}: /{name} has {ds.shape[0]} rows but /ids has {n}; the store was edited, re-extract it")
+    if f["embeddings"].dtype.itemsize > 4:
+        raise StoreError(f"{path}: /embeddings is {f['embeddings'].dtype}, a genrekit store holds float16 or float32")
+    if f["embeddings"].shape[1] != dim:
+        raise StoreError(f"{path}: /embeddings has {f['embeddings'].shape[1]} columns but attribute dim says {dim}")
+    try:
+        genres = list(f["genres"].asstr()[()])
+    except UnicodeDecodeError:
+        raise StoreError(f"{path}: /genres holds names that are not UTF-8 text") from None
+    if f["labels"].shape[1] != len(genres):
+        raise StoreError(f"{path}: /labels has {f['labels'].shape[1]} columns but /genres names {len(genres)}")
+    dup = sorted({g for g in genres if genres.count(g) > 1})
+    if dup:
+        raise StoreError(f"{path}: /genres names {', '.join(map(repr, dup))} more than once; a genre must be one column")
+    if "failures/ids" in f and f["failures/ids"].shape != f.get("failures/reasons", f["failures/ids"]).shape:
+        raise StoreError(f"{path}: /failures/ids and /failures/reasons differ in length; the store was edited")
+    return int(n), genres, attrs
+
+
+def _check_rows(path: Path, ids: np.ndarray, X: np.ndarray, Y: np.ndarray) -> None:
+    """Embeddings finite, labels 0/1: what every head assumes, checked where rows are read."""
+    bad = ~np.isfinite(X).all(axis=1)
+    if bad.any():
+        raise StoreError(
+            f"{path} has {int(bad.sum())} row(s) with non-finite embeddings (NaN or infinity), e.g. id "
+            f"{ids[np.argmax(bad)]!r}; re-extract the store"
+        )
+    if Y.size and Y.max() > 1:
+        raise StoreError(f"{path}: /labels holds values other than 0 and 1 (e.g. {int(Y.max())}); re-extract the store")
+
+
+def _write_error(path: Path, e: OSError) -> StoreError:
+    text = str(e)
+    full = e.errno == errno.ENOSPC or "No space left" in text or f"errno = {errno.ENOSPC}," in text
+    reason = "no space left on device" if full else (e.strerror if e.strerror else _first_line(e))
+    return StoreError(
+        f"cannot write {path}: {reason}; nothing is lost: encoded rows are kept in {_parts_dir(path).name}/, "
+        "free space and re-run the same command to finish without re-encoding"
+    )
+
+
+@contextlib.contextmanager
+def store_lock(path: str | Path) -> Iterator[None]:
+    """Hold ``STORE.h5.lock`` (``flock``) while writing a store; refuse if another process holds it.
+
+    Example:
+        >>> with store_lock("posters.h5"):  # doctest: +SKIP
+        ...     StoreWriter("posters.h5", header).finalize()
+    """
+    path = Path(path)
+    lock = path.with_name(path.name + ".lock")
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+    except OSError as e:
+        raise StoreError(f"cannot create the lock file {lock}: {e.strerror or e}") from None
+    try:
+        if fcntl is not None:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                pid = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+                raise StoreError(
+                    f"{path} is being written by another process (pid {pid}); wait for it to finish, or write to another --out"
+                ) from None
+            except OSError as e:  # a file system without locks (some network mounts): warn, go on
+                log.warning("cannot lock %s (%s); make sure no other process writes this store", lock, e.strerror)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # releases the lock; the file stays (removing it would let two lockers in)
+
+
 def _parts_dir(path: Path) -> Path:
     return path.with_name(path.name + ".parts")
 
@@ -267,34 +500,52 @@ class StoreWriter:
     """
 
     def __init__(self, path: str | Path, header: StoreHeader) -> None:
+        header.validate()
         self.path = Path(path)
-        self.header = header
         self.parts = _parts_dir(self.path)
         self.done_ids: set[str] = set()
         self.existing_rows = 0
         if self.path.exists():
             store = FeatureStore(self.path)
+            header = _aligned(store.header, header)
             store.check_compatible(header)
             self.done_ids.update(store.ids)
             self.done_ids.update(i for i, _ in store.failures)
             self.existing_rows = len(store)
         if self.parts.is_dir():
             stored = self._read_parts_header()
-            if stored is not None and stored.diff(header):
-                raise _mismatch(self.parts, stored, header)
+            if stored is not None:
+                header = _aligned(stored, header)
+                if stored.diff(header):
+                    raise _mismatch(self.parts, stored, header)
             for p in self._part_files():
-                with np.load(p, allow_pickle=False) as z:
+                z = self._open_part(p)
+                with z:
                     self.done_ids.update(z["ids"].tolist())
                     self.done_ids.update(z["failed_ids"].tolist())
-        self._seq = len(self._part_files())
+        # The store's column order when this run's genres are the same set in another order:
+        # callers build labels over ``writer.header.genres``.
+        self.header = header
+        self._seq = max((int(p.stem.split("-")[1]) for p in self._part_files()), default=0)
 
     # -- parts ---------------------------------------------------------------------------------
     def _read_parts_header(self) -> StoreHeader | None:
         hp = self.parts / "header.json"
-        return StoreHeader.from_json(json.loads(hp.read_text())) if hp.is_file() else None
+        if not hp.is_file():
+            return None
+        try:
+            return StoreHeader.from_json(json.loads(hp.read_text(encoding="utf-8")))
+        except (ValueError, TypeError, KeyError) as e:
+            raise StoreError(f"{hp} is damaged ({_first_line(e)}); delete {self.parts} and re-run the extraction") from None
 
     def _part_files(self) -> list[Path]:
         return sorted(self.parts.glob("part-*.npz")) if self.parts.is_dir() else []
+
+    def _open_part(self, p: Path):
+        try:
+            return np.load(p, allow_pickle=False)
+        except (OSError, ValueError) as e:
+            raise StoreError(f"part file {p} is damaged ({_first_line(e)}); delete it and re-run the extraction") from None
 
     @property
     def pending_parts(self) -> int:
@@ -309,117 +560,218 @@ class StoreWriter:
         years: Sequence[int],
         failures: Sequence[tuple[str, str]] = (),
     ) -> None:
-        """Durably record one batch (and the batch's failures) in one atomic file."""
-        if not self.parts.is_dir():
-            self.parts.mkdir(parents=True)
-        hp = self.parts / "header.json"
-        if not hp.exists():
-            tmp = hp.with_suffix(".tmp")
-            tmp.write_text(json.dumps(self.header.to_json()))
-            os.replace(tmp, hp)
-        self._seq += 1
-        final = self.parts / f"part-{self._seq:08d}.npz"
-        tmp = self.parts / f".tmp-{self._seq:08d}.npz"
-        with open(tmp, "wb") as fh:
-            np.savez(
-                fh,
-                ids=np.array(list(ids), dtype=str),
-                embeddings=np.asarray(embeddings, dtype=self.header.dtype).reshape(len(ids), self.header.dim),
-                labels=np.asarray(labels, dtype=np.uint8).reshape(len(ids), len(self.header.genres)),
-                titles=np.array([t or "" for t in titles], dtype=str),
-                years=np.array([-1 if y is None else y for y in years], dtype=np.int32),
-                failed_ids=np.array([i for i, _ in failures], dtype=str),
-                failed_reasons=np.array([r for _, r in failures], dtype=str),
-            )
-        os.replace(tmp, final)
+        """Durably record one batch (and the batch's failures) in one atomic file.
+
+        Labels are columns of ``self.header.genres``. Rows whose embedding is not finite (NaN or
+        infinity) are recorded as failures, never stored.
+        """
+        ids, titles = list(ids), [t or "" for t in titles]
+        check_text("sample id", ids)
+        check_text("title", titles, ids)
+        check_text("failed sample id", [i for i, _ in failures])
+        emb = np.asarray(embeddings, dtype=self.header.dtype).reshape(len(ids), self.header.dim)
+        labels = np.asarray(labels, dtype=np.uint8).reshape(len(ids), len(self.header.genres))
+        years = np.array([-1 if y is None else y for y in years], dtype=np.int32)
+        finite = np.isfinite(emb).all(axis=1)
+        if not finite.all():
+            bad = [ids[k] for k in np.flatnonzero(~finite)]
+            log.warning("%d embedding(s) are not finite (NaN or infinity), recorded as failures: %s", len(bad), ", ".join(bad[:5]))
+            failures = [*failures, *((i, "non-finite embedding (NaN or infinity) from the encoder") for i in bad)]
+            ids, titles = [ids[k] for k in np.flatnonzero(finite)], [titles[k] for k in np.flatnonzero(finite)]
+            emb, labels, years = emb[finite], labels[finite], years[finite]
+        try:
+            self.parts.mkdir(parents=True, exist_ok=True)
+            hp = self.parts / "header.json"
+            if not hp.exists():
+                atomic_write(hp, json.dumps(self.header.to_json()))
+            self._seq += 1
+            fd, tmp = tempfile.mkstemp(prefix=".part-", suffix=".tmp", dir=self.parts)
+            try:
+                with os.fdopen(fd, "wb") as fh:
+                    np.savez(
+                        fh, ids=np.array(ids, dtype=str), embeddings=emb, labels=labels,
+                        titles=np.array(titles, dtype=str), years=years,
+                        failed_ids=np.array([i for i, _ in failures], dtype=str),
+                        failed_reasons=np.array([r for _, r in failures], dtype=str),
+                    )  # fmt: skip
+                    fh.flush()
+                    os.fsync(fh.fileno())
+                os.replace(tmp, self.parts / f"part-{self._seq:08d}.npz")
+            except BaseException:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(tmp)
+                raise
+        except OSError as e:
+            raise _write_error(self.path, e) from None
         self.done_ids.update(ids)
         self.done_ids.update(i for i, _ in failures)
 
     # -- finalize ------------------------------------------------------------------------------
     def finalize(self) -> FeatureStore:
-        """Merge the existing store (if any) and all parts into the final file, atomically."""
+        """Merge the existing store (if any) and all parts into the final file, atomically.
+
+        On a write error (a full disk) the temporary file is removed and the parts are kept, so
+        the same command run again finishes the store without encoding anything.
+        """
         parts = self._part_files()
         if not parts and self.path.exists():
-            if self.parts.is_dir():
-                shutil.rmtree(self.parts)
+            self._drop_parts()
             return FeatureStore(self.path)
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        h, d, g = self.header, self.header.dim, len(self.header.genres)
-        seen: set[str] = set()
-        fail_ids: list[str] = []
-        fail_reasons: list[str] = []
-        with h5py.File(tmp, "w") as out:
-            ids = out.create_dataset("ids", (0,), maxshape=(None,), dtype=_STR, chunks=(4096,))
-            emb = out.create_dataset(
-                "embeddings", (0, d), maxshape=(None, d), dtype=h.dtype, chunks=(max(1, min(1024, 2**20 // max(d, 1))), d)
-            )
-            lab = out.create_dataset("labels", (0, g), maxshape=(None, g), dtype=np.uint8, chunks=(4096, g) if g else None)
-            tit = out.create_dataset("meta/title", (0,), maxshape=(None,), dtype=_STR, chunks=(4096,))
-            yr = out.create_dataset("meta/year", (0,), maxshape=(None,), dtype=np.int32, chunks=(4096,))
-            out.create_dataset("genres", data=_str_array(h.genres), dtype=_STR)
-
-            def append(bid, bemb, blab, btit, byr):
-                keep = [k for k, i in enumerate(bid) if i not in seen]
-                if not keep:
-                    return
-                if len(keep) < len(bid):
-                    bid, bemb, blab = bid[keep], bemb[keep], blab[keep]
-                    btit, byr = btit[keep], byr[keep]
-                seen.update(bid.tolist())
-                n0, n1 = ids.shape[0], ids.shape[0] + len(bid)
-                for ds in (ids, emb, lab, tit, yr):
-                    ds.resize(n1, axis=0)
-                ids[n0:n1] = _str_array(bid)
-                emb[n0:n1] = bemb
-                lab[n0:n1] = blab
-                tit[n0:n1] = _str_array(btit)
-                yr[n0:n1] = byr
-
-            split_old: dict[str, str] = {}
-            if self.path.exists():
-                old = FeatureStore(self.path)
-                with h5py.File(old.path, "r") as f:
-                    for start in range(0, len(old), 4096):
-                        sl = slice(start, start + 4096)
-                        append(
-                            old._read_str(f, "ids", sl),
-                            f["embeddings"][sl],
-                            f["labels"][sl],
-                            old._read_str(f, "meta/title", sl),
-                            f["meta/year"][sl],
-                        )
-                    if "split" in f:
-                        split_old = dict(zip(old._read_str(f, "ids"), old._read_str(f, "split")))
-                for i, r in old.failures:
-                    fail_ids.append(i)
-                    fail_reasons.append(r)
-            for p in parts:
-                with np.load(p, allow_pickle=False) as z:
-                    append(z["ids"].astype(object), z["embeddings"], z["labels"], z["titles"].astype(object), z["years"])
-                    fail_ids.extend(z["failed_ids"].tolist())
-                    fail_reasons.extend(z["failed_reasons"].tolist())
-            # An id that failed once and succeeded later (e.g. a fixed file) is not a failure.
-            failures = {i: r for i, r in zip(fail_ids, fail_reasons) if i not in seen}
-            out.create_dataset("failures/ids", data=_str_array(list(failures)), dtype=_STR)
-            out.create_dataset("failures/reasons", data=_str_array(list(failures.values())), dtype=_STR)
-            if split_old:
-                out.create_dataset("split", data=_str_array([split_old.get(i, "") for i in out["ids"].asstr()[()]]), dtype=_STR)
-            out.attrs.update(
-                format_version=FORMAT_VERSION,
-                encoder=json.dumps(dict(h.encoder), sort_keys=True),
-                preprocessing=json.dumps(dict(h.preprocessing), sort_keys=True),
-                normalisation=h.normalisation,
-                modality=h.modality,
-                dim=d,
-                dtype=h.dtype,
-                genrekit_version=__version__,
-                created=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                config=json.dumps(dict(h.config), sort_keys=True, default=str),
-                complete=True,
-            )
-        os.replace(tmp, self.path)
-        shutil.rmtree(self.parts, ignore_errors=True)
+        self._remove_stale_temporaries()
+        try:
+            with atomic_path(self.path) as tmp:
+                _in_child_process(self._write_store, tmp, parts)
+        except OSError as e:
+            raise _write_error(self.path, e) from None
+        self._drop_parts()
         return FeatureStore(self.path)
+
+    def _write_store(self, tmp: Path, parts: Sequence[Path]) -> None:
+        with h5py.File(tmp, "w") as out:
+            rows = _RowAppender(out, self.header)
+            split_old, failures = self._copy_existing_store(rows)
+            failures += self._copy_parts(rows, parts)
+            _write_failures(out, failures, rows.seen)
+            _write_split(out, split_old)
+            _write_attrs(out, self.header)
+
+    def _remove_stale_temporaries(self) -> None:
+        """Temporary stores left by a killed run (the caller holds :func:`store_lock`)."""
+        for p in self.path.parent.glob(f".{self.path.name}.*.tmp"):
+            with contextlib.suppress(OSError):
+                p.unlink()
+
+    def _copy_existing_store(self, rows: _RowAppender) -> tuple[dict[str, str], list[tuple[str, str]]]:
+        """Rows of the store being extended, its split and its failures."""
+        if not self.path.exists():
+            return {}, []
+        old = FeatureStore(self.path)
+        with h5py.File(old.path, "r") as f:
+            for start in range(0, len(old), 4096):
+                sl = slice(start, start + 4096)
+                bid = old._read_str(f, "ids", sl)
+                bemb = f["embeddings"][sl]
+                _check_rows(old.path, bid, bemb, f["labels"][sl])
+                rows.append(bid, bemb, f["labels"][sl], old._read_str(f, "meta/title", sl), f["meta/year"][sl])
+            split_old = dict(zip(old._read_str(f, "ids"), old._read_str(f, "split"))) if "split" in f else {}
+        return split_old, list(old.failures)
+
+    def _copy_parts(self, rows: _RowAppender, parts: Sequence[Path]) -> list[tuple[str, str]]:
+        """Rows of every part file, in order; returns the parts' failures."""
+        failures: list[tuple[str, str]] = []
+        for p in parts:
+            with self._open_part(p) as z:
+                rows.append(z["ids"].astype(object), z["embeddings"], z["labels"], z["titles"].astype(object), z["years"])
+                failures.extend(zip(z["failed_ids"].tolist(), z["failed_reasons"].tolist()))
+        return failures
+
+    def _drop_parts(self) -> None:
+        shutil.rmtree(self.parts, ignore_errors=True)
+
+
+def _in_child_process(fn, *args) -> None:
+    """Run ``fn(*args)`` in a forked child; its exception comes back as an :class:`OSError`.
+
+    Why a child: when the disk fills while HDF5 flushes a file, h5py raises and HDF5 keeps the
+    half-closed file, then crashes the whole process when the interpreter exits (measured with
+    h5py 3.16 on a full tmpfs: a segfault after the error). In a child the crash stays there; the
+    parent removes the temporary file and reports one line. Without ``fork`` (not POSIX), in-process.
+    """
+    import multiprocessing as mp
+
+    if "fork" not in mp.get_all_start_methods():
+        fn(*args)
+        return
+    recv, send = mp.get_context("fork").Pipe(duplex=False)
+    pid = os.fork()
+    if pid == 0:  # the child: write, report, and leave without running any exit handler
+        code = 0
+        try:
+            recv.close()
+            fn(*args)
+            send.send(None)
+        except BaseException as e:  # every failure goes back to the parent as text
+            code = 1
+            with contextlib.suppress(BaseException):
+                send.send((getattr(e, "errno", None), str(e) or type(e).__name__))
+        finally:
+            os._exit(code)
+    send.close()
+    try:
+        result = recv.recv()
+    except EOFError:  # the child died before it could say why
+        result = (None, "the writer process died")
+    finally:
+        recv.close()
+        _, status = os.waitpid(pid, 0)
+    if result is not None:
+        errno_, msg = result
+        raise OSError(errno_, msg) if isinstance(errno_, int) else OSError(msg)
+    if status != 0:
+        raise OSError(f"the writer process ended with status {status}")
+
+
+class _RowAppender:
+    """The resizable row datasets of a store being written; the first occurrence of an id wins."""
+
+    def __init__(self, out: h5py.File, h: StoreHeader) -> None:
+        d, g = h.dim, len(h.genres)
+        self.seen: set[str] = set()
+        self.ids = out.create_dataset("ids", (0,), maxshape=(None,), dtype=_STR, chunks=(4096,))
+        self.emb = out.create_dataset(
+            "embeddings", (0, d), maxshape=(None, d), dtype=h.dtype, chunks=(max(1, min(1024, 2**20 // max(d, 1))), d)
+        )
+        self.lab = out.create_dataset("labels", (0, g), maxshape=(None, g), dtype=np.uint8, chunks=(4096, g) if g else None)
+        self.tit = out.create_dataset("meta/title", (0,), maxshape=(None,), dtype=_STR, chunks=(4096,))
+        self.yr = out.create_dataset("meta/year", (0,), maxshape=(None,), dtype=np.int32, chunks=(4096,))
+        out.create_dataset("genres", data=_str_array(h.genres), dtype=_STR)
+
+    def append(self, bid, bemb, blab, btit, byr) -> None:
+        keep = [k for k, i in enumerate(bid) if i not in self.seen]
+        if not keep:
+            return
+        if len(keep) < len(bid):
+            bid, bemb, blab = bid[keep], bemb[keep], blab[keep]
+            btit, byr = btit[keep], byr[keep]
+        self.seen.update(bid.tolist())
+        n0, n1 = self.ids.shape[0], self.ids.shape[0] + len(bid)
+        for ds in (self.ids, self.emb, self.lab, self.tit, self.yr):
+            ds.resize(n1, axis=0)
+        self.ids[n0:n1] = _str_array(bid)
+        self.emb[n0:n1] = bemb
+        self.lab[n0:n1] = blab
+        self.tit[n0:n1] = _str_array(btit)
+        self.yr[n0:n1] = byr
+
+
+def _write_failures(out: h5py.File, failures: Sequence[tuple[str, str]], stored: set[str]) -> None:
+    """``/failures``; an id that failed once and succeeded later (e.g. a fixed file) is not a failure."""
+    kept = {i: r for i, r in failures if i not in stored}
+    out.create_dataset("failures/ids", data=_str_array(list(kept)), dtype=_STR)
+    out.create_dataset("failures/reasons", data=_str_array(list(kept.values())), dtype=_STR)
+
+
+def _write_split(out: h5py.File, split_old: Mapping[str, str]) -> None:
+    """The extended store keeps the split it had (new rows get "")."""
+    if split_old:
+        out.create_dataset("split", data=_str_array([split_old.get(i, "") for i in out["ids"].asstr()[()]]), dtype=_STR)
+
+
+def _write_attrs(out: h5py.File, h: StoreHeader) -> None:
+    """The header, written last: a store is ``complete`` only once everything else is in."""
+    out.attrs.update(
+        format_version=FORMAT_VERSION,
+        encoder=json.dumps(dict(h.encoder), sort_keys=True),
+        preprocessing=json.dumps(dict(h.preprocessing), sort_keys=True),
+        normalisation=h.normalisation,
+        modality=h.modality,
+        dim=h.dim,
+        dtype=h.dtype,
+        genrekit_version=__version__,
+        created=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        config=json.dumps(dict(h.config), sort_keys=True, default=str),
+        complete=True,
+    )
 
 
 # -- merging stores made on different machines -------------------------------------------------

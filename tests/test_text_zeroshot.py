@@ -44,7 +44,7 @@ def test_plots_are_compared_with_genre_descriptions_and_other_genres_with_templa
 def test_zeroshot_cli_classifies_plots_with_a_text_encoder():
     plots = ["A sheriff hunts an outlaw across the desert.", "Two teenagers fall in love in Paris. " * 40]
     res = runner.invoke(app, ["zeroshot", "--plot", plots[0], "--plot", plots[1], "--backbone", "test-tiny-text",
-                              "--weights", "none", "--genres", "Western,Romance,Horror", "--top-k", "1", "--json"])  # fmt: skip
+                              "--weights", "none", "--genres", "Western,Romance,Horror", "--pick", "1", "--json"])  # fmt: skip
     assert res.exit_code == 0, res.output
     preds = json.loads(res.output)["predictions"]
     assert [p["item"] for p in preds] == plots  # the long plot is windowed, not truncated or dropped

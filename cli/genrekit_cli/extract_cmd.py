@@ -8,10 +8,12 @@ from typing import Annotated, Optional
 import typer
 from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from genrekit_cli.main import app
 from genrekit_cli.options import (
     ColumnsOpt,
+    DeviceOpt,
     FormatOpt,
     GenreSepOpt,
     GenresOpt,
@@ -21,6 +23,7 @@ from genrekit_cli.options import (
     OtherOpt,
     SynonymOpt,
     TopKOpt,
+    WeightsOpt,
     load_manifest,
     vocab_config,
 )
@@ -64,7 +67,7 @@ def backbones(
         print_json(rows)
         return
     if not rows:
-        err_console.print(f"no backbone matches {pattern!r}; `genrekit backbones` lists them all")
+        err_console.print(f"no backbone matches {pattern!r}; `genrekit backbones` lists them all", markup=False)
         raise typer.Exit(1)
     table = Table(title="genrekit backbones", title_justify="left")
     for col in ("name", "family", "modality", "dim", "input", "default weights", "offline"):
@@ -95,20 +98,22 @@ def extract(
     backbone: Annotated[str, typer.Option("--backbone", "-b", help="Encoder name (see `genrekit backbones`).")],
     data: Annotated[Path, typer.Option("--data", "-d", help="Manifest: CSV with id, image and/or plot, genres.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Feature store to create, extend or resume (.h5).")],
-    weights: Annotated[Optional[str], typer.Option(help="Weights tag, local checkpoint file/folder, or none.")] = None,
+    weights: WeightsOpt = None,
     modality: Annotated[str, typer.Option(help="image (posters) or text (plots).")] = "image",
     format: FormatOpt = "auto",
     columns: ColumnsOpt = None,
     genre_sep: GenreSepOpt = None,
-    batch_size: Annotated[Optional[int], typer.Option(help="Batch size [default: fastest measured for the backbone].")] = None,
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
+    batch_size: Annotated[Optional[int], typer.Option(help="Batch size.", show_default="fastest measured for the backbone")] = None,
+    device: DeviceOpt = "auto",
     precision: Annotated[str, typer.Option(help="GPU autocast: auto (bf16 where supported), fp16, bf16, fp32.")] = "auto",
-    resize: Annotated[Optional[str], typer.Option(help="squash (default), center-crop or letterbox.")] = None,
-    workers: Annotated[Optional[int], typer.Option(help="Image decoding processes; with --engine ray, encoder actors [default: spare cores on GPU; on CPU none up to 2 cores, else 1; ray: one per GPU, else 1].")] = None,
-    threads: Annotated[Optional[int], typer.Option(help="Torch CPU threads [default: the cores decoding leaves].")] = None,
+    resize: Annotated[Optional[str], typer.Option(help="squash, center-crop or letterbox.", show_default="squash")] = None,
+    workers: Annotated[
+        Optional[int], typer.Option(help="Image decoding processes; with --engine ray, encoder actors.", show_default="spare cores on GPU; on CPU none up to 2 cores, else 1; ray: one per GPU, else 1")
+    ] = None,
+    threads: Annotated[Optional[int], typer.Option(help="Torch CPU threads.", show_default="the cores decoding leaves")] = None,
     limit: Annotated[Optional[int], typer.Option(help="Only the first N samples.")] = None,
     dtype: Annotated[str, typer.Option(help="Stored embedding type: float32 or float16.")] = "float32",
-    normalize: Annotated[Optional[str], typer.Option(help="none or l2 [default: the backbone's].")] = None,
+    normalize: Annotated[Optional[str], typer.Option(help="none or l2.", show_default="the backbone's")] = None,
     split: Annotated[Optional[Path], typer.Option(help="id,split CSV to store with the features.")] = None,
     top_k: TopKOpt = None,
     min_count: MinCountOpt = 1,
@@ -116,14 +121,16 @@ def extract(
     other: OtherOpt = False,
     synonym: SynonymOpt = None,
     no_synonyms: NoSynonymsOpt = False,
-    engine: Annotated[str, typer.Option(help="local (this machine) or ray (a Ray cluster; pip install 'genrekit[ray]').")] = "local",
-    ray_address: Annotated[Optional[str], typer.Option(help="With --engine ray: auto (a running cluster) or ray://HOST:PORT [default: start Ray on this machine].")] = None,
+    engine: Annotated[str, typer.Option(help="local (this machine) or ray (a Ray cluster; needs the ray extra of genrekit).")] = "local",
+    ray_address: Annotated[Optional[str], typer.Option(help="With --engine ray: auto (a running cluster) or ray://HOST:PORT.", show_default="start Ray on this machine")] = None,
     num_gpus_per_worker: Annotated[float, typer.Option(help="With --engine ray: GPUs per encoder actor (1: one actor per GPU).")] = 0.0,
 ) -> None:
     """Run a frozen encoder once over a collection into an HDF5 feature store (resumable)."""
+    from genrekit.atomic import refuse_overwrite
     from genrekit.extraction import ExtractConfig
     from genrekit.extraction import extract as run
 
+    refuse_overwrite(out, {"the manifest": data, "the split file": split}, "--out")
     config = ExtractConfig(
         backbone=backbone, data=str(data), out=str(out), weights=weights, modality=modality, format=format,
         batch_size=batch_size, device=device, precision=precision, resize=resize, workers=workers, threads=threads,
@@ -136,7 +143,7 @@ def extract(
         report = run(config, progress=progress, manifest=manifest)
     s = report.seconds
     console.print(
-        f"[bold green]{report.store}[/]: {report.rows} rows "
+        f"[bold green]{escape(report.store)}[/]: {report.rows} rows "
         f"({report.encoded} encoded now, {report.skipped} already done), "
         f"{report.items_per_second:,.1f} {modality}s/s; time: read {s['read']:.1f}s, "
         f"encode {s['encode']:.1f}s, write {s['write']:.1f}s, total {s['total']:.1f}s"
@@ -144,7 +151,7 @@ def extract(
     if report.failures:
         what = "unreadable" if modality == "image" else "without a usable plot"
         console.print(f"[yellow]{len(report.failures)} {what} in this run[/] (recorded in the store; "
-                      f"`genrekit store info {out} --json` lists all {report.all_failures}):")
+                      f"`genrekit store info {escape(str(out))} --json` lists all {report.all_failures}):")
         print_failures(report.failures)
 
 
@@ -154,9 +161,9 @@ def print_failures(failures: list[tuple[str, str]], examples: int = 10) -> None:
     for sid, reason in failures:
         by_reason.setdefault(reason.split(" (")[0], []).append(f"{sid}: {reason}")
     for reason, rows in sorted(by_reason.items(), key=lambda kv: -len(kv[1])):
-        console.print(f"  {len(rows)} x {reason}", highlight=False)
+        console.print(f"  {len(rows)} x {reason}", highlight=False, markup=False)
         for row in rows[:examples]:
-            console.print(f"      {row}", highlight=False)
+            console.print(f"      {row}", highlight=False, markup=False)
         if len(rows) > examples:
             console.print(f"      … and {len(rows) - examples} more")
 
@@ -174,7 +181,7 @@ def store_info(
         print_json(info)
         return
     enc = info["encoder"]
-    t = Table(show_header=False, title=str(store), title_justify="left")
+    t = Table(show_header=False, title=Text(str(store)), title_justify="left")
     t.add_column(style="bold")
     t.add_column()
     weights = enc.get("weights", "")
@@ -194,7 +201,7 @@ def store_info(
         ("failures", str(len(info["failures"]))),
         ("made by", f"genrekit {info['genrekit_version']} on {info['created']} (format {info['format_version']})"),
     ):
-        t.add_row(k, str(v))
+        t.add_row(k, Text(str(v)))  # genres, paths and weights are user text: never markup
     console.print(t, highlight=False)
     print_failures([(f["id"], f["reason"]) for f in info["failures"]])
 

@@ -6,13 +6,14 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from genrekit_cli.main import app
-from genrekit_cli.options import JsonOpt
+from genrekit_cli.options import DeviceOpt, JsonOpt, WeightsOpt
 from genrekit_cli.ui import console, err_console, print_json, progress_bar
 
-DeviceOpt = Annotated[str, typer.Option(help="Where the encoder runs: cpu, cuda or auto.")]
 TopOpt = Annotated[int, typer.Option("--top", help="Genres shown per item (the predicted ones always are); 0: all.")]
 
 
@@ -48,15 +49,17 @@ def heads(
     chain_order: Annotated[Optional[str], typer.Option(help="Comma-separated genres that start the chain.")] = None,
     chain_encoder: Annotated[Optional[str], typer.Option(help="Backbone whose text tower orders the chain (e.g. minilm) when the store's encoder has none.")] = None,
     min_positives: Annotated[int, typer.Option(help="Drop genres with fewer training positives.")] = 10,
-    fusion: Annotated[Optional[str], typer.Option(help="With several --store: early, late or both [default: both].")] = None,
+    fusion: Annotated[Optional[str], typer.Option(help="With several --store: early, late or both.", show_default="both")] = None,
     join: Annotated[str, typer.Option(help="With several --store: outer (every item of any store) or inner (items of every store).")] = "outer",
     json: JsonOpt = False,
 ) -> None:
     """Train heads on cached features, tune thresholds on validation, rank them on test."""
+    from genrekit.atomic import refuse_overwrite
     from genrekit.errors import ConfigError
     from genrekit.runs.leaderboard import HeadsConfig, run_heads
     from genrekit.store import FeatureStore
 
+    refuse_overwrite(out, {f"the store {s}": s for s in store}, "--out")
     if all_ == bool(head):
         raise ConfigError("name heads with --head NAME (repeatable) or train them all with --all (not both)")
     config = HeadsConfig(
@@ -181,7 +184,7 @@ def _print_per_genre(entry: dict, title: str) -> None:
     for c in ("genre", "precision", "recall", "F1", "support", "AUC", "AP"):
         t.add_column(c, justify="left" if c == "genre" else "right")
     for r in entry["per_genre"]:
-        t.add_row(r["genre"], _fmt(r["precision"]), _fmt(r["recall"]), _fmt(r["f1"]), str(r["support"]), _fmt(r["auc"]), _fmt(r["ap"]))
+        t.add_row(Text(r["genre"]), _fmt(r["precision"]), _fmt(r["recall"]), _fmt(r["f1"]), str(r["support"]), _fmt(r["auc"]), _fmt(r["ap"]))
     console.print(t)
 
 
@@ -227,11 +230,11 @@ def _print_predictions(preds, failures, json: bool, top: int | None = 8) -> None
         print_json({"predictions": [p.to_json() for p in preds], "failures": [{"item": i, "reason": r} for i, r in failures]})
     else:
         for p in preds:
-            console.print(f"[bold]{p.item}[/]: {p.line(max(top or 0, len(p.predicted)) or None)}", highlight=False)
+            console.print(f"[bold]{escape(p.item)}[/]: {escape(p.line(max(top or 0, len(p.predicted)) or None))}", highlight=False)
         if preds:
             console.print("* = predicted genre", style="dim")
         for item, reason in failures:
-            err_console.print(f"[yellow]skipped[/] {item}: {reason}", highlight=False)
+            err_console.print(f"[yellow]skipped[/] {escape(item)}: {escape(reason)}", highlight=False)
     if failures and not preds:
         raise typer.Exit(1)
 
@@ -239,7 +242,8 @@ def _print_predictions(preds, failures, json: bool, top: int | None = 8) -> None
 EVALUATE_EXAMPLES = """
 Examples:
   genrekit evaluate --run runs/logreg --store holdout.h5
-  genrekit evaluate --run runs/logreg --store holdout.h5 --json scores.json --predictions preds.csv
+  genrekit evaluate --run runs/logreg --store holdout.h5 --out scores.json --predictions preds.csv
+  genrekit evaluate --run runs/logreg --store holdout.h5 --json
 """
 
 
@@ -247,23 +251,34 @@ Examples:
 def evaluate(
     run: Annotated[Path, typer.Option("--run", "-r", help="A saved head, RUNS/<head>, or RUNS/ for its best head.")],
     store: Annotated[Path, typer.Option("--store", "-s", help="Labelled store made with the run's encoder.")],
-    json_out: Annotated[Optional[Path], typer.Option("--json", help="Write the scores to this JSON file.")] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Write the scores (JSON) to this file.")] = None,
     predictions: Annotated[Optional[Path], typer.Option(help="Write id + one probability column per genre (CSV).")] = None,
-    split: Annotated[Optional[str], typer.Option(help="Score only train, val or test of the store's split [default: all].")] = None,
+    split: Annotated[Optional[str], typer.Option(help="Score only train, val or test of the store's split.", show_default="all")] = None,
+    json: JsonOpt = False,
 ) -> None:
     """Score a saved head on another collection's store (genres aligned by name)."""
+    from genrekit.atomic import atomic_write_json, refuse_overwrite
+    from genrekit.errors import ConfigError
     from genrekit.inference import evaluate_run, write_predictions
-    from genrekit.heads.saved import write_json
     from genrekit.store import FeatureStore
 
+    inputs = {"the store being evaluated": store, "the run": run}
+    for path, flag in ((out, "--out"), (predictions, "--predictions")):
+        if path:
+            refuse_overwrite(path, inputs, flag)
+    if out and predictions and out.resolve() == predictions.resolve():
+        raise ConfigError(f"--out and --predictions both name {out}; give them different files")
     fs = FeatureStore(store)
     ev = evaluate_run(run, fs.load(), fs.header, split=split, source=str(store))
     res = ev.results
-    if json_out:
-        write_json(json_out, res)
+    if out:
+        atomic_write_json(out, res, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o))
     if predictions:
         write_predictions(predictions, ev.ids, ev.genres, ev.P)
-    t = Table(title=f"{res['head']} on {store} ({res['items']:,} items, {len(res['genres'])} shared genres)", title_justify="left")
+    if json:
+        print_json(res)
+        return
+    t = Table(title=f"{res['head']} on {escape(str(store))} ({res['items']:,} items, {len(res['genres'])} shared genres)", title_justify="left")
     t.add_column("metric")
     t.add_column(f"tuned ({res['thresholds']['rule']})", justify="right")
     t.add_column("at 0.5", justify="right")
@@ -275,7 +290,7 @@ def evaluate(
         console.print(f"head genres absent from this store: {', '.join(res['head_genres_missing_here'])}", style="dim")
     if res["skipped_for_ranking"]:
         console.print(f"left out of AUC/AP averages (no positives or no negatives): {', '.join(res['skipped_for_ranking'])}", style="dim")
-    for p, what in ((json_out, "scores"), (predictions, "predictions")):
+    for p, what in ((out, "scores"), (predictions, "predictions")):
         if p:
             console.print(f"{what}: {p}", style="dim")
 
@@ -293,11 +308,13 @@ def zeroshot(
     posters: Annotated[Optional[list[Path]], typer.Argument(help="Poster image files.")] = None,
     plot: Annotated[Optional[list[str]], typer.Option("--plot", help="A plot to classify instead of posters (repeatable).")] = None,
     backbone: Annotated[
-        Optional[str], typer.Option("--backbone", "-b", help="Posters: a model with image and text towers [ViT-B-32]; plots: any text tower [minilm].")
+        Optional[str],
+        typer.Option("--backbone", "-b", help="Posters: a model with image and text towers; plots: any text tower.", show_default="ViT-B-32 for posters, minilm for plots"),
     ] = None,
-    weights: Annotated[Optional[str], typer.Option(help="Weights tag, local checkpoint, or none.")] = None,
-    genres: Annotated[Optional[str], typer.Option(help="Comma-separated genres [default: 21 common IMDb genres].")] = None,
-    top_k: Annotated[int, typer.Option(help="Genres to mark per poster (0: those above 1/number of genres).")] = 0,
+    weights: WeightsOpt = None,
+    genres: Annotated[Optional[str], typer.Option(help="Comma-separated genres.", show_default="21 common IMDb genres")] = None,
+    # Not --top-k: that flag chooses the vocabulary in `extract` and `data clean`.
+    top_k: Annotated[int, typer.Option("--pick", help="Genres predicted per item (0: those above 1/number of genres).")] = 0,
     device: DeviceOpt = "cpu",
     top: TopOpt = 8,
     json: JsonOpt = False,

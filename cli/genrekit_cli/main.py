@@ -5,8 +5,12 @@ from __future__ import annotations
 import logging
 import os
 
-import click
 import typer
+from rich.text import Text
+
+# typer >= 0.20 bundles its own copy of click (typer._click); its usage errors and exits are not
+# the `click` package's classes, so the boundary names typer's (pyproject pins the typer range).
+from typer import _click as click
 from typer.core import TyperGroup
 
 from genrekit import __version__
@@ -16,7 +20,8 @@ from genrekit.errors import GenrekitError
 def _fail(msg: str, code: int = 1) -> None:
     from genrekit_cli.ui import err_console
 
-    err_console.print(f"[bold red]error:[/] {msg}", highlight=False, soft_wrap=True)
+    # User text (paths, ids, genres) is printed literally: a Text is never parsed for markup.
+    err_console.print(Text.assemble(("error:", "bold red"), " ", str(msg)), highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
 
@@ -26,8 +31,8 @@ class _ErrorBoundary(TyperGroup):
     def invoke(self, ctx: click.Context):  # type: ignore[override]
         try:
             return super().invoke(ctx)
-        except (typer.Exit, click.exceptions.Exit, click.ClickException, click.Abort):
-            raise  # --help, usage errors and deliberate exits keep their own messages and codes
+        except (typer.Exit, typer.Abort, click.ClickException):
+            raise  # --help, usage errors (exit 2, with the usage) and deliberate exits keep their own messages and codes
         except KeyboardInterrupt:
             _fail("interrupted; re-run the same command to resume", code=130)
         except Exception as e:

@@ -21,7 +21,9 @@ ColumnsOpt = Annotated[
     Optional[str],
     typer.Option("--columns", help="Generic CSV column names as KEY=NAME,..., keys: id genres image plot title year split."),
 ]
-GenreSepOpt = Annotated[Optional[str], typer.Option("--genre-sep", help="Genre separator of a generic CSV (default: detect | , or space).")]
+GenreSepOpt = Annotated[
+    Optional[str], typer.Option("--genre-sep", help="Genre separator of a generic CSV.", show_default="detect | , or space")
+]
 TopKOpt = Annotated[Optional[int], typer.Option("--top-k", help="Keep the K most frequent genres.")]
 MinCountOpt = Annotated[int, typer.Option("--min-count", help="Drop genres with fewer items.")]
 GenresOpt = Annotated[Optional[str], typer.Option("--genres", help="Explicit vocabulary, e.g. Drama,Comedy,Horror.")]
@@ -29,6 +31,10 @@ OtherOpt = Annotated[bool, typer.Option("--other", help="Map genres outside the 
 SynonymOpt = Annotated[Optional[list[str]], typer.Option("--synonym", help="Extra rename RAW=CANONICAL (repeatable).")]
 NoSynonymsOpt = Annotated[bool, typer.Option("--no-synonyms", help="Do not apply the built-in synonyms (Science Fiction -> Sci-Fi ...).")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON instead of tables.")]
+DeviceOpt = Annotated[str, typer.Option("--device", help="Where the encoder runs: auto, cpu, cuda or cuda:N.")]
+WeightsOpt = Annotated[
+    Optional[str], typer.Option("--weights", help="Weights tag, local checkpoint file/folder, or none (random init).", show_default="the backbone's default tag")
+]
 
 
 def parse_columns(value: str | None) -> CsvColumns | None:

@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from genrekit_cli.main import app
+from genrekit_cli.options import DeviceOpt
 from genrekit_cli.ui import err_console
 
 SERVE_EXAMPLES = """
@@ -27,7 +28,7 @@ def serve(
     max_upload_mb: Annotated[float, typer.Option("--max-upload-mb", help="Largest poster file in MB (413 above it).")] = 10.0,
     max_pixels: Annotated[int, typer.Option("--max-pixels", help="Largest image in pixels, width x height (413 above it).")] = 40_000_000,
     max_batch: Annotated[int, typer.Option("--max-batch", help="Most items in one /api/predict/batch request.")] = 32,
-    device: Annotated[str, typer.Option(help="Where the encoder runs: cpu, cuda or auto.")] = "cpu",
+    device: DeviceOpt = "cpu",
 ) -> None:
     """Serve a run: a drop-a-poster page at / and a JSON API at /api/predict (OpenAPI docs at /docs)."""
     from genrekit.errors import MissingDependencyError

@@ -271,7 +271,7 @@ def build_manifest(
     if records and not any(s.genres for _, s in records):
         raise ManifestError(
             f"{path.name}: the genre column is empty in all {len(records)} rows "
-            "(expected genres such as Drama|Comedy; check --genres-col and --genre-sep)"
+            "(expected genres such as Drama|Comedy; check --columns genres=NAME and --genre-sep)"
         )
     samples: list[Sample] = []
     seen: dict[str, int] = {}
@@ -328,7 +328,7 @@ def read_csv_manifest(
         need = missing or [f"{c.image} or {c.plot}"]
         raise ManifestError(
             f"manifest {path.name} lacks column(s) {', '.join(need)}; found: {show_columns(cols)} "
-            "(name the columns with --id-col/--genres-col/--image-col/--plot-col)"
+            "(name the columns with --columns id=NAME,genres=NAME,image=NAME,plot=NAME)"
         )
     sep = genre_sep if genre_sep is not None else detect_separator([r[c.genres] for _, r in rows])
     root = path.parent.resolve()

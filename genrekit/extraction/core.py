@@ -25,7 +25,7 @@ from genrekit.data.vocab import VocabConfig, apply_vocabulary
 from genrekit.errors import ConfigError, ManifestError, StoreMismatchError, UnreadableImageError
 from genrekit.progress import ProgressFn
 from genrekit.features import l2_normalise
-from genrekit.store import StoreHeader, StoreWriter
+from genrekit.store import StoreHeader, StoreWriter, store_lock
 from genrekit.system import cpu_count
 
 log = logging.getLogger(__name__)
@@ -247,6 +247,7 @@ def plan_extraction(config: ExtractConfig, manifest: Manifest | None = None) -> 
     }
     header = store_header(encoder, config.modality, genres, config.normalize, config.dtype, resolved)
     writer = StoreWriter(config.out, header)
+    genres = list(writer.header.genres)  # the store's column order when it has these genres in another order
     todo = [s for s in samples if s.id not in writer.done_ids]
     if len(todo) < len(samples):
         log.info("resuming %s: %d of %d samples already done", config.out, len(samples) - len(todo), len(samples))
@@ -339,10 +340,17 @@ def extract(config: ExtractConfig, progress: ProgressFn | None = None, manifest:
         >>> report.rows, len(report.failures)
         (6000, 0)
     """
-    if config.engine == "ray":
-        from genrekit.extraction.ray_engine import extract_on_ray
+    config.validate()
+    with store_lock(config.out):  # a second extract into this store is refused, naming this pid
+        if config.engine == "ray":
+            from genrekit.extraction.ray_engine import extract_on_ray
 
-        return extract_on_ray(config, progress, manifest)
+            return extract_on_ray(config, progress, manifest)
+        return _extract_here(config, progress, manifest)
+
+
+def _extract_here(config: ExtractConfig, progress: ProgressFn | None, manifest: Manifest | None) -> ExtractReport:
+    """The local engine: decode and encode on this machine."""
     plan = plan_extraction(config, manifest)
     todo, encoder = plan.todo, plan.encoder
     on_gpu = encoder.device.type == "cuda"

@@ -27,7 +27,7 @@ from genrekit.heads.base import MultiLabelHead, l2_normalise
 log = logging.getLogger(__name__)
 
 # Below this many training rows the exact numpy search is the fastest path, counting the index
-# build (benchmarks/bench_knn.py --sizes); above it an IVF index.
+# build (the sizes mode of benchmarks/bench_knn.py); above it an IVF index.
 AUTO_EXACT_BELOW = 50_000
 TRAIN_PER_LIST = 64  # training vectors per IVF list (FAISS warns below 39)
 SEARCH_BLOCK = 16_384  # queries per FAISS search call: bounded memory for any number of queries

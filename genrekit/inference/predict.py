@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import csv
 import logging
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from genrekit.atomic import atomic_open
 from genrekit.errors import ConfigError, LabelError
 from genrekit.evaluation.metrics import evaluate
 from genrekit.heads.saved import SavedHead, load_head
@@ -204,14 +204,11 @@ def evaluate_run(
 def write_predictions(path: str | Path, ids: Sequence[str], genres: Sequence[str], P: np.ndarray) -> Path:
     """CSV with ``id`` and one probability column per genre, named by the genre (atomic write)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", newline="", encoding="utf-8") as fh:
+    with atomic_open(path, newline="") as fh:
         w = csv.writer(fh)
         w.writerow(["id", *genres])
         for i, p in zip(ids, P):
             w.writerow([i, *(f"{v:.6f}" for v in p)])
-    os.replace(tmp, path)
     return path
 
 
