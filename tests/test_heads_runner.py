@@ -74,7 +74,7 @@ def test_run_writes_a_leaderboard_and_one_reloadable_directory_per_head(tmp_path
     assert res["split"]["source"] == "stratified" and (out / "split.csv").is_file()
     assert res["chain_order"]["source"] == "text similarity"
     rows = list(csv.DictReader((out / "results.csv").open()))
-    assert [r["entry"] for r in rows] == list(FAST) and "f1_micro" in rows[0]
+    assert [r["entry"] for r in rows] == [*FAST, "baseline"] and "f1_micro" in rows[0]
     assert calls[0] == ("heads", 0, 5) and calls[-1] == ("heads", 5, 5)
 
 

@@ -1,5 +1,5 @@
 """Cheap multi-label heads on cached features: registry, heads, saving, and the leaderboard runner."""
 
-from genrekit.heads.registry import HEADS, HeadSpec, create_head, get_head_spec, list_heads
+from genrekit.heads.registry import HEADS, RUNNER_INPUTS, HeadSpec, create_head, get_head_spec, list_heads, register_head
 
-__all__ = ["HEADS", "HeadSpec", "create_head", "get_head_spec", "list_heads"]
+__all__ = ["HEADS", "RUNNER_INPUTS", "HeadSpec", "create_head", "get_head_spec", "list_heads", "register_head"]

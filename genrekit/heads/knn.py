@@ -61,8 +61,11 @@ def exact_search(queries: np.ndarray, base: np.ndarray, k: int, block: int = 409
     k = min(k, len(base))
     sims = np.empty((len(queries), k), np.float32)
     idx = np.empty((len(queries), k), np.int64)
+    # float64 products: a float32 BLAS sums in an order that depends on the batch shape, and the
+    # vote weight 1 / (1 - cosine) turns that last-bit noise into visible probability changes.
+    base = base.astype(np.float64)
     for s in range(0, len(queries), block):
-        S = queries[s : s + block] @ base.T
+        S = queries[s : s + block].astype(np.float64) @ base.T
         part = np.argpartition(-S, k - 1, axis=1)[:, :k] if k < S.shape[1] else np.tile(np.arange(S.shape[1]), (len(S), 1))
         ps = np.take_along_axis(S, part, axis=1)
         order = np.lexsort((part, -ps), axis=1)
@@ -198,7 +201,9 @@ class KNNHead(MultiLabelHead):
 
     # -- pickling and saving: a FAISS index is a C++ object, so it travels as its serialised bytes
     def __getstate__(self):
-        state = super().__getstate__()
+        # A copy: object.__getstate__ returns the live __dict__, and deepcopy/pickle must not
+        # turn the fitted index of the original into bytes.
+        state = dict(super().__getstate__())
         if state.get("index_") is not None:
             state["index_"] = _faiss().serialize_index(state["index_"])
         return state
@@ -228,6 +233,7 @@ class KNNHead(MultiLabelHead):
         self.n_features_in_ = meta["n_features_in_"]
         self.n_genres_ = meta["n_genres_"]
         self.k_ = meta["k_"]
+        self.classes_ = [np.array([0, 1]) for _ in range(self.n_genres_)]
         self.search_ = {int(k): v for k, v in meta["search_"].items()}
         self.recall_, self.index_spec_ = meta.get("recall_", 1.0), meta.get("index_spec_")
         self.X_ = arrays["X_"].astype(np.float32) if "X_" in arrays else None  # None: built from a streamed store

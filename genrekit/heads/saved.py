@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -27,8 +26,9 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
 from genrekit import __version__
-from genrekit.errors import LabelError, StoreError, StoreMismatchError, UntrustedFileError
-from genrekit.evaluation.thresholds import Thresholds
+from genrekit.atomic import atomic_open, atomic_write, atomic_write_json
+from genrekit.errors import LabelError, StoreError, StoreMismatchError, UnknownNameError, UntrustedFileError
+from genrekit.evaluation.thresholds import RULES, Thresholds
 from genrekit.heads.registry import get_head_spec
 from genrekit.store import StoreHeader
 
@@ -38,32 +38,6 @@ RUN_FORMAT = 1
 # Header fields that must match for a head to accept features: the genres may differ (they are
 # aligned by name) and so may the storage dtype (float16 and float32 stores hold the same features).
 _FEATURE_FIELDS = ("encoder", "preprocessing", "normalisation", "modality")
-
-# Everything a saved scikit-learn head may contain. skops refuses any other type on load.
-TRUSTED_TYPES: tuple[str, ...] = (
-    "genrekit.heads.sklearn_heads.ChainHead",
-    "genrekit.heads.sklearn_heads.LogRegHead",
-    "genrekit.heads.sklearn_heads.RandomForestHead",
-    "genrekit.heads.sklearn_heads.SVCHead",
-    "sklearn.calibration.CalibratedClassifierCV",
-    "sklearn.calibration._CalibratedClassifier",
-    "sklearn.calibration._SigmoidCalibration",
-    "sklearn.ensemble._forest.RandomForestClassifier",
-    "sklearn.kernel_approximation.Nystroem",
-    "sklearn.linear_model._logistic.LogisticRegression",
-    "sklearn.multiclass.OneVsRestClassifier",
-    "sklearn.multiclass._ConstantPredictor",
-    "sklearn.multioutput.ClassifierChain",
-    "sklearn.preprocessing._label.LabelBinarizer",
-    "sklearn.svm._classes.LinearSVC",
-    "sklearn.tree._classes.DecisionTreeClassifier",
-    "sklearn.tree._tree.Tree",
-    "builtins.slice",
-    "numpy.dtype",
-    "numpy.float64",
-    "numpy.int64",
-)
-
 
 def _json_params(params: Mapping) -> dict:
     """Constructor parameters that are plain values (arrays such as prompt embeddings are state)."""
@@ -77,9 +51,7 @@ def _json_params(params: Mapping) -> dict:
 
 def write_json(path: Path, obj: Mapping) -> None:
     """Write JSON atomically (numpy scalars and arrays allowed)."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=_json_default))
-    os.replace(tmp, path)
+    atomic_write_json(path, obj, default=_json_default)
 
 
 def _json_default(o):
@@ -124,19 +96,22 @@ class SavedHead:
         head, meta = self.head, {}
         if isinstance(self.model, Pipeline):
             sc = self.model[0]
-            np.savez(d / "scaler.npz", mean=sc.mean_, scale=sc.scale_, var=sc.var_, n_samples_seen=np.asarray(sc.n_samples_seen_))
+            with atomic_open(d / "scaler.npz", "wb", encoding=None) as fh:
+                np.savez(fh, mean=sc.mean_, scale=sc.scale_, var=sc.var_, n_samples_seen=np.asarray(sc.n_samples_seen_))
+        # The entry's save format decides; skops files load back with the entry's trusted types only.
         if spec.persist == "skops":
             import skops.io as sio
 
-            sio.dump(head, d / "model.skops")
+            atomic_write(d / "model.skops", sio.dumps(head))
         else:
             meta, arrays = head.get_state()
             if spec.persist == "safetensors":
-                from safetensors.numpy import save_file
+                from safetensors.numpy import save
 
-                save_file({k: np.ascontiguousarray(v) for k, v in arrays.items()}, str(d / "model.safetensors"))
+                atomic_write(d / "model.safetensors", save({k: np.ascontiguousarray(v) for k, v in arrays.items()}))
             else:
-                np.savez(d / "model.npz", **arrays)
+                with atomic_open(d / "model.npz", "wb", encoding=None) as fh:
+                    np.savez(fh, **arrays)
         record = {
             **self.info,
             "format": RUN_FORMAT,
@@ -184,33 +159,166 @@ class SavedHead:
         return mine, [where[self.genres[i]] for i in mine]
 
 
+# -- loading: a run directory is user-editable input, so every field is checked before use -----
+_RECOVER = "re-run `genrekit heads` to remake it"
+
+
+def _bad(path: Path, what: str) -> StoreError:
+    return StoreError(f"{path}: {what}; the run directory was edited or damaged: {_RECOVER}")
+
+
+def _read_json(path: Path) -> dict:
+    if not path.is_file():
+        raise StoreError(f"{path} is missing: {_RECOVER}")
+    try:
+        obj = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise _bad(path, f"not readable JSON ({str(e).splitlines()[0][:120]})") from None
+    if not isinstance(obj, dict):
+        raise _bad(path, f"holds a JSON {type(obj).__name__}, not an object")
+    return obj
+
+
+def _field(rec: Mapping, key: str, types: type | tuple[type, ...], path: Path, optional: bool = False):
+    if key not in rec:
+        if optional:
+            return None
+        raise _bad(path, f"the field {key!r} is missing")
+    v = rec[key]
+    if (v is None and optional) or isinstance(v, types):
+        return v
+    want = " or ".join(t.__name__ for t in (types if isinstance(types, tuple) else (types,)))
+    raise _bad(path, f"the field {key!r} is a {type(v).__name__}, expected {want}")
+
+
+def _check_finite(arrays: Mapping[str, np.ndarray], path: Path) -> None:
+    for k, v in arrays.items():
+        v = np.asarray(v)
+        if v.dtype.kind in "fc" and not np.isfinite(v).all():
+            raise _bad(path, f"the field {k!r} holds non-finite values (NaN or inf)")
+
+
+def _fitted_arrays(obj, prefix: str = "", depth: int = 0):
+    """(dotted name, float array) of every fitted array inside a loaded estimator, for the finite check.
+
+    scikit-learn keeps fitted state in attributes ending in ``_`` (lists of sub-estimators
+    included); a fitted tree keeps its split thresholds and leaf values in a compiled ``Tree``.
+    """
+    if depth > 6:
+        return
+    if isinstance(obj, np.ndarray):
+        if obj.dtype.kind == "f":
+            yield prefix, obj
+    elif isinstance(obj, (list, tuple)):
+        for i, v in enumerate(obj):
+            yield from _fitted_arrays(v, f"{prefix}[{i}]", depth + 1)
+    elif type(obj).__name__ == "Tree":
+        for k in ("threshold", "value"):
+            yield f"{prefix}.{k}", np.asarray(getattr(obj, k))
+    elif hasattr(obj, "__dict__") and hasattr(obj, "get_params"):
+        for k, v in vars(obj).items():
+            if k.endswith("_") or k == "estimator":
+                yield from _fitted_arrays(v, f"{prefix}.{k}" if prefix else k, depth + 1)
+
+
 def _load_scaler(path: Path) -> StandardScaler:
-    with np.load(path, allow_pickle=False) as z:
-        sc = StandardScaler()
-        sc.mean_, sc.scale_, sc.var_ = z["mean"], z["scale"], z["var"]
-        sc.n_samples_seen_ = z["n_samples_seen"].item() if z["n_samples_seen"].ndim == 0 else z["n_samples_seen"]
-        sc.n_features_in_ = len(sc.mean_)
+    if not path.is_file():
+        raise StoreError(f"{path} is missing (run.json says the head was trained on standardised features): {_RECOVER}")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            arrays = {k: np.asarray(z[k]) for k in ("mean", "scale", "var", "n_samples_seen")}
+    except KeyError as e:
+        raise _bad(path, f"the array {e} is missing") from None
+    except Exception as e:  # zip, npy header and pickle refusals all mean "not the file we wrote"
+        raise _bad(path, f"not a readable npz file ({type(e).__name__}: {str(e)[:120]})") from None
+    _check_finite(arrays, path)
+    mean, scale = arrays["mean"], arrays["scale"]
+    if mean.ndim != 1 or scale.shape != mean.shape or arrays["var"].shape != mean.shape or mean.dtype.kind != "f":
+        raise _bad(path, f"mean, scale and var must be float vectors of one length; got shapes {mean.shape}, {scale.shape}, {arrays['var'].shape}")
+    if (scale <= 0).any():
+        raise _bad(path, "the field 'scale' holds values <= 0")
+    sc = StandardScaler()
+    sc.mean_, sc.scale_, sc.var_ = mean, scale, arrays["var"]
+    n = arrays["n_samples_seen"]
+    sc.n_samples_seen_ = n.item() if n.ndim == 0 else n
+    sc.n_features_in_ = len(mean)
     return sc
 
 
-def _load_skops(path: Path):
+def _load_skops(path: Path, spec):
     import skops.io as sio
 
-    found = sio.get_untrusted_types(file=path)
-    bad = sorted(set(found) - set(TRUSTED_TYPES))
+    if not path.is_file():
+        raise StoreError(f"{path} is missing: {_RECOVER}")
+    try:
+        found = sio.get_untrusted_types(file=path)
+    except Exception as e:  # a truncated or foreign zip, bad JSON schema inside ...
+        raise _bad(path, f"not a readable skops file ({type(e).__name__}: {str(e)[:120]})") from None
+    bad = sorted(set(found) - spec.skops_types())
     if bad:
         raise UntrustedFileError(
-            f"{path} contains types genrekit does not load ({', '.join(bad[:5])}); "
+            f"{path} contains types genrekit does not load for a {spec.name} head ({', '.join(bad[:5])}); "
             "it was not written by this genrekit, or was altered: retrain the head"
         )
-    return sio.load(path, trusted=found)
+    try:
+        head = sio.load(path, trusted=found)
+    except Exception as e:
+        raise _bad(path, f"not a readable skops file ({type(e).__name__}: {str(e)[:120]})") from None
+    for name, arr in _fitted_arrays(head):
+        if not np.isfinite(arr).all():
+            raise _bad(path, f"the field {name!r} holds non-finite values (NaN or inf)")
+    return head
+
+
+def _load_arrays(path: Path, fmt: str) -> dict[str, np.ndarray]:
+    if not path.is_file():
+        raise StoreError(f"{path} is missing: {_RECOVER}")
+    try:
+        if fmt == "safetensors":
+            from safetensors.numpy import load_file
+
+            arrays = load_file(str(path))
+        else:
+            with np.load(path, allow_pickle=False) as z:
+                arrays = {k: z[k] for k in z.files}
+    except Exception as e:  # truncation, a foreign file, pickled objects: all refused alike
+        raise _bad(path, f"not a readable {fmt} file ({type(e).__name__}: {str(e)[:120]})") from None
+    _check_finite(arrays, path)
+    return arrays
+
+
+def _restore(spec, rec: dict, rj: Path, arrays: dict[str, np.ndarray], path: Path):
+    params = _field(rec, "params", dict, rj)
+    state = _field(rec, "state", dict, rj)
+    try:
+        head = spec.factory(**params)
+    except TypeError as e:
+        raise _bad(rj, f"the field 'params' does not fit the {spec.name} head ({e})") from None
+    try:
+        return head.set_state(state, arrays)
+    except KeyError as e:
+        raise _bad(path, f"the field {e} is missing") from None
+    except (TypeError, ValueError, RuntimeError, AttributeError, IndexError) as e:
+        raise _bad(path, f"its arrays do not fit the {spec.name} head described in run.json ({type(e).__name__}: {str(e).splitlines()[0][:160]})") from None
+
+
+def _best_head_dir(d: Path) -> Path:
+    results = d / "results.json"
+    best = _read_json(results).get("best")
+    if not best:
+        raise StoreError(f"{results} names no best head; pass RUNS/<head>")
+    if not isinstance(best, str) or Path(best).name != best or best in (".", ".."):
+        raise _bad(results, f"the field 'best' is {best!r}, not the name of a head directory")
+    return d / best
 
 
 def load_head(directory: str | Path) -> SavedHead:
     """Load a run directory written by :meth:`SavedHead.save` (``genrekit heads`` writes them).
 
     ``directory`` is one head's directory (``RUNS/logreg``), or a whole ``RUNS/`` directory, which
-    means the best head of that run (``results.json``'s ``best``).
+    means the best head of that run (``results.json``'s ``best``). Anything edited by hand, truncated
+    or not written by genrekit is refused in one line (:class:`StoreError`, or
+    :class:`UntrustedFileError` for types genrekit does not load), naming the file and field.
 
     Example:
         >>> saved = load_head("runs/logreg")  # doctest: +SKIP
@@ -218,30 +326,64 @@ def load_head(directory: str | Path) -> SavedHead:
         >>> P = saved.predict_proba(X)
     """
     d = Path(directory)
-    results = d / "results.json"
-    if not (d / "run.json").is_file() and results.is_file():
-        # A whole runs directory: use the head `genrekit heads` chose (best validation mAP).
-        best = json.loads(results.read_text()).get("best")
-        if not best:
-            raise StoreError(f"{results} names no best head; pass RUNS/<head>")
-        d = d / best
+    if not (d / "run.json").is_file() and (d / "results.json").is_file():
+        d = _best_head_dir(d)  # a whole runs directory: the head `genrekit heads` chose
     rj = d / "run.json"
     if not rj.is_file():
         raise StoreError(f"{d} is not a saved head: no run.json (expected a directory such as RUNS/logreg)")
-    rec = json.loads(rj.read_text())
-    if int(rec.get("format", 0)) > RUN_FORMAT:
-        raise StoreError(f"{d} was saved in run format {rec.get('format')}; this genrekit reads up to {RUN_FORMAT}")
-    spec = get_head_spec(rec["head"])
-    if spec.persist == "skops":
-        head = _load_skops(d / "model.skops")
-    elif spec.persist == "safetensors":
-        from safetensors.numpy import load_file
+    rec = _read_json(rj)
+    fmt = _field(rec, "format", int, rj, optional=True) or 0
+    if fmt > RUN_FORMAT:
+        raise StoreError(f"{d} was saved in run format {fmt}; this genrekit reads up to {RUN_FORMAT}")
+    name = _field(rec, "head", str, rj)
+    try:
+        spec = get_head_spec(name)
+    except UnknownNameError as e:
+        raise StoreError(f"{rj}: {e}") from None
+    genres = _field(rec, "genres", list, rj)
+    if not genres or not all(isinstance(g, str) for g in genres) or len(set(genres)) != len(genres):
+        raise _bad(rj, "the field 'genres' must be a non-empty list of distinct genre names")
+    thresholds = _thresholds(_field(rec, "thresholds", dict, rj), len(genres), rj)
+    standardised = _field(rec, "standardised", bool, rj, optional=True)
+    header_json = _field(rec, "store_header", dict, rj, optional=True)
+    for key in ("fusion", "config"):
+        _field(rec, key, dict, rj, optional=True)
 
-        head = spec.factory(**rec["params"]).set_state(rec["state"], load_file(str(d / "model.safetensors")))
+    if spec.persist == "skops":
+        head = _load_skops(d / "model.skops", spec)
     else:
-        with np.load(d / "model.npz", allow_pickle=False) as z:
-            head = spec.factory(**rec["params"]).set_state(rec["state"], {k: z[k] for k in z.files})
-    model = Pipeline([("scale", _load_scaler(d / "scaler.npz")), ("head", head)]) if rec.get("standardised") else head
-    header = StoreHeader.from_json(rec["store_header"]) if rec.get("store_header") else None
+        path = d / f"model.{spec.persist}"
+        head = _restore(spec, rec, rj, _load_arrays(path, spec.persist), path)
+    n_genres = getattr(head, "n_genres_", None)
+    if n_genres != len(genres):
+        raise _bad(rj, f"the head predicts {n_genres} genres but the field 'genres' names {len(genres)}")
+    model = head
+    if standardised:
+        scaler = _load_scaler(d / "scaler.npz")
+        if scaler.n_features_in_ != getattr(head, "n_features_in_", None):
+            raise _bad(d / "scaler.npz", f"it scales {scaler.n_features_in_} features but the head takes {getattr(head, 'n_features_in_', None)}")
+        model = Pipeline([("scale", scaler), ("head", head)])
+    try:
+        header = StoreHeader.from_json(header_json) if header_json else None
+    except (TypeError, KeyError, ValueError) as e:
+        raise _bad(rj, f"the field 'store_header' is not a store header ({type(e).__name__}: {e})") from None
     info = {k: v for k, v in rec.items() if k not in ("head", "genres", "thresholds", "store_header", "state")}
-    return SavedHead(rec["head"], model, list(rec["genres"]), Thresholds.from_json(rec["thresholds"]), header, info)
+    return SavedHead(name, model, list(genres), thresholds, header, info)
+
+
+def _thresholds(d: dict, n_genres: int, path: Path) -> Thresholds:
+    try:
+        th = Thresholds.from_json(d)
+    except KeyError as e:
+        raise _bad(path, f"the field 'thresholds' lacks {e}") from None
+    except (TypeError, ValueError) as e:
+        raise _bad(path, f"the field 'thresholds' is malformed ({e})") from None
+    if th.rule not in RULES:
+        raise _bad(path, f"the threshold rule {th.rule!r} is not one of {', '.join(RULES)}")
+    if len(th.values) != n_genres:
+        raise _bad(path, f"the field 'thresholds' has {len(th.values)} values for {n_genres} genres")
+    if not np.isfinite(th.values).all():
+        raise _bad(path, "the field 'thresholds.values' holds non-finite values (NaN or inf)")
+    if th.rule == "top-k" and not 1 <= th.k <= n_genres:
+        raise _bad(path, f"the field 'thresholds.k' is {th.k}, expected 1..{n_genres}")
+    return th

@@ -55,6 +55,18 @@ def search_on_validation(
     return best, float(best_c), scores
 
 
+def positive_columns(P: np.ndarray, n_genres: int) -> np.ndarray:
+    """One-vs-rest probabilities as (n, G). ``OneVsRestClassifier`` fitted on a single (n, 1)
+    genre sees a binary problem and returns (n, 2) [negative, positive] columns."""
+    P = np.asarray(P, dtype=np.float32)
+    return P[:, 1:] if n_genres == 1 and P.shape[1] == 2 else P
+
+
+def ovr_n_iter(model) -> np.ndarray:
+    """Solver iterations of each genre's model in a one-vs-rest or chain model (0 for a constant genre)."""
+    return np.array([int(np.max(getattr(e, "n_iter_", 0))) for e in model.estimators_], dtype=np.int32)
+
+
 class LogRegHead(MultiLabelHead):
     """One-vs-rest logistic regression; C searched on validation mAP when a validation set is given.
 
@@ -75,10 +87,12 @@ class LogRegHead(MultiLabelHead):
     def fit(self, X, Y, X_val=None, Y_val=None) -> LogRegHead:
         X, Y, X_val, Y_val = self._fit_inputs(X, Y, X_val, Y_val)
         self.model_, self.C_, self.search_ = search_on_validation(self._make, tuple(self.Cs), X, Y, X_val, Y_val, 0.01)
+        self.n_iter_ = ovr_n_iter(self.model_)
         return self
 
     def predict_proba(self, X) -> np.ndarray:
-        return self.model_.predict_proba(self._check_X(X)).astype(np.float32)
+        X = self._check_X(X)
+        return positive_columns(self.model_.predict_proba(X), self.n_genres_)
 
 
 class SVCHead(MultiLabelHead):
@@ -138,13 +152,17 @@ class SVCHead(MultiLabelHead):
             return OneVsRestClassifier(CalibratedClassifierCV(svm, method="sigmoid", cv=self.cv))
 
         self.model_, self.C_, self.search_ = search_on_validation(make, tuple(self.Cs), X, Y, X_val, Y_val, 0.03)
+        self.n_iter_ = np.array(
+            [max(c.estimator.n_iter_ for c in e.calibrated_classifiers_) if hasattr(e, "calibrated_classifiers_") else 0
+             for e in self.model_.estimators_], dtype=np.int32,
+        )  # fmt: skip
         return self
 
     def predict_proba(self, X) -> np.ndarray:
         X = self._check_X(X)
         if self.feature_map_ is not None:
             X = self.feature_map_.transform(X)
-        return self.model_.predict_proba(X).astype(np.float32)
+        return positive_columns(self.model_.predict_proba(X), self.n_genres_)
 
 
 class RandomForestHead(MultiLabelHead):
@@ -185,11 +203,12 @@ class RandomForestHead(MultiLabelHead):
             class_weight=self.class_weight,
             n_jobs=self.n_jobs,
             random_state=self.random_state,
-        ).fit(X, Y)
+        ).fit(X, Y[:, 0] if Y.shape[1] == 1 else Y)  # a forest wants one genre as a 1-d y
         return self
 
     def predict_proba(self, X) -> np.ndarray:
-        return stack_proba(self.model_.predict_proba(self._check_X(X)))
+        X = self._check_X(X)
+        return stack_proba(self.model_.predict_proba(X))
 
 
 def similarity_order(embeddings: np.ndarray, start: int = 0) -> list[int]:
@@ -261,10 +280,12 @@ class ChainHead(MultiLabelHead):
             return ClassifierChain(base, order=order, random_state=self.random_state)
 
         self.model_, self.C_, self.search_ = search_on_validation(make, tuple(self.Cs), X, Y, X_val, Y_val, 0.01)
+        self.n_iter_ = ovr_n_iter(self.model_)
         return self
 
     def predict_proba(self, X) -> np.ndarray:
-        return np.asarray(self.model_.predict_proba(self._check_X(X)), dtype=np.float32)
+        X = self._check_X(X)
+        return np.asarray(self.model_.predict_proba(X), dtype=np.float32)
 
 
-__all__ = ["ChainHead", "LogRegHead", "RandomForestHead", "SVCHead", "search_on_validation", "similarity_order"]
+__all__ = ["ChainHead", "LogRegHead", "RandomForestHead", "SVCHead", "ovr_n_iter", "positive_columns", "search_on_validation", "similarity_order"]

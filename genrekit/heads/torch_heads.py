@@ -167,6 +167,7 @@ class TorchMLPHead(MultiLabelHead):
         self.module_ = module
         self.best_epoch_ = best_epoch
         self.best_val_loss_ = best
+        self.n_iter_ = len(self.history_)  # epochs run
         log.info("%s head: best epoch %d of %d, validation loss %.4f", self.loss, best_epoch, len(self.history_), best)
 
     # -- inference -------------------------------------------------------------------------
@@ -205,6 +206,8 @@ class TorchMLPHead(MultiLabelHead):
         self.best_epoch_ = meta["best_epoch_"]
         self.best_val_loss_ = meta["best_val_loss_"]
         self.history_ = [tuple(h) for h in meta["history_"]]
+        self.n_iter_ = len(self.history_)
+        self.classes_ = [np.array([0, 1]) for _ in range(self.n_genres_)]
         module = build_module(self.n_features_in_, self.n_genres_, self.hidden, self.dropout)
         module.load_state_dict({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in arrays.items()})
         self.module_ = module.eval()

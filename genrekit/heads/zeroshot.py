@@ -195,13 +195,16 @@ class ZeroShotHead(MultiLabelHead):
             self.intercept_[j] = np.log(prior / (1 - prior))
         return self
 
-    def decision_function(self, X) -> np.ndarray:
-        """The raw cosine similarities (n, G)."""
+    def similarities(self, X) -> np.ndarray:
+        """The raw cosine similarities (n, G) between items and genre prompts."""
         return cosine_scores(self._check_X(X), self.prompts_)
 
+    def decision_function(self, X) -> np.ndarray:
+        """Calibrated logits (n, G): positive exactly where :meth:`predict` says 1 (scikit-learn's contract)."""
+        return self.similarities(X) * self.coef_ + self.intercept_
+
     def predict_proba(self, X) -> np.ndarray:
-        z = self.decision_function(X) * self.coef_ + self.intercept_
-        return (1.0 / (1.0 + np.exp(-z))).astype(np.float32)
+        return (1.0 / (1.0 + np.exp(-self.decision_function(X)))).astype(np.float32)
 
     def get_state(self) -> tuple[dict, dict[str, np.ndarray]]:
         """Fitted state as (JSON-able dict, named arrays)."""
@@ -211,6 +214,7 @@ class ZeroShotHead(MultiLabelHead):
     def set_state(self, meta: dict, arrays: dict[str, np.ndarray]) -> ZeroShotHead:
         """Restore what :meth:`get_state` returned."""
         self.n_features_in_, self.n_genres_ = meta["n_features_in_"], meta["n_genres_"]
+        self.classes_ = [np.array([0, 1]) for _ in range(self.n_genres_)]
         self.prompts_, self.coef_, self.intercept_ = arrays["prompts_"], arrays["coef_"], arrays["intercept_"]
         self.prompt_embeddings = self.prompts_
         return self

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import csv
 import logging
-import os
 import sys
 import time
 import warnings
@@ -23,9 +22,10 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
 from genrekit import __version__
+from genrekit.atomic import atomic_open
 from genrekit.data.split import PARTS, split_warnings, stratified_split, write_split_file
 from genrekit.errors import ConfigError, GenrekitError, LabelError, UnknownNameError
-from genrekit.evaluation.metrics import evaluate, macro_average_precision, multilabel_metrics
+from genrekit.evaluation.metrics import METRIC_KEYS, evaluate, macro_average_precision, multilabel_metrics
 from genrekit.evaluation.thresholds import RULES, fixed, tune_thresholds
 from genrekit.heads.balance import BALANCE_MODES, check_balance, oversample_indices
 from genrekit.heads.registry import HEADS, get_head_spec
@@ -40,7 +40,6 @@ log = logging.getLogger(__name__)
 
 TextEncoder = Callable[[list[str]], np.ndarray]
 BASELINE = "baseline"  # one-vs-rest LogisticRegression with scikit-learn's defaults, the reference
-LEADERBOARD_KEYS = ("f1_micro", "f1_macro", "map_macro", "roc_auc_macro", "hamming_loss")
 
 
 @dataclass(frozen=True)
@@ -238,7 +237,144 @@ def _fitted_summary(head) -> dict:
     return out
 
 
-# -- the run -----------------------------------------------------------------------------------
+# -- the run, step by step ---------------------------------------------------------------------
+@dataclass
+class _Prepared:
+    """The labelled data of a run after the split and the genre selection."""
+
+    split: np.ndarray
+    split_source: str
+    genres: list[str]
+    dropped: dict[str, str]
+    Y: np.ndarray  # (n, kept genres)
+    parts: dict[str, np.ndarray]  # part -> row mask
+    X: dict[str, np.ndarray]  # part -> features
+    Ys: dict[str, np.ndarray]  # part -> labels
+
+
+def _check_labelled(fs: FeatureSet) -> None:
+    if fs.Y.ndim != 2 or fs.Y.shape[1] == 0 or not fs.Y.any():
+        raise LabelError(
+            f"the features have no genre labels ({fs.Y.shape[1] if fs.Y.ndim == 2 else 0} genre columns, "
+            f"{int(fs.Y.sum())} positives); heads need labelled items: extract from a manifest with a genres column"
+        )
+
+
+def _prepare(fs: FeatureSet, config: HeadsConfig, out: Path) -> _Prepared:
+    """Resolve the split and select the genres every part can train and score."""
+    _check_labelled(fs)
+    split, split_source = resolve_split(fs, config, out)
+    keep, dropped = select_genres(fs.Y, split, fs.genres, config)
+    for g, why in dropped.items():
+        log.info("dropped genre %r: %s", g, why)  # also in results["dropped_genres"]
+    if not keep:
+        raise LabelError(f"no genre has enough positives in train, val and test (--min-positives {config.min_train_positives})")
+    Y = fs.Y[:, keep].astype(np.uint8)
+    parts = {p: split == p for p in PARTS}
+    return _Prepared(split, split_source, [fs.genres[j] for j in keep], dropped, Y, parts,
+                     {p: fs.X[parts[p]] for p in PARTS}, {p: Y[parts[p]] for p in PARTS})  # fmt: skip
+
+
+def _runner_inputs(
+    names: list[str], prep: _Prepared, fs: FeatureSet, config: HeadsConfig, header: StoreHeader | None, text_encoder: TextEncoder | None
+) -> tuple[list[str], dict[str, str], dict, dict]:
+    """What the chosen heads ask for in their registry entries (:data:`RUNNER_INPUTS`), computed once.
+
+    Returns the heads that apply, the skipped ones with the reason, the inputs by name, and the
+    chain order record for results.json.
+    """
+    wanted = {inp for n in names for inp in get_head_spec(n).inputs.values()}
+    explicit = bool(config.heads)
+    skipped: dict[str, str] = {}
+    inputs: dict = {"knn_index": config.knn_index}
+    prompt_emb = None
+    chain_by_text = "chain_order" in wanted and not config.chain_order
+    if "prompt_embeddings" in wanted or (chain_by_text and not config.chain_encoder):
+        enc, why = (text_encoder, "") if text_encoder is not None else _text_encoder_from_header(header)
+        if enc is not None:
+            prompt_emb = genre_prompt_embeddings(enc, prep.genres, header.modality if header is not None else "image")
+            if prompt_emb.shape[1] != fs.X.shape[1]:
+                why = f"the text tower's {prompt_emb.shape[1]}-d space is not the features' {fs.X.shape[1]}-d space"
+                prompt_emb = None
+        for n in names:
+            if get_head_spec(n).needs_text and prompt_emb is None:
+                if explicit and not config.skip_inapplicable:
+                    raise ConfigError(f"head {n!r} does not apply to these features: {why}")
+                skipped[n] = why
+    inputs["prompt_embeddings"] = prompt_emb
+    genre_emb, emb_source = prompt_emb, "text similarity"
+    if chain_by_text and config.chain_encoder:
+        genre_emb, emb_source = _encoder_genre_embeddings(config.chain_encoder, prep.genres), f"text similarity ({config.chain_encoder})"
+    order, source = _chain_order(prep.genres, prep.Ys["train"], config.chain_order, genre_emb, emb_source)
+    inputs["chain_order"] = order
+    return [n for n in names if n not in skipped], skipped, inputs, {"source": source, "genres": [prep.genres[j] for j in order]}
+
+
+def _build_tasks(names: list[str], inputs: Mapping, config: HeadsConfig, skipped: Mapping[str, str]) -> list[_Task]:
+    """One task per head and balance mode (a head without class weights runs once unweighted), longest first."""
+    tasks: list[_Task] = []
+    multi = len(config.balance) > 1
+    for n in names:
+        spec = get_head_spec(n)
+        for b in config.balance:
+            eff = b
+            if b == "weights" and not spec.class_weights:
+                if multi and "none" in config.balance:
+                    continue
+                eff = "none"
+            params: dict = dict(config.head_params.get(n, {}))
+            if spec.seed_param:
+                params[spec.seed_param] = config.seed
+            if eff == "weights":
+                params["class_weight"] = "balanced"
+            params.update({param: inputs[inp] for param, inp in spec.inputs.items()})
+            tasks.append(_Task(f"{n}-{b}" if multi else n, n, eff, params, config.seed))
+    if config.baseline:
+        tasks.append(_Task(BASELINE, "logreg", "none", {"Cs": (1.0,), "max_iter": 100}))
+    if not tasks:
+        raise ConfigError(f"no head applies to these features: {'; '.join(f'{k}: {v}' for k, v in skipped.items())}")
+    tasks.sort(key=lambda t: -get_head_spec(t.head).cost)
+    return tasks
+
+
+def _fit_all(tasks: list[_Task], prep: _Prepared, config: HeadsConfig, n_items: int, dim: int):
+    """Fit every task (in parallel when asked), yielding results as they finish.
+
+    Returns (the scaler fitted on train, jobs, threads per job, the stream of results).
+    """
+    # Standardisation is fitted on train only; heads that need it get scaled copies.
+    scaler = StandardScaler().fit(prep.X["train"])
+    raw = {"X_train": prep.X["train"], "X_val": prep.X["val"], "X_test": prep.X["test"], "Y_train": prep.Ys["train"], "Y_val": prep.Ys["val"]}
+    scaled = {**raw, **{k: scaler.transform(raw[k]).astype(np.float32) for k in ("X_train", "X_val", "X_test")}}
+    cores = cpu_count()
+    jobs = max(1, min(config.jobs or cores, len(tasks)))
+    threads = max(1, cores // jobs)
+    log.info("training %d head(s) on %d x %d features, %d at a time, %d thread(s) each", len(tasks), n_items, dim, jobs, threads)
+
+    def data_for(t: _Task) -> dict:
+        return scaled if get_head_spec(t.head).standardise and config.standardise else raw
+
+    if jobs == 1:
+        stream = (_fit_task(t, data_for(t), threads) for t in tasks)
+    else:
+        from joblib import Parallel, delayed
+
+        stream = Parallel(n_jobs=jobs, backend="loky", return_as="generator_unordered")(
+            delayed(_fit_task)(t, data_for(t), threads) for t in tasks
+        )
+    return scaler, jobs, threads, stream
+
+
+def _score_baseline(r: dict, prep: _Prepared) -> dict:
+    P_val, P_test, Yte = r["P_val"], r["P_test"], prep.Ys["test"]
+    return {
+        "description": "one-vs-rest LogisticRegression(), scikit-learn defaults, standardised features",
+        "fit_seconds": r["fit_seconds"],
+        "val": {"map_macro": macro_average_precision(prep.Ys["val"], P_val)},
+        "test": {"at_0.5": multilabel_metrics(Yte, P_test, fixed(len(prep.genres)).apply(P_test))},
+    }
+
+
 def run_heads(
     features: FeatureSet,
     out: str | Path,
@@ -249,6 +385,10 @@ def run_heads(
     run_info: Mapping | None = None,
 ) -> dict:
     """Train, tune and compare heads; write the leaderboard and one directory per head.
+
+    The steps: prepare (split, genres), gather the runner inputs the heads' registry entries ask
+    for, build the tasks, fit them, then per head tune thresholds on validation, score on test and
+    save; finally write results.json and results.csv.
 
     Args:
         features: the items (a store's ``load()``, or a fused set).
@@ -276,121 +416,26 @@ def run_heads(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     fs = features
-    if fs.Y.ndim != 2 or fs.Y.shape[1] == 0 or not fs.Y.any():
-        raise LabelError(
-            f"the features have no genre labels ({fs.Y.shape[1] if fs.Y.ndim == 2 else 0} genre columns, "
-            f"{int(fs.Y.sum())} positives); heads need labelled items: extract from a manifest with a genres column"
-        )
-    split, split_source = resolve_split(fs, config, out)
-    keep, dropped = select_genres(fs.Y, split, fs.genres, config)
-    for g, why in dropped.items():
-        log.info("dropped genre %r: %s", g, why)  # also in results["dropped_genres"]
-    if not keep:
-        raise LabelError(f"no genre has enough positives in train, val and test (--min-positives {config.min_train_positives})")
-    genres = [fs.genres[j] for j in keep]
-    Y = fs.Y[:, keep].astype(np.uint8)
-    parts = {p: split == p for p in PARTS}
-    Xtr, Xva, Xte = (fs.X[parts[p]] for p in PARTS)
-    Ytr, Yva, Yte = (Y[parts[p]] for p in PARTS)
-
-    # Which heads, and what they need from the text tower.
-    names = list(config.heads) or list(HEADS)
-    explicit = bool(config.heads)
-    skipped: dict[str, str] = {}
-    prompt_emb = None
-    modality = header.modality if header is not None else "image"
-    chain_by_text = "chain" in names and not config.chain_order
-    wants_text = any(get_head_spec(n).needs_text for n in names) or (chain_by_text and not config.chain_encoder)
-    if wants_text:
-        enc, why = (text_encoder, "") if text_encoder is not None else _text_encoder_from_header(header)
-        if enc is not None:
-            prompt_emb = genre_prompt_embeddings(enc, genres, modality)
-            if prompt_emb.shape[1] != fs.X.shape[1]:
-                why = f"the text tower's {prompt_emb.shape[1]}-d space is not the features' {fs.X.shape[1]}-d space"
-                prompt_emb = None
-        for n in names:
-            if get_head_spec(n).needs_text and prompt_emb is None:
-                if explicit and not config.skip_inapplicable:
-                    raise ConfigError(f"head {n!r} does not apply to these features: {why}")
-                skipped[n] = why
-    names = [n for n in names if n not in skipped]
-    genre_emb, emb_source = prompt_emb, "text similarity"
-    if chain_by_text and config.chain_encoder:
-        genre_emb, emb_source = _encoder_genre_embeddings(config.chain_encoder, genres), f"text similarity ({config.chain_encoder})"
-    chain_order, chain_source = _chain_order(genres, Ytr, config.chain_order, genre_emb, emb_source)
-
-    # Tasks: one per head and balance mode; a head without class weights runs once unweighted.
-    tasks: list[_Task] = []
-    multi = len(config.balance) > 1
-    for n in names:
-        spec = get_head_spec(n)
-        for b in config.balance:
-            eff = b
-            if b == "weights" and not spec.class_weights:
-                if multi and "none" in config.balance:
-                    continue
-                eff = "none"
-            params: dict = dict(config.head_params.get(n, {}))
-            if spec.seed_param:
-                params[spec.seed_param] = config.seed
-            if eff == "weights":
-                params["class_weight"] = "balanced"
-            if n == "zeroshot":
-                params["prompt_embeddings"] = prompt_emb
-            elif n == "knn":
-                params["index"] = config.knn_index
-            elif n == "chain":
-                params["order"] = chain_order
-            tasks.append(_Task(f"{n}-{b}" if multi else n, n, eff, params, config.seed))
-    if config.baseline:
-        tasks.append(_Task(BASELINE, "logreg", "none", {"Cs": (1.0,), "max_iter": 100}))
-    if not tasks:
-        raise ConfigError(f"no head applies to these features: {'; '.join(f'{k}: {v}' for k, v in skipped.items())}")
-    tasks.sort(key=lambda t: -get_head_spec(t.head).cost)
-
-    # Standardisation is fitted on train only; heads that need it get scaled copies.
-    scaler = StandardScaler().fit(Xtr)
-    raw = {"X_train": Xtr, "X_val": Xva, "X_test": Xte, "Y_train": Ytr, "Y_val": Yva}
-    scaled = {**raw, **{k: scaler.transform(raw[k]).astype(np.float32) for k in ("X_train", "X_val", "X_test")}}
-
-    cores = cpu_count()
-    jobs = max(1, min(config.jobs or cores, len(tasks)))
-    threads = max(1, cores // jobs)
-    log.info("training %d head(s) on %d x %d features, %d at a time, %d thread(s) each", len(tasks), *fs.X.shape, jobs, threads)
+    prep = _prepare(fs, config, out)
+    names, skipped, inputs, chain_record = _runner_inputs(list(config.heads) or list(HEADS), prep, fs, config, header, text_encoder)
+    tasks = _build_tasks(names, inputs, config, skipped)
+    scaler, jobs, threads, stream = _fit_all(tasks, prep, config, *fs.X.shape)
     progress("heads", 0, len(tasks))
-
-    def data_for(t: _Task) -> dict:
-        return scaled if get_head_spec(t.head).standardise and config.standardise else raw
-
-    if jobs == 1:
-        stream = (_fit_task(t, data_for(t), threads) for t in tasks)
-    else:
-        from joblib import Parallel, delayed
-
-        stream = Parallel(n_jobs=jobs, backend="loky", return_as="generator_unordered")(
-            delayed(_fit_task)(t, data_for(t), threads) for t in tasks
-        )
     t_start = time.perf_counter()
     entries: dict[str, dict] = {}
     baseline = None
     for done, r in enumerate(stream, start=1):
         task: _Task = r["task"]
-        spec = get_head_spec(task.head)
         if r["unconverged"]:
             # The baseline keeps scikit-learn's max_iter=100 on purpose: it is the untuned reference.
             (log.info if task.entry == BASELINE else log.warning)(
                 "%s: the solver stopped before converging in %d fit(s)", task.entry, r["unconverged"]
             )
-        at05 = fixed(len(genres))
         if task.entry == BASELINE:
-            baseline = {
-                "description": "one-vs-rest LogisticRegression(), scikit-learn defaults, standardised features",
-                "fit_seconds": r["fit_seconds"],
-                "val": {"map_macro": macro_average_precision(Yva, r["P_val"])},
-                "test": {"at_0.5": multilabel_metrics(Yte, r["P_test"], at05.apply(r["P_test"]))},
-            }
+            baseline = _score_baseline(r, prep)
         else:
-            entries[task.entry] = _finish(task, r, spec, scaler, genres, Yva, Yte, header, config, out, run_info)
+            entries[task.entry] = _finish(task, r, get_head_spec(task.head), scaler, prep.genres, prep.Ys["val"], prep.Ys["test"],
+                                          header, config, out, run_info)  # fmt: skip
         progress("heads", done, len(tasks))
     wall = time.perf_counter() - t_start
 
@@ -403,27 +448,31 @@ def run_heads(
         "config": {**asdict(config), "jobs_used": jobs, "threads_per_job": threads},
         "features": {"n_items": int(len(fs.X)), "dim": int(fs.X.shape[1]), "store_header": header.to_json() if header else None},
         "split": {
-            "source": split_source,
-            "file": "split.csv" if split_source == "stratified" else None,
-            "counts": {p: int(parts[p].sum()) for p in PARTS},
-            "warnings": split_warnings(fs.Y, split, fs.genres),
+            "source": prep.split_source,
+            "file": "split.csv" if prep.split_source == "stratified" else None,
+            "counts": {p: int(prep.parts[p].sum()) for p in PARTS},
+            "warnings": split_warnings(fs.Y, prep.split, fs.genres),
         },
-        "genres": genres,
-        "genre_counts": {p: dict(zip(genres, Y[parts[p]].sum(axis=0).tolist())) for p in PARTS},
-        "dropped_genres": dropped,
+        "genres": prep.genres,
+        "genre_counts": {p: dict(zip(prep.genres, prep.Ys[p].sum(axis=0).tolist())) for p in PARTS},
+        "dropped_genres": prep.dropped,
         "skipped_heads": skipped,
-        "chain_order": {"source": chain_source, "genres": [genres[j] for j in chain_order]},
+        "chain_order": chain_record,
         "best": best,
         "best_rule": "highest validation map_macro",
         "baseline": baseline,
         "wall_seconds": wall,
         "heads": entries,
     }
-    if multi:
+    if len(config.balance) > 1:
         results["balance_effect"] = _balance_effect(entries)
-    write_json(out / "results.json", results)
-    _write_csv(out / "results.csv", entries)
+    _write_results(out, results)
     return results
+
+
+def _write_results(out: Path, results: dict) -> None:
+    write_json(out / "results.json", results)
+    _write_csv(out / "results.csv", results["heads"], results["baseline"])
 
 
 def _finish(task, r, spec, scaler, genres, Yva, Yte, header, config, out, run_info=None) -> dict:
@@ -484,16 +533,26 @@ def _balance_effect(entries: dict) -> dict:
     return eff
 
 
-def _write_csv(path: Path, entries: dict) -> None:
-    cols = ["entry", "head", "balance", *LEADERBOARD_KEYS, *(f"{k}_at_0.5" for k in LEADERBOARD_KEYS), "val_map_macro", "fit_seconds", "predict_seconds"]
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", newline="") as fh:
-        w = csv.writer(fh)
-        w.writerow(cols)
-        for name, e in entries.items():
-            t, z = e["test"]["tuned"], e["test"]["at_0.5"]
-            w.writerow(
-                [name, e["head"], e["balance"], *(t[k] for k in LEADERBOARD_KEYS), *(z[k] for k in LEADERBOARD_KEYS),
-                 e["val"]["map_macro"], round(e["fit_seconds"], 3), round(e["predict_seconds"], 3)]
-            )  # fmt: skip
-    os.replace(tmp, path)
+def _write_csv(path: Path, entries: Mapping[str, dict], baseline: Mapping | None) -> None:
+    """One row per head (and the baseline), a column per metric of results.json.
+
+    Test metrics tuned on validation are plain keys (``f1_micro``), at 0.5 ``<key>_at_0.5``,
+    validation ones ``val_<key>``; the baseline has no tuned thresholds, so its tuned cells are empty.
+    """
+    test_keys = list(METRIC_KEYS)
+    val_keys = list(dict.fromkeys(k for e in entries.values() for k in e["val"]))
+    cols = ["entry", "head", "balance", *test_keys, *(f"{k}_at_0.5" for k in test_keys), *(f"val_{k}" for k in val_keys),
+            "fit_seconds", "predict_seconds"]  # fmt: skip
+    rows = [
+        {"entry": name, "head": e["head"], "balance": e["balance"], **e["test"]["tuned"],
+         **{f"{k}_at_0.5": v for k, v in e["test"]["at_0.5"].items()}, **{f"val_{k}": v for k, v in e["val"].items()},
+         "fit_seconds": round(e["fit_seconds"], 3), "predict_seconds": round(e["predict_seconds"], 3)}
+        for name, e in entries.items()
+    ]  # fmt: skip
+    if baseline is not None:
+        rows.append({"entry": BASELINE, "head": "logreg", "balance": "none", **{f"{k}_at_0.5": v for k, v in baseline["test"]["at_0.5"].items()},
+                     **{f"val_{k}": v for k, v in baseline["val"].items()}, "fit_seconds": round(baseline["fit_seconds"], 3)})  # fmt: skip
+    with atomic_open(path, newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=cols, restval="")
+        w.writeheader()
+        w.writerows({k: r[k] for k in cols if k in r} for r in rows)
