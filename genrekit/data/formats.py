@@ -31,12 +31,12 @@ from genrekit.data.manifest import (
     read_csv_rows,
     resolve_image,
     split_genres,
+    split_title_year,
 )
 from genrekit.errors import ConfigError, ManifestError, UnknownNameError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif")
 KAGGLE_COLUMNS = ("imdbId", "Title", "Genre", "Poster")
-_TITLE_YEAR = re.compile(r"^(.*?)\s*\((\d{4})(?:[–-]\d{0,4})?\)\s*$")
 _YEAR = re.compile(r"\b(1[89]\d\d|20\d\d)\b")
 
 # Column names seen in AniList / MAL exports, in order of preference.
@@ -79,11 +79,7 @@ def read_kaggle(path: Path, **_: object) -> Manifest:
         raise ManifestError(f"{path.name} lacks column(s) {', '.join(missing)}; found: {', '.join(cols) or 'none'}")
     records = []
     for n, row in rows:
-        title = row["Title"].strip()
-        year = None
-        m = _TITLE_YEAR.match(title)
-        if m:
-            title, year = m.group(1).strip(), int(m.group(2))
+        title, year = split_title_year(row["Title"].strip())
         records.append(
             (
                 n,

@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from genrekit.backbones import Encoder, Preprocess, create_encoder
 from genrekit.data.images import load_image
-from genrekit.data.manifest import Manifest, Sample, read_manifest
+from genrekit.data.manifest import TEXT_FIELDS, Manifest, Sample, read_manifest, sample_text
 from genrekit.data.vocab import VocabConfig, apply_vocabulary
 from genrekit.errors import ConfigError, StoreMismatchError, UnreadableImageError
 from genrekit.progress import ProgressFn
@@ -46,6 +46,7 @@ class ExtractConfig:
     out: str  # the store to create or extend
     weights: str | None = None  # tag, local file, or "none"; None = the backbone's default tag
     modality: str = "image"
+    text_field: str = "plot"  # --field; text modality: plot, title or any other text column of the manifest
     format: str = "auto"  # manifest format
     batch_size: int | None = None  # None = the backbone's measured best for the device
     device: str = "auto"
@@ -62,6 +63,8 @@ class ExtractConfig:
     def validate(self) -> None:
         if self.modality not in MODALITIES:
             raise ConfigError(f"--modality {self.modality!r} is not one of {', '.join(MODALITIES)}")
+        if not self.text_field or not self.text_field.strip():
+            raise ConfigError("--field needs a column name: plot, title or another text column of the manifest")
         if self.dtype not in ("float32", "float16"):
             raise ConfigError(f"--dtype {self.dtype!r} is not float32 or float16")
         if self.normalize not in (None, "none", "l2"):
@@ -94,13 +97,20 @@ class ExtractReport:
 
 
 def store_header(encoder: Encoder, modality: str, genres: Sequence[str], normalize: str | None = None,
-                 dtype: str = "float32", config: dict | None = None) -> StoreHeader:
-    """The header a store made by ``encoder`` carries (what must match to extend or use it)."""
+                 dtype: str = "float32", config: dict | None = None, text_field: str | None = None) -> StoreHeader:
+    """The header a store made by ``encoder`` carries (what must match to extend or use it).
+
+    ``text_field`` (text stores) is the manifest column embedded; it goes into the preprocessing,
+    which is part of the identity, so a title store can never extend, or feed a head of, a plot
+    store. Stores made before fields were recorded have none and read as plot stores.
+    """
     if modality == "image" and not encoder.has_image:
         raise ConfigError(f"{encoder.spec.name} is a text encoder; use --modality text")
     if modality == "text" and not encoder.has_text:
         raise ConfigError(f"{encoder.spec.name} has no text tower; pick a text or open_clip backbone for --modality text")
     pre = encoder.preprocess.to_dict() if modality == "image" and encoder.preprocess else encoder.text_preprocessing()
+    if modality == "text" and text_field:
+        pre = {**pre, "field": text_field}
     return StoreHeader(
         encoder=encoder.identity,
         preprocessing=pre,
@@ -185,12 +195,13 @@ def _image_batches(samples: Sequence[Sample], encoder: Encoder, batch_size: int,
     yield from loader
 
 
-def _text_batches(samples: Sequence[Sample], batch_size: int):
+def _text_batches(samples: Sequence[Sample], batch_size: int, text_field: str = "plot"):
     for start in range(0, len(samples), batch_size):
         chunk = range(start, min(start + batch_size, len(samples)))
-        ok = [i for i in chunk if samples[i].plot and samples[i].plot.strip()]
-        bad = [(i, "no plot (empty or missing)") for i in sorted(set(chunk) - set(ok))]
-        yield ok, [samples[i].plot for i in ok], bad
+        texts = {i: sample_text(samples[i], text_field) for i in chunk}
+        ok = [i for i in chunk if texts[i]]
+        bad = [(i, f"no {text_field} (empty or missing)") for i in sorted(set(chunk) - set(ok))]
+        yield ok, [texts[i] for i in ok], bad
 
 
 def extract(config: ExtractConfig, progress: ProgressFn | None = None, manifest: Manifest | None = None) -> ExtractReport:
@@ -221,7 +232,13 @@ def extract(config: ExtractConfig, progress: ProgressFn | None = None, manifest:
         "weights": encoder.identity["weights"],
         "resize": encoder.preprocess.resize if encoder.preprocess and config.modality == "image" else None,
     }
-    header = store_header(encoder, config.modality, genres, config.normalize, config.dtype, resolved)
+    text_field = config.text_field if config.modality == "text" else None
+    if text_field and text_field not in TEXT_FIELDS and not any(text_field in s.extra for s in samples):
+        raise ConfigError(
+            f"--field {text_field!r}: no sample of {config.data} has a non-empty {text_field!r} column; "
+            f"use plot, title or a text column of the manifest"
+        )
+    header = store_header(encoder, config.modality, genres, config.normalize, config.dtype, resolved, text_field)
     writer = StoreWriter(config.out, header)
     todo = [s for s in samples if s.id not in writer.done_ids]
     skipped = len(samples) - len(todo)
@@ -256,7 +273,7 @@ def extract(config: ExtractConfig, progress: ProgressFn | None = None, manifest:
     if config.modality == "image":
         batches = _image_batches(todo, encoder, batch_size, workers if len(todo) > batch_size else 0)
     else:
-        batches = _text_batches(todo, batch_size)
+        batches = _text_batches(todo, batch_size, config.text_field)
     done = 0
     if progress:
         progress("encode", 0, len(todo))
@@ -273,7 +290,7 @@ def extract(config: ExtractConfig, progress: ProgressFn | None = None, manifest:
             for i, reason in bad:
                 buf_fail.append((todo[i].id, reason))
                 failures.append((todo[i].id, reason))
-                log.warning("%s: %s (%s)", todo[i].id, reason, todo[i].image if config.modality == "image" else "plot")
+                log.warning("%s: %s (%s)", todo[i].id, reason, todo[i].image if config.modality == "image" else config.text_field)
             done += len(ok_idx) + len(bad)
             if len(buf_idx) >= FLUSH_ROWS or time.perf_counter() - last_flush > FLUSH_SECONDS:
                 flush()
@@ -324,7 +341,8 @@ def encoder_from_header(header: StoreHeader, device: str = "cpu") -> Encoder:
     if precision == "fp16" and not device.startswith(("cuda", "auto")):
         precision = "fp32"
     encoder = create_encoder(ident["name"], weights, device, precision=precision, resize=resize)
-    new = store_header(encoder, header.modality, header.genres, header.normalisation, header.dtype)
+    new = store_header(encoder, header.modality, header.genres, header.normalisation, header.dtype,
+                       text_field=header.preprocessing.get("field") if header.modality == "text" else None)
     diff = [d for d in header.diff(new) if d[0] != "encoder.precision"]
     if diff:
         field_, a, b = diff[0]

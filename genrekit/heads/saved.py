@@ -222,9 +222,15 @@ def load_head(directory: str | Path) -> SavedHead:
     if not (d / "run.json").is_file() and results.is_file():
         # A whole runs directory: use the head `genrekit heads` chose (best validation mAP).
         best = json.loads(results.read_text()).get("best")
+        if isinstance(best, dict):
+            raise StoreError(f"{d} is a fused run (several stores); load it with genrekit.inference.load_run, or pass RUNS/<store>/<head>")
         if not best:
             raise StoreError(f"{results} names no best head; pass RUNS/<head>")
         d = d / best
+    from genrekit.heads.ensemble import ENSEMBLE_FILE, load_ensemble  # the ensemble loads its members with load_head
+
+    if (d / ENSEMBLE_FILE).is_file():
+        return load_ensemble(d)
     rj = d / "run.json"
     if not rj.is_file():
         raise StoreError(f"{d} is not a saved head: no run.json (expected a directory such as RUNS/logreg)")
