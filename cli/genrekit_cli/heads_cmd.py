@@ -259,8 +259,10 @@ def _print_predictions(preds, failures, json: bool, top: int | None = 8, notes=(
             console.print("* = predicted genre", style="dim")
         for item, note in notes:
             err_console.print(f"[yellow]fallback[/] {item}: {note}", highlight=False)
-        for item, reason in failures:
-            err_console.print(f"[yellow]skipped[/] {item}: {reason}", highlight=False)
+        done = {p.item for p in preds}
+        for item, reason in failures:  # a fused run predicts an item whose poster failed from its texts
+            label = "predicted without it" if item in done else "skipped"
+            err_console.print(f"[yellow]{label}[/] {item}: {reason}", highlight=False)
     if failures and not preds:
         raise typer.Exit(1)
 

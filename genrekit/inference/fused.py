@@ -177,6 +177,8 @@ class FusedRun:
         for k in np.flatnonzero(~usable):
             if not any(f[0] == items[k].name for f in failures):
                 failures.append((items[k].name, f"none of {', '.join(self.inputs)} given (this run reads them)"))
+        okset = {items[k].name for k in ok}
+        failures = [(name, f"{why} (predicted from its other inputs)" if name in okset else why) for name, why in failures]
         if not ok:
             return np.zeros((0, len(self.genres)), np.float32), [], failures
         P = self.predict_blocks({m: b[ok] for m, b in blocks.items()}, {m: p[ok] for m, p in present.items()})
