@@ -12,6 +12,13 @@ section, into ``benchmarks/README.md`` (``--no-readme`` to skip). Stores are bui
 
     python benchmarks/bench_accuracy.py --store /work/stores/posters_mnv2.h5     # ~9 min here
     python benchmarks/bench_accuracy.py --quick                                   # logreg, knn, mlp only
+
+``--fused POSTERS.h5 TITLES.h5 --plots PLOTS.h5`` measures instead (its own README block): titles
+(MiniLM) alone, posters alone, posters + titles (early, late and the ensemble of each), and the
+plots with the ensemble head, each on one split shared by its stores (``run_fused``'s same-items
+comparison: the same test items and genres for every column).
+
+    python benchmarks/bench_accuracy.py --fused P.h5 T.h5 --plots plots.h5 --heads logreg knn mlp ensemble
 """
 
 from __future__ import annotations
@@ -46,6 +53,7 @@ from genrekit.store import FeatureSet, FeatureStore, StoreHeader
 
 README = BENCH / "README.md"
 BEGIN, END = "<!-- bench_accuracy:begin -->", "<!-- bench_accuracy:end -->"
+FUSED_BEGIN, FUSED_END = "<!-- bench_accuracy_fused:begin -->", "<!-- bench_accuracy_fused:end -->"
 
 
 def with_split(fs: FeatureSet, split_by_id: dict[str, str]) -> FeatureSet:
@@ -107,15 +115,84 @@ def summary(table: dict[tuple[str, str], dict]) -> list[str]:
     return lines
 
 
-def write_readme(text: str) -> bool:
+def write_readme(text: str, begin: str = BEGIN, end: str = END) -> bool:
     if not README.is_file():
         return False
     doc = README.read_text(encoding="utf-8")
-    if BEGIN not in doc or END not in doc:
+    if begin not in doc or end not in doc:
         return False
-    pattern = re.compile(re.escape(BEGIN) + ".*?" + re.escape(END), re.DOTALL)
-    README.write_text(pattern.sub(lambda _: f"{BEGIN}\n{text}\n{END}", doc), encoding="utf-8")
+    pattern = re.compile(re.escape(begin) + ".*?" + re.escape(end), re.DOTALL)
+    README.write_text(pattern.sub(lambda _: f"{begin}\n{text}\n{end}", doc), encoding="utf-8")
     return True
+
+
+def fused_main(args, heads: tuple[str, ...]) -> None:
+    """Posters + titles (early, late, ensemble) and plots + ensemble: the rows of issue 10."""
+    from genrekit.features import join_stores
+    from genrekit.runs.fused import FusionConfig, run_fused
+
+    t_start = time.perf_counter()
+    config = HeadsConfig(heads=heads, seed=args.seed, jobs=args.jobs)
+    rows, lines, what = [], [], []
+    if args.fused:
+        with tempfile.TemporaryDirectory() as tmp:
+            joined = join_stores(args.fused, "inner")
+            res = run_fused(joined, args.fused_out or tmp, config, FusionConfig(fusion="both", join="inner"))
+        what.append(f"stores {', '.join(map(str, args.fused))} (inner join: {res['coverage']['items']:,} items)")
+        fused_rows(res, rows, lines)
+    if args.plots:
+        what.append(f"plots {args.plots}")
+        plot_rows(args, config, rows, lines)
+    doc = "\n".join([
+        *machine_lines(),
+        f"- {'; '.join(what)}; heads {', '.join(heads) or 'all'}; "
+        f"stratified 70/15/15 split (seed {args.seed}); per-genre thresholds tuned on validation; wall {time.perf_counter() - t_start:.0f} s",
+        "",
+        md_table(["data", "features", "head", "F1 micro", "F1 macro", "mAP", "ROC AUC macro"], rows),
+        "",
+        *lines,
+    ])  # fmt: skip
+    print(doc)
+    if not args.no_readme:
+        print(f"\n{'wrote' if write_readme(doc, FUSED_BEGIN, FUSED_END) else 'could not write (no markers in)'} {README}")
+
+
+def fused_rows(res: dict, rows: list, lines: list) -> None:
+    same = res["same_items"]
+    names = {n: ("posters" if n.startswith("image") else "titles") + f" ({n})" for n in res["single"]}
+    parts = [*res["single"], "early", "late"]
+    label = {**names, "early": "posters + titles, early", "late": "posters + titles, late"}
+    for entry, by_part in same["heads"].items():
+        for part in parts:
+            if part in by_part:
+                m = by_part[part]
+                rows.append(["movie_posters", label[part], entry, *(fmt(m.get(k)) for k in ("f1_micro", "f1_macro", "map_macro", "roc_auc_macro"))])
+    best = same["best"]
+    poster = next(n for n in res["single"] if n.startswith("image"))
+    fused_part = max(("early", "late"), key=lambda p: res[p]["heads"][res[p]["best"]]["val_map_macro"] if res.get(p) else -1)
+    b, f = best[poster], best[fused_part]
+    lines.append(f"- best on validation, scored on the same {same['items']:,} test items ({len(same['genres'])} genres): posters alone "
+                 f"{b['head']} mAP {b['map_macro']:.3f} / macro ROC AUC {b['roc_auc_macro']:.3f}; fused ({fused_part}) {f['head']} "
+                 f"mAP {f['map_macro']:.3f} / AUC {f['roc_auc_macro']:.3f}: +{f['map_macro'] - b['map_macro']:.3f} mAP, "
+                 f"+{f['roc_auc_macro'] - b['roc_auc_macro']:.3f} AUC")  # fmt: skip
+
+
+def plot_rows(args, config: HeadsConfig, rows: list, lines: list) -> None:
+    if args.plots:
+        st = FeatureStore(args.plots)
+        fs = st.load()
+        fs = with_split(fs, shared_split(fs, args.seed))
+        with tempfile.TemporaryDirectory() as out:
+            pres = run_heads(fs, out, config, header=st.header)
+        for head, m, _, _ in head_rows(pres):
+            if not head.startswith("baseline"):
+                rows.append(["imdb_plots", "plots (MiniLM)", head, *(fmt(m.get(k)) for k in ("f1_micro", "f1_macro", "map_macro", "roc_auc_macro"))])
+        if "ensemble" in pres["heads"]:
+            singles = {h: e["test"]["tuned"]["map_macro"] for h, e in pres["heads"].items() if h != "ensemble"}
+            top = max(singles, key=singles.get)
+            ens = pres["heads"]["ensemble"]
+            lines.append(f"- imdb_plots: ensemble test mAP {ens['test']['tuned']['map_macro']:.3f} ({ens['fitted']['members']}) vs best single "
+                         f"head on test {top} {singles[top]:.3f}; best on validation: {pres['best']}")  # fmt: skip
 
 
 def main() -> None:
@@ -126,9 +203,15 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--no-readme", action="store_true", help="print only; leave benchmarks/README.md alone")
     ap.add_argument("--quick", action="store_true", help="logreg, knn and mlp only")
+    ap.add_argument("--fused", nargs=2, metavar=("POSTERS", "TITLES"), help="measure posters + titles fusion on these stores instead")
+    ap.add_argument("--plots", help="a plot store for the plots + ensemble rows (with or without --fused)")
+    ap.add_argument("--fused-out", help="keep the fused run in this directory (default: a temporary one)")
     args = ap.parse_args()
     quiet_baseline()
     heads = tuple(args.heads or (("logreg", "knn", "mlp") if args.quick else ()))
+    if args.fused or args.plots:
+        fused_main(args, heads)
+        return
     if not MOBILENET.is_file():
         print(f"note: {MOBILENET} is missing; 'MobileNetV2 real weights' needs --store")
 

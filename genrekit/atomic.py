@@ -83,7 +83,8 @@ def refuse_overwrite(out: str | Path, inputs: Mapping[str, str | Path | None], f
 
 # Files a run directory holds; an output may not replace them.
 _RUN_FILES = {"run.json", "results.json", "results.csv", "fusion.json", "split.csv", "model.skops",
-              "model.safetensors", "model.npz", "scaler.npz", "config.json", "backbone.safetensors"}
+              "model.safetensors", "model.npz", "scaler.npz", "config.json", "backbone.safetensors",
+              "ensemble.json", "blocks.npz"}
 
 
 def _same_file(a: Path, b: Path) -> bool:

@@ -187,34 +187,79 @@ def join_stores(paths: Sequence[str | Path], join: str = "outer") -> JoinedFeatu
 
 
 # -- early fusion ----------------------------------------------------------------------------
-def early_fusion(joined: JoinedFeatures, weights: Mapping[str, float] | None = None) -> FeatureSet:
-    """One FeatureSet of the concatenated, per-store standardised blocks (see the module docstring).
+@dataclass(frozen=True)
+class BlockScaling:
+    """How early fusion scales each store's block: ``(x - mean) / scale * factor``, fitted on train.
 
-    Args:
-        joined: the stores; its split's training items give each block's mean and scale (all
-            items that have the store when there is no split yet: no labels are used either way).
-        weights: store name -> share of the total variance (summing to 1); equal by default.
+    Saved with an early-fused run (:meth:`arrays` into an npz) so new items are fused exactly as
+    the training items were.
     """
+
+    names: tuple[str, ...]
+    mean: Mapping[str, np.ndarray]
+    scale: Mapping[str, np.ndarray]
+    factor: Mapping[str, float]
+
+    def apply(self, blocks: Mapping[str, np.ndarray], present: Mapping[str, np.ndarray]) -> np.ndarray:
+        """(n, sum of dims) fused features; a missing block is zeros (the training mean)."""
+        parts = []
+        for name in self.names:
+            z = (np.asarray(blocks[name], np.float32) - self.mean[name]) / self.scale[name] * self.factor[name]
+            z[~np.asarray(present[name], bool)] = 0.0
+            parts.append(z.astype(np.float32))
+        return np.concatenate(parts, axis=1)
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        out = {}
+        for k, name in enumerate(self.names):
+            out[f"mean_{k}"], out[f"scale_{k}"] = self.mean[name], self.scale[name]
+            out[f"factor_{k}"] = np.asarray(self.factor[name], np.float64)
+        return out
+
+    @classmethod
+    def from_arrays(cls, names: Sequence[str], z: Mapping[str, np.ndarray]) -> BlockScaling:
+        names = tuple(names)
+        return cls(
+            names, {n: np.asarray(z[f"mean_{k}"], np.float32) for k, n in enumerate(names)},
+            {n: np.asarray(z[f"scale_{k}"], np.float32) for k, n in enumerate(names)},
+            {n: float(z[f"factor_{k}"]) for k, n in enumerate(names)},
+        )  # fmt: skip
+
+
+def fit_block_scaling(joined: JoinedFeatures, weights: Mapping[str, float] | None = None) -> BlockScaling:
+    """Each block's mean and scale on its training items (all items that have the store when there
+    is no split yet: no labels are used either way), and its factor sqrt(weight x stores / dim)."""
     train = np.ones(len(joined.ids), bool) if joined.split is None else joined.split == "train"
     weights = weights or {n: 1.0 / len(joined.names) for n in joined.names}
-    parts = []
+    mean, scale, factor = {}, {}, {}
     for name in joined.names:
         have, block = joined.present[name], joined.blocks[name]
         source = have & train if (have & train).any() else have
-        mean = block[source].mean(axis=0)
-        scale = block[source].std(axis=0)
-        scale[scale < 1e-8] = 1.0  # a constant feature carries nothing; keep it at zero
-        z = (block - mean) / scale * np.sqrt(weights[name] * len(joined.names) / block.shape[1])
-        z[~have] = 0.0
-        parts.append(z.astype(np.float32))
+        mean[name] = block[source].mean(axis=0).astype(np.float32)
+        sd = block[source].std(axis=0)
+        sd[sd < 1e-8] = 1.0  # a constant feature carries nothing; keep it at zero
+        scale[name] = sd.astype(np.float32)
+        factor[name] = float(np.sqrt(weights[name] * len(joined.names) / block.shape[1]))
+    return BlockScaling(tuple(joined.names), mean, scale, factor)
+
+
+def early_fusion(joined: JoinedFeatures, weights: Mapping[str, float] | None = None, scaling: BlockScaling | None = None) -> FeatureSet:
+    """One FeatureSet of the concatenated, per-store standardised blocks (see the module docstring).
+
+    Args:
+        joined: the stores.
+        weights: store name -> share of the total variance (summing to 1); equal by default.
+        scaling: a fitted :class:`BlockScaling` (default: fitted here, see :func:`fit_block_scaling`).
+    """
+    scaling = scaling or fit_block_scaling(joined, weights)
     return FeatureSet(
-        ids=joined.ids, X=np.concatenate(parts, axis=1), Y=joined.Y, genres=list(joined.genres),
+        ids=joined.ids, X=scaling.apply(joined.blocks, joined.present), Y=joined.Y, genres=list(joined.genres),
         titles=joined.titles, years=joined.years, split=joined.split,
     )  # fmt: skip
 
 
 # -- late fusion -----------------------------------------------------------------------------
-def combine(probas: Mapping[str, np.ndarray], weights: Mapping[str, float]) -> np.ndarray:
+def combine(probas: Mapping[str, np.ndarray], weights: Mapping[str, float | np.ndarray]) -> np.ndarray:
     """Weighted mean of per-store probabilities; NaN marks what a store does not cover.
 
     Where every store with weight covers nothing, the plain mean of the stores that do is used,
@@ -222,11 +267,12 @@ def combine(probas: Mapping[str, np.ndarray], weights: Mapping[str, float]) -> n
 
     Args:
         probas: store name -> (n, G) probabilities, NaN where the store lacks the item or genre.
-        weights: store name -> non-negative weight.
+        weights: store name -> non-negative weight, one for all genres or one per genre (G,).
     """
     stack = np.stack([probas[n] for n in probas])
     have = ~np.isnan(stack)
-    w = np.array([weights[n] for n in probas], dtype=np.float64)[:, None, None] * have
+    G = stack.shape[2]
+    w = np.stack([np.broadcast_to(np.asarray(weights[n], np.float64), (G,)) for n in probas])[:, None, :] * have
     vals = np.nan_to_num(stack)
     num, den = (w * vals).sum(axis=0), w.sum(axis=0)
     plain = vals.sum(axis=0) / np.maximum(have.sum(axis=0), 1)

@@ -295,9 +295,9 @@ def test_outputs_refuse_to_overwrite_their_inputs(collection, tmp_path):
     (run / "run.json").write_text("{}")
     before = store.read_bytes()
     cases = [
-        (("evaluate", "--run", run, "--store", store, "--out", store), "--out", "the store being evaluated"),
+        (("evaluate", "--run", run, "--store", store, "--json", store), "--json", "the store being evaluated"),
         (("evaluate", "--run", run, "--store", store, "--predictions", store), "--predictions", "the store being evaluated"),
-        (("evaluate", "--run", run, "--store", store, "--out", run / "run.json"), "--out", "the run"),
+        (("evaluate", "--run", run, "--store", store, "--json", run / "run.json"), "--json", "the run"),
         (("evaluate", "--run", tmp_path / "runs", "--store", store, "--predictions", run / "run.json"), "--predictions", "the run"),
         (("heads", "--store", store, "--all", "--out", store), "--out", "the store"),
         (("extract", "--backbone", "test-tiny-cnn", "--data", collection, "--out", collection), "--out", "the manifest"),

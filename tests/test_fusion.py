@@ -227,4 +227,5 @@ def test_heads_cli_fuses_several_stores(tmp_path):
     res = runner.invoke(app, ["heads", "--store", str(a), "--store", str(b), "--head", "logreg", "--fusion", "erly", "--out", str(out)])
     assert res.exit_code == 1 and "did you mean: early" in res.output
     res = runner.invoke(app, ["predict", "--run", str(out / "late" / "knn"), "--text", "a plot"])
-    assert res.exit_code == 1 and "late-fusion run" in res.output and "Traceback" not in res.output
+    # A fused run loads through the fused run kind; these stores' encoders are made up, so rebuilding one is refused.
+    assert res.exit_code == 1 and "unknown backbone 'lm'" in res.output and "Traceback" not in res.output

@@ -56,15 +56,13 @@ def test_predict_sorts_genres_and_marks_the_predicted_set(tiny):
 def test_evaluate_writes_scores_and_predictions(tiny, tmp_path):
     js, preds = tmp_path / "scores.json", tmp_path / "preds.csv"
     res = runner.invoke(app, ["evaluate", "--run", str(tiny["runs"] / "logreg"), "--store", str(tiny["store"]),
-                              "--out", str(js), "--predictions", str(preds)])  # fmt: skip
+                              "--json", str(js), "--predictions", str(preds)])  # fmt: skip
     assert res.exit_code == 0, res.output
     scores = json.loads(js.read_text())
     assert "f1_micro" in scores["metrics"] and scores["items"] == 160
     rows = list(csv.reader(preds.open()))
     assert rows[0] == ["id", *json.loads((tiny["runs"] / "logreg" / "run.json").read_text())["genres"]]
     assert len(rows) == 161
-    res = runner.invoke(app, ["evaluate", "--run", str(tiny["runs"] / "logreg"), "--store", str(tiny["store"]), "--json"])
-    assert res.exit_code == 0 and json.loads(res.stdout)["metrics"] == scores["metrics"], res.output
 
 
 def test_zeroshot_runs_end_to_end_with_a_random_clip(tiny):

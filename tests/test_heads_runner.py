@@ -130,7 +130,8 @@ def test_all_names_the_heads_it_skips(tmp_path):
     assert res["config"]["head_params"]["rf"] == {"n_estimators": 10}
     assert "zeroshot" in res["skipped_heads"] and "zeroshot" not in res["heads"]
     assert res["chain_order"]["source"] == "label frequency"
-    assert set(res["heads"]) == {"logreg", "rf", "svc", "mlp", "chain", "softf1", "knn"}
+    assert set(res["heads"]) == {"logreg", "rf", "svc", "mlp", "chain", "softf1", "knn", "ensemble"}  # --all includes the ensemble
+    assert res["heads"]["ensemble"]["val"]["map_macro"] >= max(e["val"]["map_macro"] for h, e in res["heads"].items() if h != "ensemble")
 
 
 def test_several_balance_modes_show_their_effect_on_macro_f1(tmp_path):

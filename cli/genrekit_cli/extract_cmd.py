@@ -90,6 +90,7 @@ Examples:
   genrekit extract --backbone mobilenet_v2 --weights mobilenet_v2.pth --data labels.csv --out mnv2.h5
   genrekit extract --backbone minilm --modality text --data labels.csv --out plots.h5
   genrekit extract --backbone ViT-L-14 --data labels.csv --out posters.h5 --engine ray --ray-address auto --num-gpus-per-worker 1
+  genrekit extract --backbone minilm --modality text --field title --data labels.csv --out titles.h5
 """
 
 
@@ -99,7 +100,8 @@ def extract(
     data: Annotated[Path, typer.Option("--data", "-d", help="Manifest: CSV with id, image and/or plot, genres.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Feature store to create, extend or resume (.h5).")],
     weights: WeightsOpt = None,
-    modality: Annotated[str, typer.Option(help="image (posters) or text (plots).")] = "image",
+    modality: Annotated[str, typer.Option(help="image (posters) or text (plots, titles).")] = "image",
+    field: Annotated[str, typer.Option("--field", help="Text modality: plot, title (its '(Year)' suffix stripped) or another text column.")] = "plot",
     format: FormatOpt = "auto",
     columns: ColumnsOpt = None,
     genre_sep: GenreSepOpt = None,
@@ -132,14 +134,14 @@ def extract(
 
     refuse_overwrite(out, {"the manifest": data, "the split file": split}, "--out")
     config = ExtractConfig(
-        backbone=backbone, data=str(data), out=str(out), weights=weights, modality=modality, format=format,
+        backbone=backbone, data=str(data), out=str(out), weights=weights, modality=modality, text_field=field, format=format,
         batch_size=batch_size, device=device, precision=precision, resize=resize, workers=workers, threads=threads,
         limit=limit, dtype=dtype, normalize=normalize, split=str(split) if split else None,
         vocab=vocab_config(top_k, min_count, genres, other, synonym, no_synonyms),
         engine=engine, ray_address=ray_address, num_gpus_per_worker=num_gpus_per_worker,
     )
     manifest = load_manifest(data, format, columns, genre_sep)
-    with progress_bar("posters" if modality == "image" else "plots") as progress:
+    with progress_bar("posters" if modality == "image" else f"{field}s") as progress:
         report = run(config, progress=progress, manifest=manifest)
     s = report.seconds
     console.print(
@@ -149,7 +151,7 @@ def extract(
         f"encode {s['encode']:.1f}s, write {s['write']:.1f}s, total {s['total']:.1f}s"
     )
     if report.failures:
-        what = "unreadable" if modality == "image" else "without a usable plot"
+        what = "unreadable" if modality == "image" else f"without a usable {field}"
         console.print(f"[yellow]{len(report.failures)} {what} in this run[/] (recorded in the store; "
                       f"`genrekit store info {escape(str(out))} --json` lists all {report.all_failures}):")
         print_failures(report.failures)
@@ -193,7 +195,7 @@ def store_info(
         ("rows", f"{info['rows']:,} x {info['dim']} {info['dtype']} ({info['size_bytes'] / 1e6:.1f} MB)"),
         ("encoder", f"{enc.get('name')} ({enc.get('family')}, {enc.get('precision', 'fp32')})"),
         ("weights", weights),
-        ("modality", info["modality"]),
+        ("modality", info["modality"] + (f" (field: {pre.get('field', 'plot')})" if info["modality"] == "text" else "")),
         ("preprocessing", pre_s),
         ("normalisation", info["normalisation"]),
         ("genres", f"{len(info['genre_counts'])}: " + ", ".join(f"{g} {c}" for g, c in info["genre_counts"].items())),

@@ -11,7 +11,7 @@ from rich.table import Table
 from rich.text import Text
 
 from genrekit_cli.main import app
-from genrekit_cli.options import DeviceOpt, JsonOpt, WeightsOpt
+from genrekit_cli.options import DeviceOpt, FormatOpt, JsonOpt, WeightsOpt
 from genrekit_cli.ui import console, err_console, print_json, progress_bar
 
 TopOpt = Annotated[int, typer.Option("--top", help="Genres shown per item (the predicted ones always are); 0: all.")]
@@ -40,17 +40,18 @@ def heads(
     store: Annotated[list[Path], typer.Option("--store", "-s", help="Feature store (.h5) with labels; repeat to fuse stores of one collection.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Run directory: results.json, results.csv, <head>/.")] = Path("runs"),
     all_: Annotated[bool, typer.Option("--all", help="Every head that applies (the skipped ones are named).")] = False,
-    head: Annotated[Optional[list[str]], typer.Option("--head", help="A head to train (repeatable).")] = None,
+    head: Annotated[Optional[list[str]], typer.Option("--head", help="A head to train (repeatable); ensemble: greedy ensemble of the others.")] = None,
     threshold: Annotated[str, typer.Option(help="Rule tuned on validation: 0.5, global, per-genre, top-k, at-least-one.")] = "per-genre",
     balance: Annotated[str, typer.Option(help="none, weights, oversample, or several comma-separated to compare.")] = "none",
     seed: Annotated[int, typer.Option(help="Seeds the default split, the heads and oversampling.")] = 0,
     jobs: Annotated[int, typer.Option(help="Heads trained at once (0: one per core).")] = 0,
-    knn_index: Annotated[str, typer.Option(help="FAISS index spec of the knn head: Flat, HNSW32, IVF256,Flat ...")] = "Flat",
+    knn_index: Annotated[str, typer.Option(help="FAISS index spec of the knn head (Flat, HNSW32, IVF256,Flat ...) or auto: exact below 50,000 items, IVF above.")] = "auto",
     chain_order: Annotated[Optional[str], typer.Option(help="Comma-separated genres that start the chain.")] = None,
     chain_encoder: Annotated[Optional[str], typer.Option(help="Backbone whose text tower orders the chain (e.g. minilm) when the store's encoder has none.")] = None,
     min_positives: Annotated[int, typer.Option(help="Drop genres with fewer training positives.")] = 10,
     fusion: Annotated[Optional[str], typer.Option(help="With several --store: early, late or both.", show_default="both")] = None,
     join: Annotated[str, typer.Option(help="With several --store: outer (every item of any store) or inner (items of every store).")] = "outer",
+    per_genre_weights: Annotated[bool, typer.Option(help="With several --store: late fusion tunes one store weighting per genre.")] = False,
     json: JsonOpt = False,
 ) -> None:
     """Train heads on cached features, tune thresholds on validation, rank them on test."""
@@ -68,7 +69,7 @@ def heads(
     )  # fmt: skip
     config.validate()
     if len(store) > 1:
-        _fused_heads(store, out, config, fusion or "both", join, json)
+        _fused_heads(store, out, config, fusion or "both", join, json, per_genre_weights)
         return
     if fusion is not None:
         raise ConfigError("--fusion needs two or more --store (a poster store and a plot store of one collection)")
@@ -83,11 +84,11 @@ def heads(
     console.print(f"results: {out / 'results.json'}, {out / 'results.csv'}; heads in {out}/<head>/", style="dim")
 
 
-def _fused_heads(stores: list[Path], out: Path, config, fusion: str, join: str, json: bool) -> None:
+def _fused_heads(stores: list[Path], out: Path, config, fusion: str, join: str, json: bool, per_genre_weights: bool = False) -> None:
     from genrekit.features import join_stores
     from genrekit.runs.fused import FusionConfig, run_fused
 
-    fconfig = FusionConfig(fusion=fusion, join=join)
+    fconfig = FusionConfig(fusion=fusion, join=join, per_genre_weights=per_genre_weights)
     fconfig.validate()
     joined = join_stores(stores, join)
     with progress_bar("heads") as progress:
@@ -125,8 +126,12 @@ def _print_fused(res: dict) -> None:
     console.print(t)
     if res["late"] and res["late"]["best"]:
         b = res["late"]["heads"][res["late"]["best"]]
-        weights = ", ".join(f"{n} {w:.2f}" for n, w in b["weights"].items())
-        console.print(f"late fusion {res['late']['best']}: weights tuned on validation: {weights}", highlight=False)
+        per_genre = b.get("per_genre_weights")
+        weights = ", ".join(f"{n} {(sum(w) / len(w) if per_genre else w):.2f}" for n, w in b["weights"].items())
+        what = "per-genre weights tuned on validation, mean" if per_genre else "weights tuned on validation"
+        console.print(f"late fusion {res['late']['best']}: {what}: {weights}", highlight=False)
+    if res.get("best"):
+        console.print(f"best fused head (validation mAP): {res['best']['part']}/{res['best']['entry']} (predict and evaluate use it)", highlight=False)
     console.print(
         f"early fusion: {res['fusion']['early_normalisation']}. Items missing a store: late fusion uses the stores they have.",
         style="dim",
@@ -193,48 +198,74 @@ Examples:
   genrekit predict --run runs/logreg poster.jpg other.jpg
   genrekit predict --run runs/mlp posters/*.jpg --json
   genrekit predict --run plot_runs/logreg --text "A detective hunts a killer in 1920s Berlin."
+  genrekit predict --run fused_runs/ poster.jpg --title "The Texas Chain Saw Massacre"
+  genrekit predict --run fused_runs/ --title "Alien" --plot "A crew answers a distress call."
 """
 
 
 @app.command(epilog=PREDICT_EXAMPLES)
 def predict(
-    run: Annotated[Path, typer.Option("--run", "-r", help="A saved head, RUNS/<head>, or RUNS/ for its best head.")],
+    run: Annotated[Path, typer.Option("--run", "-r", help="A saved head, RUNS/<head>, or RUNS/ for its best head (fused runs too).")],
     posters: Annotated[Optional[list[Path]], typer.Argument(help="Poster image files.")] = None,
-    text: Annotated[Optional[list[str]], typer.Option("--text", help="A plot, for heads trained on text (repeatable).")] = None,
+    text: Annotated[Optional[list[str]], typer.Option("--text", help="A text for a head trained on one text field (repeatable).")] = None,
+    title: Annotated[Optional[list[str]], typer.Option("--title", help="A title, one per poster (or alone); for runs that read titles.")] = None,
+    plot: Annotated[Optional[list[str]], typer.Option("--plot", help="A plot, one per poster (or alone); for runs that read plots.")] = None,
     device: DeviceOpt = "cpu",
     top: TopOpt = 8,
     json: JsonOpt = False,
 ) -> None:
-    """Genres of new posters (or plots), sorted by probability; the predicted set is starred."""
+    """Genres of new posters, titles or plots, sorted by probability; the predicted set is starred."""
     from genrekit.errors import ConfigError
-    from genrekit.inference.loaded import Item, load_run, predict_items
+    from genrekit.inference import Item, load_run, predict_items
 
-    if bool(posters) == bool(text):
-        raise ConfigError("give poster files, or plots with --text (one of them)")
+    if text and (title or plot):
+        raise ConfigError("--text is for a head trained on one text field; with --title / --plot name the field instead")
+    if not (posters or text or title or plot):
+        raise ConfigError("give poster files, and/or texts with --title / --plot (or --text)")
     loaded = load_run(run, device=device)
     if text:
+        if posters:
+            raise ConfigError("give poster files, or texts with --text (one of them); a fused run takes --title / --plot beside posters")
         field = next((f for f in loaded.inputs if f != "image"), None)
         if field is None:
             raise ConfigError(f"the {loaded.name} head was trained on posters; pass poster files")
         items = [Item(t, texts={field: t}) for t in text]
     else:
-        if "image" not in loaded.inputs:
-            raise ConfigError(f"the {loaded.name} head was trained on {', '.join(loaded.inputs)} texts; pass them with --text")
-        items = [Item(str(p), image=str(p)) for p in posters or []]
+        texts = {f: list(v) for f, v in (("title", title), ("plot", plot)) if v}
+        for f in texts:
+            if f not in loaded.inputs:
+                raise ConfigError(f"the {loaded.name} run reads {', '.join(loaded.inputs)}, not {f}s; drop --{f}")
+        if posters and "image" not in loaded.inputs:
+            raise ConfigError(f"the {loaded.name} run reads {', '.join(loaded.inputs)}, not posters")
+        n = len(posters) if posters else max(len(v) for v in texts.values())
+        for f, v in texts.items():
+            if len(v) != n:
+                raise ConfigError(f"got {len(v)} --{f} for {n} item(s); give one per poster (in order)")
+        items = []
+        for k in range(n):
+            t = {f: v[k] for f, v in texts.items()}
+            name = str(posters[k]) if posters else next(iter(t.values()))
+            items.append(Item(name, image=str(posters[k]) if posters else None, texts=t))
     preds, failures = predict_items(loaded, items)
-    _print_predictions(preds, failures, json, top)
+    notes = loaded.fallbacks([it for it in items if it.name in {p.item for p in preds}]) if hasattr(loaded, "fallbacks") else []
+    _print_predictions(preds, failures, json, top, notes)
 
 
-def _print_predictions(preds, failures, json: bool, top: int | None = 8) -> None:
+def _print_predictions(preds, failures, json: bool, top: int | None = 8, notes=()) -> None:
     if json:
-        print_json({"predictions": [p.to_json() for p in preds], "failures": [{"item": i, "reason": r} for i, r in failures]})
+        print_json({"predictions": [p.to_json() for p in preds], "failures": [{"item": i, "reason": r} for i, r in failures],
+                    "fallbacks": [{"item": i, "note": n} for i, n in notes]})  # fmt: skip
     else:
         for p in preds:
             console.print(f"[bold]{escape(p.item)}[/]: {escape(p.line(max(top or 0, len(p.predicted)) or None))}", highlight=False)
         if preds:
             console.print("* = predicted genre", style="dim")
-        for item, reason in failures:
-            err_console.print(f"[yellow]skipped[/] {escape(item)}: {escape(reason)}", highlight=False)
+        for item, note in notes:
+            err_console.print(f"[yellow]fallback[/] {escape(item)}: {escape(note)}", highlight=False)
+        done = {p.item for p in preds}
+        for item, reason in failures:  # a fused run predicts an item whose poster failed from its texts
+            label = "predicted without it" if item in done else "skipped"
+            err_console.print(f"[yellow]{label}[/] {escape(item)}: {escape(reason)}", highlight=False)
     if failures and not preds:
         raise typer.Exit(1)
 
@@ -242,43 +273,54 @@ def _print_predictions(preds, failures, json: bool, top: int | None = 8) -> None
 EVALUATE_EXAMPLES = """
 Examples:
   genrekit evaluate --run runs/logreg --store holdout.h5
-  genrekit evaluate --run runs/logreg --store holdout.h5 --out scores.json --predictions preds.csv
-  genrekit evaluate --run runs/logreg --store holdout.h5 --json
+  genrekit evaluate --run runs/logreg --store holdout.h5 --json scores.json --predictions preds.csv
+  genrekit evaluate --run fused_runs/ --store posters2.h5 --store titles2.h5 --predictions preds.csv
+  genrekit evaluate --run fused_runs/ --data holdout/labels.csv
 """
 
 
 @app.command(epilog=EVALUATE_EXAMPLES)
 def evaluate(
-    run: Annotated[Path, typer.Option("--run", "-r", help="A saved head, RUNS/<head>, or RUNS/ for its best head.")],
-    store: Annotated[Path, typer.Option("--store", "-s", help="Labelled store made with the run's encoder.")],
-    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Write the scores (JSON) to this file.")] = None,
+    run: Annotated[Path, typer.Option("--run", "-r", help="A saved head, RUNS/<head>, or RUNS/ for its best head (fused runs too).")],
+    store: Annotated[
+        Optional[list[Path]], typer.Option("--store", "-s", help="Labelled store made as the run's was; one per store of a fused run.")
+    ] = None,
+    data: Annotated[Optional[Path], typer.Option("--data", "-d", help="Labelled manifest: every modality the run reads is embedded.")] = None,
+    format: FormatOpt = "auto",
+    json_out: Annotated[Optional[Path], typer.Option("--json", help="Write the scores to this JSON file.")] = None,
     predictions: Annotated[Optional[Path], typer.Option(help="Write id + one probability column per genre (CSV).")] = None,
-    split: Annotated[Optional[str], typer.Option(help="Score only train, val or test of the store's split.", show_default="all")] = None,
-    json: JsonOpt = False,
+    split: Annotated[Optional[str], typer.Option(help="Score only train, val or test of the store's (or manifest's) split.", show_default="all")] = None,
+    device: DeviceOpt = "cpu",
 ) -> None:
-    """Score a saved head on another collection's store (genres aligned by name)."""
+    """Score a saved run on another collection's stores or manifest (genres aligned by name)."""
     from genrekit.atomic import atomic_write_json, refuse_overwrite
     from genrekit.errors import ConfigError
-    from genrekit.inference import evaluate_run, write_predictions
-    from genrekit.store import FeatureStore
+    from genrekit.heads.saved import _json_default
+    from genrekit.inference import evaluate_manifest, evaluate_stores, load_run, write_predictions
 
-    inputs = {"the store being evaluated": store, "the run": run}
-    for path, flag in ((out, "--out"), (predictions, "--predictions")):
-        if path:
-            refuse_overwrite(path, inputs, flag)
-    if out and predictions and out.resolve() == predictions.resolve():
-        raise ConfigError(f"--out and --predictions both name {out}; give them different files")
-    fs = FeatureStore(store)
-    ev = evaluate_run(run, fs.load(), fs.header, split=split, source=str(store))
+    if bool(store) == bool(data):
+        raise ConfigError("give the collection's stores with --store (one per store of the run), or its manifest with --data")
+    for out, flag in ((json_out, "--json"), (predictions, "--predictions")):
+        if out:
+            for s in store or []:
+                refuse_overwrite(out, {"the store being evaluated": s}, flag)
+            refuse_overwrite(out, {"the manifest": data, "the run": run}, flag)
+    if json_out and predictions and json_out.resolve() == predictions.resolve():
+        raise ConfigError(f"--json and --predictions both name {json_out}; give them different files")
+    loaded = load_run(run, device=device)
+    if data:
+        with progress_bar("items") as progress:
+            ev = evaluate_manifest(loaded, data, split=split, format=format, progress=progress)
+        source = str(data)
+    else:
+        ev = evaluate_stores(loaded, store, split=split)
+        source = " + ".join(map(str, store))
     res = ev.results
-    if out:
-        atomic_write_json(out, res, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o))
+    if json_out:
+        atomic_write_json(json_out, res, default=_json_default)
     if predictions:
         write_predictions(predictions, ev.ids, ev.genres, ev.P)
-    if json:
-        print_json(res)
-        return
-    t = Table(title=f"{res['head']} on {escape(str(store))} ({res['items']:,} items, {len(res['genres'])} shared genres)", title_justify="left")
+    t = Table(title=f"{res['head']} on {escape(source)} ({res['items']:,} items, {len(res['genres'])} shared genres)", title_justify="left")
     t.add_column("metric")
     t.add_column(f"tuned ({res['thresholds']['rule']})", justify="right")
     t.add_column("at 0.5", justify="right")
@@ -287,10 +329,16 @@ def evaluate(
     console.print(t)
     _print_per_genre(res, "per genre (tuned thresholds)")
     if res["head_genres_missing_here"]:
-        console.print(f"head genres absent from this store: {', '.join(res['head_genres_missing_here'])}", style="dim")
+        console.print(f"head genres absent from this collection: {', '.join(res['head_genres_missing_here'])}", style="dim")
     if res["skipped_for_ranking"]:
         console.print(f"left out of AUC/AP averages (no positives or no negatives): {', '.join(res['skipped_for_ranking'])}", style="dim")
-    for p, what in ((out, "scores"), (predictions, "predictions")):
+    if res.get("items_with_store"):
+        console.print("items with each store: " + ", ".join(f"{n} {c:,}" for n, c in res["items_with_store"].items()), style="dim")
+    if res.get("fallbacks"):
+        console.print(f"{res['fallbacks']:,} item(s) predicted without some modality (fallback as in training)", style="dim")
+    if res.get("failures"):
+        err_console.print(f"[yellow]{len(res['failures']):,} item(s) not predicted[/], e.g. {escape(res['failures'][0]['item'])}: {escape(res['failures'][0]['reason'])}", highlight=False)
+    for p, what in ((json_out, "scores"), (predictions, "predictions")):
         if p:
             console.print(f"{what}: {p}", style="dim")
 

@@ -21,7 +21,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 from genrekit.data.manifest import (
-    YEARS,
     CsvColumns,
     Manifest,
     Sample,
@@ -34,12 +33,12 @@ from genrekit.data.manifest import (
     resolve_image,
     show_columns,
     split_genres,
+    split_title_year,
 )
 from genrekit.errors import ConfigError, ManifestError, UnknownNameError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif")
 KAGGLE_COLUMNS = ("imdbId", "Title", "Genre", "Poster")
-_TITLE_YEAR = re.compile(r"^(.*?)\s*\((\d{4})(?:[–-]\d{0,4})?\)\s*$", re.S)
 _YEAR = re.compile(r"\b(1[89]\d\d|20\d\d)\b")
 
 # Column names seen in AniList / MAL exports, in order of preference.
@@ -82,11 +81,7 @@ def read_kaggle(path: Path, **_: object) -> Manifest:
         raise ManifestError(f"{path.name} lacks column(s) {', '.join(missing)}; found: {show_columns(cols)}")
     records = []
     for n, row in rows:
-        title = row["Title"].strip()
-        year = None
-        m = _TITLE_YEAR.match(title)
-        if m and YEARS[0] <= int(m.group(2)) <= YEARS[1]:  # "Blade Runner 2049 (0001)" keeps its title whole
-            title, year = m.group(1).strip(), int(m.group(2))
+        title, year = split_title_year(row["Title"].strip())
         records.append(
             (
                 n,

@@ -13,8 +13,9 @@ import csv
 import io
 import logging
 import os
+import re
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -49,6 +50,37 @@ class Sample:
     title: str | None = None
     year: int | None = None
     split: str | None = None
+    # Other text columns of a generic CSV (``--field COLUMN`` embeds one of them).
+    extra: Mapping[str, str] = field(default_factory=dict, hash=False)
+
+
+# Kaggle's MovieGenre.csv titles end in the year: "Toy Story (1995)", "Sherlock (2010-2017)".
+TITLE_YEAR = re.compile(r"^(.*?)\s*\((\d{4})(?:[–-]\d{0,4})?\)\s*$", re.S)
+# Text fields every sample has a slot for; any other name is a column of a generic CSV.
+TEXT_FIELDS = ("plot", "title")
+
+
+def split_title_year(title: str) -> tuple[str, int | None]:
+    """``"Toy Story (1995)"`` -> ``("Toy Story", 1995)``; a title without the suffix is kept whole."""
+    m = TITLE_YEAR.match(title)
+    if m and YEARS[0] <= int(m.group(2)) <= YEARS[1]:  # "Blade Runner 2049 (0001)" keeps its title whole
+        return m.group(1).strip(), int(m.group(2))
+    return title, None
+
+
+def sample_text(sample: Sample, text_field: str) -> str | None:
+    """The text of ``sample`` in ``text_field`` (``plot``, ``title`` or another CSV column), or None.
+
+    Titles lose a trailing "(Year)": the year is a strong genre cue of its own (a 1930s film is
+    rarely Sci-Fi), and a title store must measure what the title says, not when it was made.
+    """
+    if text_field == "plot":
+        text = sample.plot
+    elif text_field == "title":
+        text = split_title_year(sample.title)[0] if sample.title else None
+    else:
+        text = sample.extra.get(text_field)
+    return text.strip() or None if text else None
 
 
 @dataclass
@@ -332,6 +364,7 @@ def read_csv_manifest(
         )
     sep = genre_sep if genre_sep is not None else detect_separator([r[c.genres] for _, r in rows])
     root = path.parent.resolve()
+    known = {c.id, c.genres, c.image, c.plot, c.title, c.year, c.split}
     records = []
     for n, row in rows:
         split = row.get(c.split, "").strip().lower() or None
@@ -350,6 +383,7 @@ def read_csv_manifest(
                     title=row.get(c.title, "").strip() or None,
                     year=parse_year(row.get(c.year, ""), n, c.year),
                     split=split,
+                    extra={k: v for k, v in row.items() if k not in known and k and v},
                 ),
             )
         )

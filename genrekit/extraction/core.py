@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from genrekit.backbones import Encoder, Preprocess, create_encoder
 from genrekit.data.images import load_image
-from genrekit.data.manifest import Manifest, Sample, read_manifest
+from genrekit.data.manifest import TEXT_FIELDS, Manifest, Sample, read_manifest, sample_text
 from genrekit.data.vocab import VocabConfig, apply_vocabulary
 from genrekit.errors import ConfigError, ManifestError, StoreMismatchError, UnreadableImageError
 from genrekit.progress import ProgressFn
@@ -47,6 +47,7 @@ class ExtractConfig:
     out: str  # the store to create or extend
     weights: str | None = None  # tag, local file, or "none"; None = the backbone's default tag
     modality: str = "image"
+    text_field: str = "plot"  # --field; text modality: plot, title or any other text column of the manifest
     format: str = "auto"  # manifest format
     batch_size: int | None = None  # None = the backbone's measured best for the device
     device: str = "auto"
@@ -70,6 +71,8 @@ class ExtractConfig:
             raise ConfigError(f"--num-gpus-per-worker must be 0 or more, got {self.num_gpus_per_worker}")
         if self.modality not in MODALITIES:
             raise ConfigError(f"--modality {self.modality!r} is not one of {', '.join(MODALITIES)}")
+        if not self.text_field or not self.text_field.strip():
+            raise ConfigError("--field needs a column name: plot, title or another text column of the manifest")
         if self.dtype not in ("float32", "float16"):
             raise ConfigError(f"--dtype {self.dtype!r} is not float32 or float16")
         if self.normalize not in (None, "none", "l2"):
@@ -102,13 +105,20 @@ class ExtractReport:
 
 
 def store_header(encoder: Encoder, modality: str, genres: Sequence[str], normalize: str | None = None,
-                 dtype: str = "float32", config: dict | None = None) -> StoreHeader:
-    """The header a store made by ``encoder`` carries (what must match to extend or use it)."""
+                 dtype: str = "float32", config: dict | None = None, text_field: str | None = None) -> StoreHeader:
+    """The header a store made by ``encoder`` carries (what must match to extend or use it).
+
+    ``text_field`` (text stores) is the manifest column embedded; it goes into the preprocessing,
+    which is part of the identity, so a title store can never extend, or feed a head of, a plot
+    store. Stores made before fields were recorded have none and read as plot stores.
+    """
     if modality == "image" and not encoder.has_image:
         raise ConfigError(f"{encoder.spec.name} is a text encoder; use --modality text")
     if modality == "text" and not encoder.has_text:
         raise ConfigError(f"{encoder.spec.name} has no text tower; pick a text or open_clip backbone for --modality text")
     pre = encoder.preprocess.to_dict() if modality == "image" and encoder.preprocess else encoder.text_preprocessing()
+    if modality == "text" and text_field:
+        pre = {**pre, "field": text_field}
     return StoreHeader(
         encoder=encoder.identity,
         preprocessing=pre,
@@ -201,12 +211,13 @@ def _image_batches(samples: Sequence[Sample], encoder: Encoder, batch_size: int,
     yield from loader
 
 
-def _text_batches(samples: Sequence[Sample], batch_size: int):
+def _text_batches(samples: Sequence[Sample], batch_size: int, text_field: str = "plot"):
     for start in range(0, len(samples), batch_size):
         chunk = range(start, min(start + batch_size, len(samples)))
-        ok = [i for i in chunk if samples[i].plot and samples[i].plot.strip()]
-        bad = [(i, "no plot (empty or missing)") for i in sorted(set(chunk) - set(ok))]
-        yield ok, [samples[i].plot for i in ok], bad
+        texts = {i: sample_text(samples[i], text_field) for i in chunk}
+        ok = [i for i in chunk if texts[i]]
+        bad = [(i, f"no {text_field} (empty or missing)") for i in sorted(set(chunk) - set(ok))]
+        yield ok, [texts[i] for i in ok], bad
 
 
 @dataclass
@@ -245,7 +256,13 @@ def plan_extraction(config: ExtractConfig, manifest: Manifest | None = None) -> 
         "weights": encoder.identity["weights"],
         "resize": encoder.preprocess.resize if encoder.preprocess and config.modality == "image" else None,
     }
-    header = store_header(encoder, config.modality, genres, config.normalize, config.dtype, resolved)
+    text_field = config.text_field if config.modality == "text" else None
+    if text_field and text_field not in TEXT_FIELDS and not any(text_field in s.extra for s in samples):
+        raise ConfigError(
+            f"--field {text_field!r}: no sample of {config.data} has a non-empty {text_field!r} column; "
+            f"use plot, title or a text column of the manifest"
+        )
+    header = store_header(encoder, config.modality, genres, config.normalize, config.dtype, resolved, text_field)
     writer = StoreWriter(config.out, header)
     genres = list(writer.header.genres)  # the store's column order when it has these genres in another order
     todo = [s for s in samples if s.id not in writer.done_ids]
@@ -280,7 +297,7 @@ class PartSink:
             s = todo[int(i)]
             self._fail.append((s.id, reason))
             self.failures.append((s.id, reason))
-            log.warning("%s: %s (%s)", s.id, reason, s.image if modality == "image" else "plot")
+            log.warning("%s: %s (%s)", s.id, reason, s.image if modality == "image" else self.plan.config.text_field)
         self.done += len(idx) + len(bad)
         if len(self._idx) >= FLUSH_ROWS or time.perf_counter() - self._last > FLUSH_SECONDS:
             self.flush()
@@ -361,7 +378,7 @@ def _extract_here(config: ExtractConfig, progress: ProgressFn | None, manifest: 
     if config.modality == "image":
         batches = _image_batches(todo, encoder, batch_size, workers if len(todo) > batch_size else 0)
     else:
-        batches = _text_batches(todo, batch_size)
+        batches = _text_batches(todo, batch_size, config.text_field)
     if progress:
         progress("encode", 0, len(todo))
     t_wait = time.perf_counter()
@@ -403,7 +420,8 @@ def encoder_from_header(header: StoreHeader, device: str = "cpu") -> Encoder:
     if precision == "fp16" and not device.startswith(("cuda", "auto")):
         precision = "fp32"
     encoder = create_encoder(ident["name"], weights, device, precision=precision, resize=resize)
-    new = store_header(encoder, header.modality, header.genres, header.normalisation, header.dtype)
+    new = store_header(encoder, header.modality, header.genres, header.normalisation, header.dtype,
+                       text_field=header.preprocessing.get("field") if header.modality == "text" else None)
     diff = [d for d in header.diff(new) if d[0] != "encoder.precision"]
     if diff:
         field_, a, b = diff[0]

@@ -25,7 +25,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from genrekit.data.manifest import Manifest
+from genrekit.data.manifest import Manifest, sample_text
 from genrekit.errors import ConfigError, StoreMismatchError
 from genrekit.extraction.core import ExtractConfig, ExtractReport, PartSink, _torch_threads, decode_item, finish, plan_extraction
 from genrekit.progress import ProgressFn
@@ -94,12 +94,13 @@ class _Encode:
         return {"i": batch["i"], "emb": emb, "reason": reasons}
 
 
-def _rows(todo, modality: str) -> list[dict]:
+def _rows(todo, modality: str, text_field: str) -> list[dict]:
     if modality == "image":
         return [{"i": k, "path": s.image or ""} for k, s in enumerate(todo)]
+    texts = [sample_text(s, text_field) for s in todo]
     return [
-        {"i": k, "text": s.plot or "", "reason": "" if s.plot and s.plot.strip() else "no plot (empty or missing)"}
-        for k, s in enumerate(todo)
+        {"i": k, "text": t or "", "reason": "" if t and t.strip() else f"no {text_field} (empty or missing)"}
+        for k, t in enumerate(texts)
     ]
 
 
@@ -144,7 +145,7 @@ def extract_on_ray(config: ExtractConfig, progress: ProgressFn | None = None, ma
     # One CPU slot per actor; its torch threads use the cores the decode tasks leave on its node.
     threads = config.threads or max(1, cluster_cpus // actors - (0 if gpus else 1))
     batch_size = config.batch_size or (256 if gpus else plan.encoder.spec.cpu_batch_size)
-    ds = ray.data.from_items(_rows(todo, config.modality), override_num_blocks=max(1, math.ceil(len(todo) / batch_size)))
+    ds = ray.data.from_items(_rows(todo, config.modality, config.text_field), override_num_blocks=max(1, math.ceil(len(todo) / batch_size)))
     if config.modality == "image":
         ds = ds.map_batches(_decode_batch, fn_kwargs={"preprocess": plan.encoder.preprocess}, batch_size=batch_size,
                             batch_format="numpy", num_cpus=1)  # fmt: skip

@@ -305,6 +305,8 @@ def _restore(spec, rec: dict, rj: Path, arrays: dict[str, np.ndarray], path: Pat
 def _best_head_dir(d: Path) -> Path:
     results = d / "results.json"
     best = _read_json(results).get("best")
+    if isinstance(best, dict):
+        raise StoreError(f"{d} is a fused run (several stores); load it with genrekit.inference.load_run, or pass RUNS/<store>/<head>")
     if not best:
         raise StoreError(f"{results} names no best head; pass RUNS/<head>")
     if not isinstance(best, str) or Path(best).name != best or best in (".", ".."):
@@ -328,6 +330,10 @@ def load_head(directory: str | Path) -> SavedHead:
     d = Path(directory)
     if not (d / "run.json").is_file() and (d / "results.json").is_file():
         d = _best_head_dir(d)  # a whole runs directory: the head `genrekit heads` chose
+    from genrekit.heads.ensemble import ENSEMBLE_FILE, load_ensemble  # the ensemble loads its members with load_head
+
+    if (d / ENSEMBLE_FILE).is_file():
+        return load_ensemble(d)
     rj = d / "run.json"
     if not rj.is_file():
         raise StoreError(f"{d} is not a saved head: no run.json (expected a directory such as RUNS/logreg)")

@@ -11,8 +11,18 @@ from genrekit.inference.predict import (
     zeroshot_files,
     zeroshot_texts,
 )
+from genrekit.inference.loaded import RUN_KINDS, Item, LoadedRun, load_run, predict_items
+from genrekit.inference import fused as _fused  # noqa: F401,E402  (registers the fused run kind)
+from genrekit.inference.evaluate import evaluate_manifest, evaluate_stores
 
 __all__ = [
+    "RUN_KINDS",
+    "Item",
+    "LoadedRun",
+    "evaluate_manifest",
+    "evaluate_stores",
+    "load_run",
+    "predict_items",
     "Prediction",
     "RunEvaluation",
     "evaluate_run",

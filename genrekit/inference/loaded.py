@@ -76,10 +76,14 @@ def predict_items(run: LoadedRun, items: Sequence[Item]) -> tuple[list[Predictio
 
 
 # -- the single-head run -------------------------------------------------------------------------
+def header_field(header) -> str:
+    """The manifest column a text store embeds (``plot`` for stores made before fields were recorded)."""
+    return (header.preprocessing or {}).get("field") or "plot" if header is not None else "plot"
+
+
 def text_field(saved: SavedHead) -> str:
-    """The manifest column a text head was trained on (``plot`` for stores that do not say)."""
-    header = saved.header
-    return (header.config or {}).get("text_field") or "plot" if header is not None else "plot"
+    """The manifest column a text head was trained on."""
+    return header_field(saved.header)
 
 
 class HeadRun:

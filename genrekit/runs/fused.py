@@ -41,7 +41,8 @@ from genrekit.data.manifest import PARTS
 from genrekit.errors import ConfigError, LabelError, UnknownNameError
 from genrekit.evaluation.metrics import evaluate, macro_average_precision, multilabel_metrics
 from genrekit.evaluation.thresholds import Thresholds, fixed, tune_thresholds
-from genrekit.features import JOINS, JoinedFeatures, combine, early_fusion, weight_grid
+from genrekit.atomic import atomic_open
+from genrekit.features import JOINS, JoinedFeatures, combine, early_fusion, fit_block_scaling, weight_grid
 from genrekit.heads.saved import load_head, write_json
 from genrekit.progress import ProgressFn, null_progress
 from genrekit.runs.leaderboard import HeadsConfig, resolve_split, run_heads
@@ -51,6 +52,8 @@ log = logging.getLogger(__name__)
 
 # Written by late fusion in place of run.json.
 LATE_FUSION_FILE = "fusion.json"
+# Written into early/: each store block's training mean and scale, so new items fuse as training ones did.
+BLOCK_SCALING_FILE = "blocks.npz"
 FUSIONS = ("early", "late", "both")
 EARLY_NORMALISATION = (
     "each store's block standardised on its training items and divided by sqrt(its dimension), times sqrt(its weight x stores); "
@@ -70,12 +73,18 @@ class FusionConfig:
         weight_step: grid step of the late-fusion weights (0.05: 21 weightings of two stores).
         block_step: grid step of the early-fusion block weights (0.25: 3 weightings of two stores,
             1:3, 1:1, 3:1); each costs one logistic probe fit. 1.0 keeps equal weights.
+        per_genre_weights: late fusion tunes one weighting per genre (on that genre's validation
+            AP) instead of one for all genres; a genre with fewer than ``min_genre_positives``
+            validation positives keeps the global weighting.
+        min_genre_positives: see ``per_genre_weights``.
     """
 
     fusion: str = "both"
     join: str = "outer"
     weight_step: float = 0.05
     block_step: float = 0.25
+    per_genre_weights: bool = False
+    min_genre_positives: int = 10
 
     def validate(self) -> None:
         if self.fusion not in FUSIONS:
@@ -96,6 +105,26 @@ def tune_weights(Y_val: np.ndarray, probas_val: Mapping[str, np.ndarray], step: 
         if score > best_score + 1e-12:
             best, best_score = w, score
     return best, float(best_score)
+
+
+def tune_weights_per_genre(
+    Y_val: np.ndarray, probas_val: Mapping[str, np.ndarray], step: float, global_weights: Mapping[str, float], min_positives: int = 10
+) -> dict[str, list[float]]:
+    """One weighting per genre, the best validation AP of that genre; too few positives: the global one."""
+    from sklearn.metrics import average_precision_score
+
+    names = list(probas_val)
+    grid = weight_grid(names, step)
+    out = {n: [float(global_weights[n])] * Y_val.shape[1] for n in names}
+    for j in range(Y_val.shape[1]):
+        if Y_val[:, j].sum() < min_positives or Y_val[:, j].all():
+            continue
+        cols = {n: p[:, j : j + 1] for n, p in probas_val.items()}
+        scores = [average_precision_score(Y_val[:, j], combine(cols, w)[:, 0]) for w in grid]
+        best = grid[int(np.argmax(scores))]  # first of the best: the one nearest uniform
+        for n in names:
+            out[n][j] = float(best[n])
+    return out
 
 
 def tune_block_weights(joined: JoinedFeatures, step: float = 0.25) -> tuple[dict[str, float], dict[str, float]]:
@@ -185,8 +214,13 @@ def run_fused(
     block_weights, block_scores = None, {}
     if fusion.fusion in ("early", "both"):
         block_weights, block_scores = tune_block_weights(joined, fusion.block_step)
-        early_fs = early_fusion(joined, block_weights)
-        info = {"fusion": {**record, "kind": "early", "normalisation": EARLY_NORMALISATION, "block_weights": block_weights}}
+        scaling = fit_block_scaling(joined, block_weights)
+        early_fs = early_fusion(joined, scaling=scaling)
+        (out / "early").mkdir(parents=True, exist_ok=True)
+        with atomic_open(out / "early" / BLOCK_SCALING_FILE, "wb", encoding=None) as fh:
+            np.savez(fh, **scaling.arrays())
+        info = {"fusion": {**record, "kind": "early", "normalisation": EARLY_NORMALISATION, "block_weights": block_weights,
+                           "store_order": list(scaling.names), "scaling": f"../{BLOCK_SCALING_FILE}"}}  # fmt: skip
         early_config = dataclasses.replace(config, standardise=False)
         early = run_heads(early_fs, out / "early", early_config, header=None, progress=part_progress("early"), run_info=info)
     late = _late_fusion(joined, singles, out, config, fusion, record) if fusion.fusion in ("late", "both") else None
@@ -203,8 +237,24 @@ def run_fused(
         "late": late,
         "same_items": _same_items(joined, early_fs, singles, early, late, out),
     }
+    results["best"] = best_fused(results)
     write_json(out / "results.json", results)
     return results
+
+
+def best_fused(results: Mapping) -> dict | None:
+    """The fused run's head for prediction: the early or late entry with the best validation mAP."""
+    cands = []
+    if results.get("early") and results["early"]["best"]:
+        b = results["early"]["best"]
+        cands.append(("early", b, results["early"]["heads"][b]["val_map_macro"]))
+    if results.get("late") and results["late"]["best"]:
+        b = results["late"]["best"]
+        cands.append(("late", b, results["late"]["heads"][b]["val_map_macro"]))
+    if not cands:
+        return None
+    part, entry, score = max(cands, key=lambda c: c[2])
+    return {"part": part, "entry": entry, "val_map_macro": score, "rule": "highest validation map_macro of early and late"}
 
 
 def _summary(res: dict) -> dict:
@@ -242,12 +292,16 @@ def _late_fusion(joined: JoinedFeatures, singles: dict, out: Path, config: Heads
         P = {p: {n: _store_probabilities(joined, n, out / n / r["heads"][entry]["dir"], rows, genres) for n, r in singles.items()}
              for p, rows in (("val", val), ("test", test))}  # fmt: skip
         weights, val_map = tune_weights(Yva, P["val"], fusion.weight_step)
+        if fusion.per_genre_weights:
+            weights = tune_weights_per_genre(Yva, P["val"], fusion.weight_step, weights, fusion.min_genre_positives)
         P_val, P_test = combine(P["val"], weights), combine(P["test"], weights)
+        val_map = macro_average_precision(Yva, P_val)
         th = tune_thresholds(Yva, P_val, config.threshold, genres, min_positives=config.min_threshold_positives)
         tuned = evaluate(Yte, P_test, th.apply(P_test), genres)
         entries[entry] = {
             "head": next(iter(singles.values()))["heads"][entry]["head"],
             "weights": weights,
+            "per_genre_weights": fusion.per_genre_weights,
             "val_map_macro": val_map,
             "thresholds": th.to_json(),
             "test": tuned.metrics,

@@ -27,6 +27,8 @@ from genrekit.data.split import PARTS, split_warnings, stratified_split, write_s
 from genrekit.errors import ConfigError, GenrekitError, LabelError, UnknownNameError
 from genrekit.evaluation.metrics import METRIC_KEYS, evaluate, macro_average_precision, multilabel_metrics
 from genrekit.evaluation.thresholds import RULES, fixed, tune_thresholds
+from genrekit.heads.ensemble import DESCRIPTION as ENSEMBLE_DESCRIPTION
+from genrekit.heads.ensemble import ENSEMBLE, greedy_selection, save_ensemble
 from genrekit.heads.balance import BALANCE_MODES, check_balance, oversample_indices
 from genrekit.heads.registry import HEADS, get_head_spec
 from genrekit.heads.saved import SavedHead, write_json
@@ -47,7 +49,8 @@ class HeadsConfig:
     """Options of ``genrekit heads``; each field is one CLI flag.
 
     Attributes:
-        heads: head names to train; empty means every head that applies (``--all``).
+        heads: head names to train; empty means every head that applies (``--all``), and the
+            ``ensemble`` of them; ``ensemble`` among named heads ensembles the others.
         threshold: decision rule tuned on validation and saved with each head (``--threshold``).
         balance: one or more of none / weights / oversample; several give one leaderboard row
             per head and mode, so their effect on macro F1 sits side by side.
@@ -88,7 +91,7 @@ class HeadsConfig:
     min_eval_positives: int = 1
     min_threshold_positives: int = 10
     jobs: int = 0
-    knn_index: str = "Flat"
+    knn_index: str = "auto"
     chain_order: tuple[str, ...] = ()
     chain_encoder: str | None = None
     standardise: bool = True
@@ -98,7 +101,8 @@ class HeadsConfig:
 
     def validate(self) -> None:
         for h in (*self.heads, *self.head_params):
-            get_head_spec(h)
+            if h != ENSEMBLE:
+                get_head_spec(h)
         if self.threshold not in RULES:
             raise UnknownNameError("threshold rule", self.threshold, RULES)
         if not self.balance:
@@ -417,13 +421,16 @@ def run_heads(
     out.mkdir(parents=True, exist_ok=True)
     fs = features
     prep = _prepare(fs, config, out)
-    names, skipped, inputs, chain_record = _runner_inputs(list(config.heads) or list(HEADS), prep, fs, config, header, text_encoder)
+    names = [n for n in config.heads if n != ENSEMBLE] or list(HEADS)
+    want_ensemble = not config.heads or ENSEMBLE in config.heads
+    names, skipped, inputs, chain_record = _runner_inputs(names, prep, fs, config, header, text_encoder)
     tasks = _build_tasks(names, inputs, config, skipped)
     scaler, jobs, threads, stream = _fit_all(tasks, prep, config, *fs.X.shape)
     progress("heads", 0, len(tasks))
     t_start = time.perf_counter()
     entries: dict[str, dict] = {}
     baseline = None
+    member_probas: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     for done, r in enumerate(stream, start=1):
         task: _Task = r["task"]
         if r["unconverged"]:
@@ -436,11 +443,15 @@ def run_heads(
         else:
             entries[task.entry] = _finish(task, r, get_head_spec(task.head), scaler, prep.genres, prep.Ys["val"], prep.Ys["test"],
                                           header, config, out, run_info)  # fmt: skip
+            member_probas[task.entry] = (r["P_val"], r["P_test"])
         progress("heads", done, len(tasks))
     wall = time.perf_counter() - t_start
 
     order = sorted(entries, key=lambda e: list(HEADS).index(entries[e]["head"]))
     entries = {e: entries[e] for e in order}
+    if want_ensemble and len(entries) >= 2:
+        members = {e: member_probas[e] for e in entries}  # leaderboard order: ties go to the earlier head
+        entries[ENSEMBLE] = _ensemble_step(members, prep.genres, prep.Ys["val"], prep.Ys["test"], header, config, out, run_info)
     best = max(entries, key=lambda e: (entries[e]["val"]["map_macro"] or -1.0)) if entries else None
     results = {
         "genrekit_version": __version__,
@@ -504,6 +515,36 @@ def _finish(task, r, spec, scaler, genres, Yva, Yte, header, config, out, run_in
     info["config"] = asdict(config)
     info.update(run_info or {})
     SavedHead(task.head, model, genres, th, header, info).save(out / task.entry)
+    return entry
+
+
+def _ensemble_step(members: dict, genres, Yva, Yte, header, config, out, run_info=None) -> dict:
+    """Greedy ensemble selection over the fitted heads' validation probabilities; thresholds tuned on
+    validation; saved as member names and weights; the results entry (as for any head)."""
+    t0 = time.perf_counter()
+    weights, val_map, curve = greedy_selection(Yva, {e: p[0] for e, p in members.items()})
+    total = sum(weights.values())
+    P_val = sum(w * members[e][0] for e, w in weights.items()) / total
+    P_test = sum(w * members[e][1] for e, w in weights.items()) / total
+    th = tune_thresholds(Yva, P_val, config.threshold, genres, min_positives=config.min_threshold_positives)
+    tuned = evaluate(Yte, P_test, th.apply(P_test), genres)
+    entry = {
+        "head": ENSEMBLE,
+        "balance": "-",
+        "description": ENSEMBLE_DESCRIPTION,
+        "fit_seconds": time.perf_counter() - t0,
+        "predict_seconds": 0.0,
+        "fitted": {"members": weights, "val_map_by_round": curve},
+        "thresholds": th.to_json(),
+        "val": {"map_macro": val_map, "f1_micro_tuned": multilabel_metrics(Yva, P_val, th.apply(P_val))["f1_micro"]},
+        "test": {"at_0.5": multilabel_metrics(Yte, P_test, fixed(len(genres)).apply(P_test)), "tuned": tuned.metrics},
+        "rules": _compare_rules(Yva, P_val, Yte, P_test, genres, config),
+        "per_genre": tuned.per_genre,
+        "skipped_for_ranking": tuned.skipped,
+        "dir": ENSEMBLE,
+    }
+    info = {k: entry[k] for k in ("balance", "description", "fitted", "fit_seconds", "val", "test")}
+    save_ensemble(Path(out) / ENSEMBLE, weights, genres, th, header, {**info, "config": asdict(config), **(run_info or {})})
     return entry
 
 

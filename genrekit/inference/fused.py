@@ -1,0 +1,228 @@
+"""The ``fused`` run kind: a run over several stores (``genrekit heads --store A --store B``), usable.
+
+A fused run directory (written by :func:`genrekit.runs.fused.run_fused`) is loaded as one
+:class:`FusedRun`, for its best fused head (``results.json``'s ``best``), or for one head when the
+path is ``RUNS/early/<head>`` or ``RUNS/late/<head>``. Each modality of an item is embedded with its
+own store's encoder (rebuilt from the store header the run recorded), then:
+
+- early fusion scales each block with the training mean and scale saved in ``early/blocks.npz`` and
+  concatenates them; a missing modality is a zero block, as for training items without it;
+- late fusion runs each store's own head on its modality and combines the probabilities with the
+  weights tuned on validation; a missing modality leaves the other stores' probabilities.
+
+Either way an item with at least one modality is predicted, and :meth:`FusedRun.fallbacks` names
+what each item lacked. Importing this module registers the kind in
+:data:`genrekit.inference.loaded.RUN_KINDS`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from genrekit.errors import ConfigError, StoreError, StoreMismatchError
+from genrekit.evaluation.thresholds import Thresholds
+from genrekit.features import BlockScaling, combine
+from genrekit.heads.saved import _FEATURE_FIELDS, SavedHead, load_head
+from genrekit.inference.loaded import Item, RunKind, header_field, register_run_kind
+from genrekit.runs.fused import LATE_FUSION_FILE
+from genrekit.store import StoreHeader
+
+
+def store_input(header: StoreHeader) -> str:
+    """What an item must carry for this store: ``image`` or the text field."""
+    return "image" if header.modality == "image" else header_field(header)
+
+
+class FusedRun:
+    """One fused head (early or late) with the encoders of all its stores."""
+
+    kind = "fused"
+
+    def __init__(self, path: Path, part: str, entry: str, device: str = "cpu"):
+        self.path, self.part, self.entry, self.device = path, part, entry, device
+        self.name = f"{part}/{entry}"
+        self._encoders: dict[str, object] = {}
+        if part == "early":
+            head_dir = path / "early" / entry
+            self.saved: SavedHead = load_head(head_dir)
+            fusion = self.saved.info.get("fusion") or {}
+            if not fusion.get("scaling"):
+                raise StoreError(f"{head_dir}: this early-fused run predates saved block scaling; re-run `genrekit heads` to use it")
+            self.store_order = list(fusion["store_order"])
+            self.headers = {n: StoreHeader.from_json(fusion["stores"][n]) for n in self.store_order}
+            with np.load((head_dir / fusion["scaling"]).resolve(), allow_pickle=False) as z:
+                self.scaling = BlockScaling.from_arrays(self.store_order, {k: z[k] for k in z.files})
+            self.genres, self.thresholds = list(self.saved.genres), self.saved.thresholds
+            self.weights = None
+        elif part == "late":
+            d = path / "late" / entry
+            rec = json.loads((d / LATE_FUSION_FILE).read_text())
+            self.store_order = list(rec["heads"])
+            self.headers = {n: StoreHeader.from_json(rec["stores"][n]) for n in self.store_order}
+            self.members = {n: load_head((d / rec["heads"][n]).resolve()) for n in self.store_order}
+            self.genres, self.thresholds = list(rec["genres"]), Thresholds.from_json(rec["thresholds"])
+            self.weights = {n: np.asarray(w, np.float64) for n, w in rec["weights"].items()}
+        else:
+            raise ConfigError(f"fused part {part!r} is not early or late")
+        if any(h is None for h in self.headers.values()):
+            raise ConfigError(f"{path}: a store of this run had no header (features made in memory); it cannot embed new items")
+        self.inputs = tuple(dict.fromkeys(store_input(self.headers[n]) for n in self.store_order))
+
+    # -- what made it ------------------------------------------------------------------------
+    def identity(self) -> dict:
+        return {
+            "kind": self.kind,
+            "fusion": self.part,
+            "head": self.entry,
+            "stores": {
+                n: {"input": store_input(h), "encoder": h.encoder.get("name"), "weights": h.encoder.get("weights"),
+                    "weights_sha256": h.encoder.get("weights_sha256"), "modality": h.modality, "preprocessing": h.preprocessing}
+                for n, h in self.headers.items()
+            },
+        }  # fmt: skip
+
+    def match_stores(self, headers: Mapping[str, StoreHeader | None]) -> dict[str, str]:
+        """Map each of the run's stores to one of ``headers`` (name -> header) by what made it.
+
+        Raises :class:`StoreMismatchError` naming the field when a store of the run has no match.
+        """
+        out, used = {}, set()
+        for n, mine in self.headers.items():
+            near = None
+            for m, theirs in headers.items():
+                if m in used or theirs is None:
+                    continue
+                diff = [d for d in mine.diff(theirs) if d[0].split(".")[0] in _FEATURE_FIELDS]
+                if not diff:
+                    out[n] = m
+                    used.add(m)
+                    break
+                if near is None or len(diff) < near[2]:  # name the field of the nearest store
+                    near = (m, diff[0], len(diff))
+            else:
+                if near is None:
+                    raise StoreMismatchError(f"the run's store {n} ({store_input(mine)}) has no counterpart among the stores given")
+                m, (f, a, b), _ = near
+                raise StoreMismatchError(
+                    f"the run's store {n} was made with {f}={a!r}, but store {m} has {f}={b!r}; extract it as the run's store was"
+                )
+        return out
+
+    # -- predicting -----------------------------------------------------------------------------
+    def encoder(self, name: str):
+        if name not in self._encoders:
+            from genrekit.extraction import encoder_from_header
+
+            self._encoders[name] = encoder_from_header(self.headers[name], device=self.device)
+        return self._encoders[name]
+
+    def predict_blocks(self, blocks: Mapping[str, np.ndarray], present: Mapping[str, np.ndarray]) -> np.ndarray:
+        """(n, len(genres)) probabilities from each store's features (zeros and ``present`` False where missing)."""
+        if self.part == "early":
+            return self.saved.predict_proba(self.scaling.apply(blocks, present))
+        n = len(next(iter(present.values())))
+        probas = {}
+        for name in self.store_order:
+            P = np.full((n, len(self.genres)), np.nan, np.float32)
+            have = np.asarray(present[name], bool)
+            member = self.members[name]
+            mine, theirs = member.align(self.genres)
+            if have.any():
+                P[np.ix_(np.flatnonzero(have), theirs)] = member.predict_proba(np.asarray(blocks[name])[have])[:, mine]
+            probas[name] = P
+        return combine(probas, self.weights)
+
+    def fallbacks(self, items: Sequence[Item]) -> list[tuple[str, str]]:
+        """``(name, note)`` for each usable item missing some of the run's inputs: what stood in for it."""
+        notes = []
+        how = "a zero block (the training mean), as for training items without it" if self.part == "early" else "the other stores' probabilities"
+        for it in items:
+            missing = [i for i in self.inputs if not self._has(it, i)]
+            if missing and len(missing) < len(self.inputs):
+                notes.append((it.name, f"no {' or '.join(missing)} given: {how}"))
+        return notes
+
+    @staticmethod
+    def _has(item: Item, what: str) -> bool:
+        return bool(item.image) if what == "image" else bool((item.texts.get(what) or "").strip())
+
+    def predict_proba(self, items: Sequence[Item]) -> tuple[np.ndarray, list[int], list[tuple[str, str]]]:
+        from genrekit.extraction import embed_files, embed_texts
+
+        n = len(items)
+        blocks, present, failures = {}, {}, []
+        for name in self.store_order:
+            h = self.headers[name]
+            what = store_input(h)
+            idx = [k for k, it in enumerate(items) if self._has(it, what)]
+            block = np.zeros((n, h.dim), np.float32)
+            have = np.zeros(n, bool)
+            if idx and what == "image":
+                X, ok_paths, bad = embed_files(self.encoder(name), h, [items[k].image for k in idx])
+                failures += bad
+                where = {p: r for r, p in enumerate(ok_paths)}
+                for k in idx:
+                    if items[k].image in where:
+                        block[k], have[k] = X[where[items[k].image]], True
+            elif idx:
+                block[idx] = embed_texts(self.encoder(name), h, [items[k].texts[what].strip() for k in idx])
+                have[idx] = True
+            blocks[name], present[name] = block, have
+        usable = np.any([present[n] for n in self.store_order], axis=0)
+        ok = [int(k) for k in np.flatnonzero(usable)]
+        for k in np.flatnonzero(~usable):
+            if not any(f[0] == items[k].name for f in failures):
+                failures.append((items[k].name, f"none of {', '.join(self.inputs)} given (this run reads them)"))
+        okset = {items[k].name for k in ok}
+        failures = [(name, f"{why} (predicted from its other inputs)" if name in okset else why) for name, why in failures]
+        if not ok:
+            return np.zeros((0, len(self.genres)), np.float32), [], failures
+        P = self.predict_blocks({m: b[ok] for m, b in blocks.items()}, {m: p[ok] for m, p in present.items()})
+        return P, ok, failures
+
+
+# -- recognising a fused run directory ------------------------------------------------------------
+def _read_json(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _where(path: Path) -> tuple[Path, str, str] | None:
+    """(run root, part, entry) for a fused run root, ``early/<head>``, ``late/<head>`` or ``early/``."""
+    res = _read_json(path / "results.json") if (path / "results.json").is_file() else None
+    if res is not None and isinstance(res.get("fusion"), dict):
+        best = res.get("best")
+        if not isinstance(best, dict):
+            raise StoreError(f"{path}: this fused run names no best fused head; pass RUNS/early/<head> or RUNS/late/<head>")
+        return path, best["part"], best["entry"]
+    if (path / LATE_FUSION_FILE).is_file() and path.parent.name == "late":
+        return path.parent.parent, "late", path.name
+    rec = _read_json(path / "run.json") if (path / "run.json").is_file() else None
+    if rec is None and (path / "ensemble.json").is_file():
+        rec = _read_json(path / "ensemble.json")
+    if rec is not None and rec.get("fusion") and path.parent.name == "early":
+        return path.parent.parent, "early", path.name
+    if res is not None and path.name == "early" and (path / "blocks.npz").is_file() and res.get("best"):
+        return path.parent, "early", res["best"]
+    return None
+
+
+def _detect(path: Path) -> bool:
+    try:
+        return _where(path) is not None
+    except StoreError:
+        return True  # a fused run: load it to get the message
+
+
+def _load(path: Path, device: str) -> FusedRun:
+    root, part, entry = _where(path)
+    return FusedRun(root, part, entry, device)
+
+
+register_run_kind(RunKind("fused", _detect, _load))
