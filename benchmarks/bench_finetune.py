@@ -27,7 +27,12 @@ def main() -> None:
     ap.add_argument("--run", help="a `genrekit heads --all` run on the store [trained here]")
     ap.add_argument("--out", default=str(CACHE / "finetune"), help="fine-tune run directory (resumed if it exists)")
     ap.add_argument("--epochs", type=int, default=None, help="override the default epochs")
+    ap.add_argument("--speed", action="store_true", help="only time training steps against frozen extraction (interleaved)")
+    ap.add_argument("--rounds", type=int, default=3)
     args = ap.parse_args()
+    if args.speed:
+        speed(args.rounds)
+        return
 
     from genrekit.runs.finetune import FinetuneConfig, run_finetune
     from genrekit.runs.leaderboard import HeadsConfig, run_heads
@@ -69,6 +74,51 @@ def main() -> None:
     print(f"- image size {res['image_size']} px, device {res['device']}, precision {res['precision']}, peak RSS {res['peak_rss_mb']:.0f} MB")
     print(f"- wall seconds of this call {wall:.0f} (a resumed run counts only what it did; results.json wall {res['wall_seconds']:.0f})")
     print(f"- load average (1/5/15 min) before {tuple(round(x, 1) for x in load_before)}, after {tuple(round(x, 1) for x in load_after)}")
+
+
+def speed(rounds: int) -> None:
+    """Training images/s at 160 and 224 px against frozen extraction at 224 px, interleaved, so the
+    ratios hold on a loaded machine: a quiet machine's training speed is its extraction speed
+    (measured in bench_extract.py) times the ratio."""
+    import torch
+    import torch.nn.functional as F
+
+    from _common import MOBILENET, interleaved, median, spread
+    from genrekit.backbones import create_encoder
+    from genrekit.runs.finetune import FinetuneNet, _amp, trainable_encoder
+
+    weights = str(MOBILENET) if MOBILENET.is_file() else "none"
+    frozen = create_encoder("mobilenet_v2", weights, "cpu")
+    x8 = torch.randn(8, 3, 224, 224)
+    nets = {}
+    for size in (160, 224):
+        enc = trainable_encoder("mobilenet_v2", weights, torch.device("cpu"), size, None)
+        net = FinetuneNet(enc, 20).to(memory_format=torch.channels_last)
+        opt = torch.optim.AdamW(net.parameters(), 3e-4)
+        nets[size] = (net, opt, torch.randn(32, 3, size, size).contiguous(memory_format=torch.channels_last), torch.randint(0, 2, (32, 20)).float())
+    amp = _amp(torch.device("cpu"))
+
+    def step(size):
+        net, opt, x, y = nets[size]
+        with torch.autocast("cpu", dtype=amp, enabled=amp is not None):
+            loss = F.binary_cross_entropy_with_logits(net(x).float(), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+    variants = {"extract 224 px (frozen, batch 8)": lambda: frozen.encode_images(x8),
+                "train 160 px (batch 32)": lambda: step(160), "train 224 px (batch 32)": lambda: step(224)}  # fmt: skip
+    per = {"extract 224 px (frozen, batch 8)": 8, "train 160 px (batch 32)": 32, "train 224 px (batch 32)": 32}
+    load = os.getloadavg()
+    times = interleaved(variants, rounds)
+    print_header("Training speed against frozen extraction (MobileNetV2, CPU)", f"precision {amp or 'fp32'}, {rounds} interleaved rounds")
+    base = per["extract 224 px (frozen, batch 8)"] / median(times["extract 224 px (frozen, batch 8)"])
+    rows = []
+    for name, ts in times.items():
+        ips = per[name] / median(ts)
+        rows.append((name, f"{ips:.2f}", spread([per[name] / t for t in ts], ".2f"), f"{ips / base:.2f}"))
+    print(md_table(["step", "images/s (median)", "spread", "ratio to extraction"], rows))
+    print(f"\n- load average before {tuple(round(v, 1) for v in load)}, after {tuple(round(v, 1) for v in os.getloadavg())}")
 
 
 if __name__ == "__main__":

@@ -65,12 +65,24 @@ def test_the_loop_learns_a_separable_task(learnt):
     # The same keys as `genrekit heads` results.json, and the table of cells.
     heads_keys = {"f1_micro", "f1_macro", "map_macro", "roc_auc_macro", "hamming_loss"}
     assert heads_keys <= set(cell["test"]["tuned"]) and heads_keys <= set(cell["test"]["at_0.5"])
-    assert res["kind"] == "finetune" and res["genres"] == ["Action", "Comedy", "Drama"]
+    assert res["kind"] == "finetune" and sorted(res["genres"]) == ["Action", "Comedy", "Drama"]
     assert {"epoch", "train_loss", "val_loss", "val_map", "lr", "seconds"} <= set(h[0])
     assert res["wise_ft"]["alphas"] == [0.0, 1.0] and res["wise_ft"]["chosen"] in (0.0, 1.0)
     assert (out / "cells" / res["best"] / "curve.png").read_bytes()[:4] == b"\x89PNG"
     assert (out / "results.csv").read_text().splitlines()[0].startswith("cell,optimizer,batch,lr,val_map_macro")
     assert json.loads((out / "results.json").read_text())["best"] == res["best"]
+
+
+def test_lp_ft_starts_from_the_logreg_head_of_a_heads_run(store, tmp_path):
+    from genrekit.runs.leaderboard import HeadsConfig, run_heads
+
+    fs = FeatureStore(store)
+    heads = run_heads(fs.load(), tmp_path / "runs", HeadsConfig(heads=("logreg",), baseline=False, jobs=1), header=fs.header)
+    res = run_finetune(store, tmp_path / "ft", FinetuneConfig(epochs=1, **TINY), run=tmp_path / "runs")
+    assert res["linear_probe"].startswith("logreg head of") and res["genres"] == heads["genres"]
+    assert res["split"]["counts"] == heads["split"]["counts"]
+    # alpha 0 = the original backbone with the probe folded into one linear layer: the head's own scores.
+    assert res["wise_ft"]["val_map"][0] == pytest.approx(heads["heads"]["logreg"]["val"]["map_macro"], abs=1e-4)
 
 
 def test_early_stopping_and_plateau_fire(store, tmp_path):
@@ -146,7 +158,7 @@ def test_the_run_predicts_and_its_backbone_round_trips_through_extract(learnt, s
     np.testing.assert_allclose(P, P_run, rtol=1e-5, atol=1e-6)
 
     ft_store = tmp_path / "ft.h5"
-    extract(ExtractConfig(backbone="test-tiny-cnn", weights=str(out / "backbone.safetensors"), data=str(store.parent / "labels.csv"), out=str(ft_store)))
+    extract(ExtractConfig(backbone="test-tiny-cnn", weights=str(out / "backbone.safetensors"), data=str(store.parent / "labels.csv"), out=str(ft_store), precision="fp32"))
     fs = FeatureStore(ft_store)
     assert fs.header.encoder["weights_sha256"] == run.identity()["weights_sha256"]
     assert fs.header.encoder["weights_sha256"] != header.encoder.get("weights_sha256")
@@ -162,7 +174,22 @@ def test_cli_finetune_and_predict(learnt, store, tmp_path):
     poster = store.parent / "img" / "0.png"
     res = runner.invoke(app, ["predict", "--run", str(out), str(poster), "--json"])
     assert res.exit_code == 0, res.output
-    assert json.loads(res.stdout)[0]["genres"]
+    preds = json.loads(res.stdout)["predictions"]
+    assert len(preds) == 1 and preds[0]["item"] == str(poster)
+    text = runner.invoke(app, ["predict", "--run", str(out), str(poster)])
+    assert text.exit_code == 0 and "* = predicted genre" in text.stdout
+
+
+def test_cli_finetune_prints_the_table_and_writes_the_run(store, tmp_path):
+    out = tmp_path / "ft"
+    args = ["finetune", "--store", str(store), "--out", str(out), "--epochs", "1", "--image-size", "0", "--augment", "none",
+            "--wise-alphas", "0,1", "--threads", "1"]  # fmt: skip
+    res = runner.invoke(app, args)
+    assert res.exit_code == 0, res.output
+    assert "val mAP" in res.stdout and "WiSE-FT val mAP by alpha" in res.stdout and "peak RSS" in res.stdout
+    assert load_run(out).kind == "finetune"
+    again = runner.invoke(app, args)  # everything finished: nothing is re-trained, same table
+    assert again.exit_code == 0 and json.loads((out / "results.json").read_text())["cells"]["adamw-b32-lr0.0003"]["last_epoch"] == 1
 
 
 def test_refuses_text_stores_missing_posters_and_bad_grids(store, tmp_path):

@@ -334,6 +334,7 @@ def prepare_data(store: FeatureStore, out: Path, config: FinetuneConfig, run: Pa
 
     fs = store.load()
     ids = [str(i) for i in fs.ids]
+    all_paths = dict(zip(ids, image_paths(store.header, ids)))  # every poster, checked before any work
     if run is not None:
         res = _run_results(run)
         split_src = res.get("split", {}).get("source")
@@ -367,7 +368,7 @@ def prepare_data(store: FeatureStore, out: Path, config: FinetuneConfig, run: Pa
     split_info["warnings"] = split_warnings(fs.Y, split, fs.genres)
     threads = config.threads or cpu_count()
     part_ids = {p: [ids[k] for k in rows[p]] for p in PARTS}
-    paths = {p: image_paths(store.header, part_ids[p]) for p in PARTS}
+    paths = {p: [all_paths[i] for i in part_ids[p]] for p in PARTS}
     t0 = time.perf_counter()
     images = {p: decode_images(paths[p], preprocess, threads) for p in PARTS}
     log.info("decoded %d posters at %d px in %.1f s", sum(len(v) for v in images.values()), preprocess.size, time.perf_counter() - t0)
@@ -407,7 +408,7 @@ def linear_probe(data: FinetuneData, header: StoreHeader, run: Path | None, seed
         saved = load_head(run / "logreg")
         saved.check_features(header, "the store")
         model, source = saved.model, f"logreg head of {run}"
-        cols, _ = saved.align(data.genres)
+        cols, targets = saved.align(data.genres)
     else:
         from sklearn.preprocessing import StandardScaler
 
@@ -416,12 +417,13 @@ def linear_probe(data: FinetuneData, header: StoreHeader, run: Path | None, seed
         scaler = StandardScaler().fit(data.X["train"])
         head = LogRegHead(Cs=(0.001, 0.01)).fit(scaler.transform(data.X["train"]), data.Y["train"],
                                                scaler.transform(data.X["val"]), data.Y["val"])  # fmt: skip
-        model, source, cols = Pipeline([("scale", scaler), ("head", head)]), "logreg fitted on the store's train split", list(range(len(data.genres)))
+        model, source = Pipeline([("scale", scaler), ("head", head)]), "logreg fitted on the store's train split"
+        cols = targets = list(range(len(data.genres)))
     scaler = model[0] if isinstance(model, Pipeline) else None
     ovr = (model[-1] if isinstance(model, Pipeline) else model).model_
     W = np.zeros((len(data.genres), data.X["train"].shape[1]), np.float64)
     b = np.zeros(len(data.genres), np.float64)
-    for j, c in enumerate(cols):
+    for c, j in zip(cols, targets):
         est = ovr.estimators_[c]
         if hasattr(est, "coef_"):
             W[j], b[j] = est.coef_[0], est.intercept_[0]
@@ -583,7 +585,8 @@ def train_cell(
     ckpt, best_file = cell_dir / "checkpoint.safetensors", cell_dir / "best.safetensors"
     net.load_state_dict(dict(init_state))
     opt = _make_optimizer(net, cell, config)
-    sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="max", factor=config.plateau_factor, patience=config.plateau_patience)
+    # eps=0: a reduction is never skipped as "too small" (the default 1e-8 would freeze lrs below it).
+    sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="max", factor=config.plateau_factor, patience=config.plateau_patience, eps=0.0)
     state = {"epoch": 0, "history": [], "best_val_map": -1.0, "best_epoch": 0, "bad_epochs": 0, "seconds": 0.0, "stopped": "max epochs"}
     if ckpt.is_file():
         state = load_checkpoint_into(ckpt, net, opt, sched)
