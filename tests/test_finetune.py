@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -109,6 +110,8 @@ def test_resume_after_a_kill_equals_an_uninterrupted_run(store, tmp_path):
 
     with pytest.raises(Killed):
         run_finetune(store, tmp_path / "b", cfg, progress=kill_in_second_cell)
+    with pytest.raises(ConfigError, match="other options"):  # a resumed run must repeat the options
+        run_finetune(store, tmp_path / "b", replace(cfg, head_lr_mult=3.0))
     first = tmp_path / "b" / "cells" / "adamw-b32-lr0.001" / "result.json"
     before = first.stat().st_mtime_ns
     seen = []

@@ -53,6 +53,7 @@ def finetune(
 ) -> None:
     """Fine-tune the store's backbone with a multi-label head: LP-FT, a seeded grid, early stopping,
     WiSE-FT; thresholds tuned on validation; results.json / results.csv like `heads`."""
+    from genrekit.atomic import refuse_overwrite
     from genrekit.errors import ConfigError
     from genrekit.runs.finetune import FinetuneConfig, parse_grid, run_finetune
 
@@ -66,6 +67,7 @@ def finetune(
         augment=augment, flip=flip, wise_alphas=alphas, threshold=threshold, seed=seed, device=device, threads=threads, limit=limit,
     )  # fmt: skip
     config.validate()
+    refuse_overwrite(out, {"the store": store, "the heads run": run}, "--out")
     columns = [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"), TimeElapsedColumn()]
     with Progress(*columns, console=err_console, transient=False) as bar:
         tasks: dict[tuple[str, int], int] = {}

@@ -587,9 +587,13 @@ def train_cell(
     opt = _make_optimizer(net, cell, config)
     # eps=0: a reduction is never skipped as "too small" (the default 1e-8 would freeze lrs below it).
     sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="max", factor=config.plateau_factor, patience=config.plateau_patience, eps=0.0)
-    state = {"epoch": 0, "history": [], "best_val_map": -1.0, "best_epoch": 0, "bad_epochs": 0, "seconds": 0.0, "stopped": "max epochs"}
+    made_by = {"cell": dict(cell), **_cell_run_config(config)}
+    state = {"epoch": 0, "history": [], "best_val_map": -1.0, "best_epoch": 0, "bad_epochs": 0, "seconds": 0.0,
+             "stopped": "max epochs", "made_by": made_by}  # fmt: skip
     if ckpt.is_file():
         state = load_checkpoint_into(ckpt, net, opt, sched)
+        if state.get("made_by") != json.loads(json.dumps(made_by)):
+            raise ConfigError(f"{ckpt} was written with other options; re-run with the options that made it, or use another --out")
         log.info("%s: resuming after epoch %d", name, state["epoch"])
     aug = _Augment(config.augment, config.flip)
     Xtr, Ytr = data.images["train"], torch.from_numpy(data.Y["train"].astype(np.float32))
