@@ -659,8 +659,11 @@ def train_cell(
 
 def plot_curve(history: Sequence[Mapping], path: Path, title: str) -> None:
     """Loss (train and val) and val mAP per epoch, as a PNG (matplotlib, Agg)."""
-    import matplotlib
-
+    try:
+        import matplotlib
+    except ImportError:
+        log.warning("matplotlib is not installed (pip install 'genrekit[finetune]'); no training curve for %s", path.parent.name)
+        return
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
