@@ -73,6 +73,7 @@ def _root(
 
 # Each module adds its commands to `app` when imported; import order is the order in --help.
 from genrekit_cli import data_cmd, extract_cmd, heads_cmd  # noqa: E402, F401
+from genrekit_cli import finetune_cmd  # noqa: E402, F401
 from genrekit_cli import serve_cmd  # noqa: E402, F401
 
 
