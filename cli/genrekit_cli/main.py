@@ -68,6 +68,7 @@ def _root(
 
 # Each module adds its commands to `app` when imported; import order is the order in --help.
 from genrekit_cli import data_cmd, extract_cmd, heads_cmd  # noqa: E402, F401
+from genrekit_cli import report_cmd  # noqa: E402, F401
 
 
 def main() -> None:

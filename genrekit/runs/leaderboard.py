@@ -391,6 +391,7 @@ def run_heads(
             }
         else:
             entries[task.entry] = _finish(task, r, spec, scaler, genres, Yva, Yte, header, config, out, run_info)
+            save_predictions(out / task.entry, fs.ids, parts, r["P_val"], r["P_test"], Y)
         progress("heads", done, len(tasks))
     wall = time.perf_counter() - t_start
 
@@ -456,6 +457,23 @@ def _finish(task, r, spec, scaler, genres, Yva, Yte, header, config, out, run_in
     info.update(run_info or {})
     SavedHead(task.head, model, genres, th, header, info).save(out / task.entry)
     return entry
+
+
+PREDICTIONS_FILE = "predictions.npz"
+
+
+def save_predictions(directory: Path, ids, parts: Mapping[str, np.ndarray], P_val, P_test, Y: np.ndarray) -> None:
+    """Per-item validation and test probabilities, and the labels of every part, for ``genrekit report``.
+
+    Written beside the saved head as ``predictions.npz``: plain arrays ``ids_<part>`` and
+    ``Y_<part>`` for train, val and test, ``P_val`` and ``P_test``; columns in the head's genre order.
+    """
+    from genrekit.atomic import atomic_open
+
+    ids = np.asarray([str(i) for i in ids])
+    arrays = {f"{k}_{p}": v for p in PARTS for k, v in (("ids", ids[parts[p]]), ("Y", np.asarray(Y[parts[p]], np.uint8)))}
+    with atomic_open(directory / PREDICTIONS_FILE, "wb") as fh:
+        np.savez_compressed(fh, P_val=np.asarray(P_val, np.float32), P_test=np.asarray(P_test, np.float32), **arrays)
 
 
 RULE_KEYS = ("f1_micro", "f1_macro", "f1_samples", "hamming_loss")
