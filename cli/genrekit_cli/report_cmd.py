@@ -58,8 +58,10 @@ def explain(
     from genrekit.inference.explain import ExplainConfig, build_explainer, explain_poster, write_explanations
     from genrekit.inference.loaded import load_run
 
+    from genrekit.errors import ConfigError
+
     if genres and top_k is not None:
-        raise typer.BadParameter("give --genres or --top-k, not both", param_hint="--genres / --top-k")
+        raise ConfigError("give --genres or --top-k, not both")
     names = tuple(g.strip() for g in (genres or "").split(",") if g.strip())
     config = ExplainConfig(genres=names, top_k=3 if top_k is None else top_k, method=method)
     config.validate()
