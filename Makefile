@@ -23,6 +23,9 @@ demo: setup  ## the main job on the embedded demo set: no network, no GPU, no da
 	$(BIN)/genrekit data demo --out $(DEMO)/unseen --n 3 --seed 7   # posters no head has seen
 	$(BIN)/genrekit predict --run $(DEMO)/runs $(DEMO)/unseen/images/*.jpg
 	@cat $(DEMO)/unseen/labels.csv | cut -d, -f1,4
+	$(BIN)/genrekit report $(DEMO)/runs --out $(DEMO)/report.html
+	$(BIN)/genrekit explain --run $(DEMO)/runs $(DEMO)/unseen/images/*.jpg --top-k 3 --out $(DEMO)/explain
+	@echo "report: $(DEMO)/report.html (open it in a browser); saliency maps: $(DEMO)/explain/ (one PNG per poster, maps.npz, explain.json)"
 
 test: setup  ## the offline CPU test suite (slow and GPU tests are deselected)
 	$(BIN)/pytest

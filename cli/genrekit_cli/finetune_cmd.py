@@ -10,7 +10,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from genrekit_cli.main import app
-from genrekit_cli.options import JsonOpt
+from genrekit_cli.options import DeviceOpt, JsonOpt
 from genrekit_cli.ui import console, err_console, print_json
 
 FINETUNE_EXAMPLES = """
@@ -46,8 +46,8 @@ def finetune(
     wise_alphas: Annotated[str, typer.Option(help="WiSE-FT alphas tried on validation, comma-separated.")] = "0,0.25,0.5,0.75,1",
     threshold: Annotated[str, typer.Option(help="Rule tuned on validation: 0.5, global, per-genre, top-k, at-least-one.")] = "per-genre",
     seed: Annotated[int, typer.Option(help="Seeds the split (when made here), shuffles and augmentation.")] = 0,
-    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
-    threads: Annotated[Optional[int], typer.Option(help="Torch CPU threads [default: every core].")] = None,
+    device: DeviceOpt = "auto",
+    threads: Annotated[Optional[int], typer.Option(help="Torch CPU threads.", show_default="every core")] = None,
     limit: Annotated[Optional[int], typer.Option(help="Only the first N items of each split part (a quick look).")] = None,
     json: JsonOpt = False,
 ) -> None:

@@ -298,8 +298,8 @@ def evaluate(
     from genrekit.heads.saved import _json_default
     from genrekit.inference import evaluate_manifest, evaluate_stores, load_run, write_predictions
 
-    if bool(store) == bool(data):
-        raise ConfigError("give the collection's stores with --store (one per store of the run), or its manifest with --data")
+    if bool(store) == bool(data):  # a usage error: exit 2 with the usage, like a missing option
+        raise typer.BadParameter("give the collection's stores (one per store of the run), or its manifest", param_hint="'--store' or '--data'")
     for out, flag in ((json_out, "--json"), (predictions, "--predictions")):
         if out:
             for s in store or []:

@@ -75,6 +75,7 @@ def _root(
 from genrekit_cli import data_cmd, extract_cmd, heads_cmd  # noqa: E402, F401
 from genrekit_cli import finetune_cmd  # noqa: E402, F401
 from genrekit_cli import serve_cmd  # noqa: E402, F401
+from genrekit_cli import report_cmd  # noqa: E402, F401
 
 
 def main() -> None:

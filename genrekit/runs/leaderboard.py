@@ -444,6 +444,7 @@ def run_heads(
             entries[task.entry] = _finish(task, r, get_head_spec(task.head), scaler, prep.genres, prep.Ys["val"], prep.Ys["test"],
                                           header, config, out, run_info)  # fmt: skip
             member_probas[task.entry] = (r["P_val"], r["P_test"])
+            save_predictions(out / task.entry, fs.ids, prep.parts, r["P_val"], r["P_test"], prep.Y)
         progress("heads", done, len(tasks))
     wall = time.perf_counter() - t_start
 
@@ -452,6 +453,8 @@ def run_heads(
     if want_ensemble and len(entries) >= 2:
         members = {e: member_probas[e] for e in entries}  # leaderboard order: ties go to the earlier head
         entries[ENSEMBLE] = _ensemble_step(members, prep.genres, prep.Ys["val"], prep.Ys["test"], header, config, out, run_info)
+        P_val, P_test = entries[ENSEMBLE].pop("_P")
+        save_predictions(out / ENSEMBLE, fs.ids, prep.parts, P_val, P_test, prep.Y)
     best = max(entries, key=lambda e: (entries[e]["val"]["map_macro"] or -1.0)) if entries else None
     results = {
         "genrekit_version": __version__,
@@ -545,7 +548,24 @@ def _ensemble_step(members: dict, genres, Yva, Yte, header, config, out, run_inf
     }
     info = {k: entry[k] for k in ("balance", "description", "fitted", "fit_seconds", "val", "test")}
     save_ensemble(Path(out) / ENSEMBLE, weights, genres, th, header, {**info, "config": asdict(config), **(run_info or {})})
-    return entry
+    return {**entry, "_P": (P_val, P_test)}
+
+
+PREDICTIONS_FILE = "predictions.npz"
+
+
+def save_predictions(directory: Path, ids, parts: Mapping[str, np.ndarray], P_val, P_test, Y: np.ndarray) -> None:
+    """Per-item validation and test probabilities, and the labels of every part, for ``genrekit report``.
+
+    Written beside the saved head as ``predictions.npz``: plain arrays ``ids_<part>`` and
+    ``Y_<part>`` for train, val and test, ``P_val`` and ``P_test``; columns in the head's genre order.
+    """
+    from genrekit.atomic import atomic_open
+
+    ids = np.asarray([str(i) for i in ids])
+    arrays = {f"{k}_{p}": v for p in PARTS for k, v in (("ids", ids[parts[p]]), ("Y", np.asarray(Y[parts[p]], np.uint8)))}
+    with atomic_open(directory / PREDICTIONS_FILE, "wb") as fh:
+        np.savez_compressed(fh, P_val=np.asarray(P_val, np.float32), P_test=np.asarray(P_test, np.float32), **arrays)
 
 
 RULE_KEYS = ("f1_micro", "f1_macro", "f1_samples", "hamming_loss")
