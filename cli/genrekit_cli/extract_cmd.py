@@ -102,6 +102,7 @@ def extract(
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
     precision: Annotated[str, typer.Option(help="GPU autocast: auto (bf16 where supported), fp16, bf16, fp32.")] = "auto",
     resize: Annotated[Optional[str], typer.Option(help="squash (default), center-crop or letterbox.")] = None,
+    decoder: Annotated[Optional[str], typer.Option(help="torchvision (default: libjpeg-turbo, uint8 resize) or pil (to extend stores made by the older PIL path).")] = None,
     workers: Annotated[Optional[int], typer.Option(help="Image decoding processes [default: spare cores on GPU; on CPU none up to 2 cores, else 1].")] = None,
     threads: Annotated[Optional[int], typer.Option(help="Torch CPU threads [default: the cores decoding leaves].")] = None,
     limit: Annotated[Optional[int], typer.Option(help="Only the first N samples.")] = None,
@@ -121,7 +122,7 @@ def extract(
 
     config = ExtractConfig(
         backbone=backbone, data=str(data), out=str(out), weights=weights, modality=modality, format=format,
-        batch_size=batch_size, device=device, precision=precision, resize=resize, workers=workers, threads=threads,
+        batch_size=batch_size, device=device, precision=precision, resize=resize, decoder=decoder, workers=workers, threads=threads,
         limit=limit, dtype=dtype, normalize=normalize, split=str(split) if split else None,
         vocab=vocab_config(top_k, min_count, genres, other, synonym, no_synonyms),
     )
@@ -175,6 +176,8 @@ def store_info(
     if enc.get("weights_sha256"):
         weights += f" (sha256 {enc['weights_sha256'][:12]}…)"
     pre = info["preprocessing"]
+    if info["modality"] == "image" and "decoder" not in pre:  # made before the decoder was recorded
+        pre = {**pre, "decoder": "pil (the older path: extend it with --decoder pil)"}
     pre_s = ", ".join(f"{k}={v}" for k, v in pre.items())
     for k, v in (
         ("rows", f"{info['rows']:,} x {info['dim']} {info['dtype']} ({info['size_bytes'] / 1e6:.1f} MB)"),
