@@ -102,9 +102,10 @@ def extract(
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
     precision: Annotated[str, typer.Option(help="GPU autocast: auto (bf16 where supported), fp16, bf16, fp32.")] = "auto",
     resize: Annotated[Optional[str], typer.Option(help="squash (default), center-crop or letterbox.")] = None,
-    decoder: Annotated[Optional[str], typer.Option(help="torchvision (default: libjpeg-turbo, uint8 resize) or pil (to extend stores made by the older PIL path).")] = None,
+    decoder: Annotated[Optional[str], typer.Option(help="torchvision (default: libjpeg-turbo, uint8 resize), nvjpeg (decode and resize on the GPU) or pil (to extend stores made by the older PIL path).")] = None,
     workers: Annotated[Optional[int], typer.Option(help="Image decoding processes [default: spare cores on GPU; on CPU none up to 2 cores, else 1].")] = None,
     threads: Annotated[Optional[int], typer.Option(help="Torch CPU threads [default: the cores decoding leaves].")] = None,
+    decode_thread: Annotated[bool, typer.Option(help="With no decode processes, decode the next batch in a thread while the model runs.")] = False,
     limit: Annotated[Optional[int], typer.Option(help="Only the first N samples.")] = None,
     dtype: Annotated[str, typer.Option(help="Stored embedding type: float32 or float16.")] = "float32",
     normalize: Annotated[Optional[str], typer.Option(help="none or l2 [default: the backbone's].")] = None,
@@ -122,7 +123,7 @@ def extract(
 
     config = ExtractConfig(
         backbone=backbone, data=str(data), out=str(out), weights=weights, modality=modality, format=format,
-        batch_size=batch_size, device=device, precision=precision, resize=resize, decoder=decoder, workers=workers, threads=threads,
+        batch_size=batch_size, device=device, precision=precision, resize=resize, decoder=decoder, workers=workers, threads=threads, decode_thread=decode_thread,
         limit=limit, dtype=dtype, normalize=normalize, split=str(split) if split else None,
         vocab=vocab_config(top_k, min_count, genres, other, synonym, no_synonyms),
     )
