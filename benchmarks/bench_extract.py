@@ -7,7 +7,8 @@ For each backbone, in one run on the same machine:
      input path, decoding in the main process between batches), and, in the same run, with a decode
      thread beside the model and with the older PIL input path (`--decoder pil`);
   3. naive: one image at a time (PIL open, transform, fp32 forward, append), as notebooks do.
-Model-only is measured in fp32 and in the precision genrekit picks (bf16 on CPUs that have it).
+Model-only is measured in fp32 and in the end-to-end precision (--precision; auto = bf16 on CPUs that
+have it), and the ratio is to the best model-only rate in that precision.
 It prints images/s and the ratios genrekit/model-only (goal >= 0.85) and genrekit/naive (goal >= 2).
 
     python benchmarks/bench_extract.py                      # mobilenet_v2 and ViT-B-32, 256 posters

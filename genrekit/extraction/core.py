@@ -184,7 +184,9 @@ def _workers_and_threads(config: ExtractConfig, on_gpu: bool) -> tuple[int, int]
     cores slows every layer. Measured on 2 cores (benchmarks/README.md, MobileNetV2 bf16):
     decoding in the main process with 2 torch threads ran at 107 posters/s, one decode worker
     beside 2 threads at 86, one worker beside 1 thread at 78. With more cores, one worker gets a
-    core of its own.
+    core of its own. ``--decode-thread`` (decoding the next batch in a thread beside torch's) is
+    off by default: the cheaper torchvision input path has not yet been timed against it on a
+    quiet machine (benchmarks/README.md, "Input path").
     """
     cores = cpu_count()
     if config.workers is not None:
