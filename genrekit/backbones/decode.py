@@ -57,8 +57,9 @@ def jpeg_header(data: bytes) -> tuple[int, int, int] | None:
     return None
 
 
-def _plain_jpeg_bytes(path: str) -> bytes | None:
-    """The file's bytes when the fast decoder may take it; None sends it to the PIL reader."""
+def plain_jpeg_bytes(path: str) -> bytes | None:
+    """The bytes of ``path`` when it is a plain 1- or 3-channel JPEG file within the limits, for
+    the fast decoder; None sends it to the PIL reader."""
     if path.startswith(("http://", "https://")):
         return None
     try:
@@ -109,18 +110,13 @@ def decode_jpegs(datas: list[bytes], device: str | torch.device) -> list[torch.T
         return out
 
 
-def plain_jpeg_bytes(path: str) -> bytes | None:
-    """The bytes of ``path`` when it is a plain 1- or 3-channel JPEG within the limits, else None."""
-    return _plain_jpeg_bytes(path)
-
-
 def read_rgb(path: str) -> torch.Tensor:
     """Read one image as a (3, H, W) uint8 RGB tensor, upright.
 
     Raises :class:`~genrekit.errors.UnreadableImageError` with the PIL reader's reason. The PIL
     fallback decodes at full size (no JPEG draft), as libjpeg-turbo does, so both give the same pixels.
     """
-    data = _plain_jpeg_bytes(path)
+    data = plain_jpeg_bytes(path)
     if data is not None:
         try:
             return decode_jpeg_bytes(data)
