@@ -277,7 +277,7 @@ def extract(config: ExtractConfig, progress: ProgressFn | None = None, manifest:
     samples = manifest.samples[: config.limit] if config.limit else manifest.samples
     encoder = create_encoder(config.backbone, config.weights, config.device, config.precision, config.resize,
                              config.decoder if config.modality == "image" else None)
-    if config.modality == "image" and encoder.preprocess.decoder == "nvjpeg" and encoder.device.type != "cuda":
+    if config.modality == "image" and encoder.preprocess and encoder.preprocess.decoder == "nvjpeg" and encoder.device.type != "cuda":
         raise ConfigError("--decoder nvjpeg decodes on a CUDA GPU; on CPU use --decoder torchvision (a store "
                           "made with nvjpeg is extended on a GPU only)")
     resolved = asdict(config) | {
