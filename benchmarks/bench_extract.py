@@ -3,9 +3,12 @@
 For each backbone, in one run on the same machine:
   1. model only: the best images/s over a grid of batch sizes and memory formats, on tensors that
      are already decoded and preprocessed (the ceiling extraction can reach);
-  2. genrekit: `extract` end to end, JPEG files to HDF5 store, with its defaults;
+  2. genrekit: `extract` end to end, JPEG files to HDF5 store, with its defaults (the torchvision
+     input path, decoding in the main process between batches), and, in the same run, with a decode
+     thread beside the model and with the older PIL input path (`--decoder pil`);
   3. naive: one image at a time (PIL open, transform, fp32 forward, append), as notebooks do.
-Model-only is measured in fp32 and in the precision genrekit picks (bf16 on CPUs that have it).
+Model-only is measured in fp32 and in the end-to-end precision (--precision; auto = bf16 on CPUs that
+have it), and the ratio is to the best model-only rate in that precision.
 It prints images/s and the ratios genrekit/model-only (goal >= 0.85) and genrekit/naive (goal >= 2).
 
     python benchmarks/bench_extract.py                      # mobilenet_v2 and ViT-B-32, 256 posters
@@ -15,6 +18,7 @@ It prints images/s and the ratios genrekit/model-only (goal >= 0.85) and genreki
 from __future__ import annotations
 
 import argparse
+import os
 import itertools
 import platform
 import tempfile
@@ -28,7 +32,8 @@ from genrekit.data.manifest import read_manifest
 from genrekit.extraction import ExtractConfig, extract
 from genrekit.system import cpu_count
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
+# The checkout sits next to shared/ (GENREKIT_SHARED overrides it, e.g. from a git worktree).
+SHARED = Path(os.environ.get("GENREKIT_SHARED") or Path(__file__).resolve().parents[2] / "shared")
 POSTERS = SHARED / "data" / "movie_posters" / "labels.csv"
 MOBILENET = SHARED / "weights" / "mobilenet_v2-coralquant-dequant-tv.pth"
 
@@ -70,12 +75,21 @@ def naive(enc, paths) -> float:
     return len(paths) / (time.perf_counter() - t0)
 
 
+# End-to-end variants: ExtractConfig fields on top of the defaults.
+VARIANTS = {"default": {}, "decode thread": {"decode_thread": True}, "pil path": {"decoder": "pil"}}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--backbones", nargs="+", default=["mobilenet_v2", "ViT-B-32"])
     ap.add_argument("--n", type=int, default=1024, help="posters per end-to-end run (start-up is included)")
     ap.add_argument("--seconds", type=float, default=4.0, help="time per model-only grid point")
     ap.add_argument("--batches", type=int, nargs="+", default=[1, 8, 16, 32, 64])
+    ap.add_argument("--precision", default="auto",
+                    help="end-to-end precision (auto: bf16 on CPUs with native bf16, else fp32); model only is "
+                         "measured in fp32 and in this one, and the ratio is to the best in this one")
+    ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS),
+                    help="end-to-end variants; the first is genrekit's default")
     args = ap.parse_args()
     manifest = read_manifest(POSTERS)
     paths = [s.image for s in manifest.samples[: args.n]]
@@ -87,7 +101,8 @@ def main() -> None:
         cores = cpu_count()
         threads = sorted({1, cores})
         grids = {}
-        for precision in dict.fromkeys(["fp32", create_encoder(name, weights=weights).precision]):
+        e2e_precision = create_encoder(name, weights=weights, precision=args.precision).precision
+        for precision in dict.fromkeys(["fp32", e2e_precision]):
             enc = create_encoder(name, weights=weights, precision=precision)
             grids[precision] = grid = model_only_grid(enc, args.batches, threads, args.seconds)
             print(f"\n## {name} model only, {precision}, images/s (batch x memory format x torch threads)")
@@ -96,22 +111,30 @@ def main() -> None:
                                    for cl in (False, True) for th in threads)
                 print(f"  batch {bs:3d}: {cells}")
         (best_prec, (best_bs, best_cl, best_th)), best = max(
-            (((p, k), v) for p, g in grids.items() for k, v in g.items()), key=lambda kv: kv[1]
+            (((e2e_precision, k), v) for k, v in grids[e2e_precision].items()), key=lambda kv: kv[1]
         )
-        with tempfile.TemporaryDirectory() as tmp:
-            rep = extract(ExtractConfig(backbone=name, weights=weights, data=str(POSTERS), out=f"{tmp}/s.h5", limit=args.n))
-        e2e = rep.items_per_second
-        nv = naive(create_encoder(name, weights=weights, precision="fp32"), paths[: max(32, args.n // 4)])
-        s = rep.seconds
-        default = create_encoder(name, weights=weights)
-        print(f"  genrekit end to end (defaults: batch {default.spec.cpu_batch_size}, {default.precision}): {e2e:.1f} images/s "
-              f"(read wait {s['read']:.1f}s, encode {s['encode']:.1f}s, write {s['write']:.2f}s, total {s['total']:.1f}s)")
+        default = create_encoder(name, weights=weights, precision=args.precision)
+        e2e = {}
+        for variant in args.variants:
+            with tempfile.TemporaryDirectory() as tmp:
+                rep = extract(ExtractConfig(backbone=name, weights=weights, data=str(POSTERS), out=f"{tmp}/s.h5",
+                                            limit=args.n, precision=args.precision, **VARIANTS[variant]))
+            e2e[variant] = rep.items_per_second
+            s = rep.seconds
+            print(f"  genrekit end to end, {variant} (batch {default.spec.cpu_batch_size}, {default.precision}): "
+                  f"{e2e[variant]:.1f} images/s (read wait {s['read']:.1f}s, encode {s['encode']:.1f}s, "
+                  f"write {s['write']:.2f}s, total {s['total']:.1f}s)", flush=True)
+        nv = naive(create_encoder(name, weights=weights, precision="fp32", decoder="pil"), paths[: max(32, args.n // 4)])
         print(f"  naive one-at-a-time loop: {nv:.1f} images/s")
         rows.append((name, best, f"{best_prec}, batch {best_bs}{' NHWC' if best_cl else ''}, {best_th} thread(s)", e2e, nv))
-    print("\n| backbone | model-only best (batch) | genrekit end to end | naive loop | e2e / model-only (goal >= 0.85) | e2e / naive (goal >= 2) |")
-    print("|---|---|---|---|---|---|")
+    first = args.variants[0]
+    others = args.variants[1:]
+    print(f"\n| backbone | model-only best (batch) | genrekit end to end ({first}) | naive loop | e2e / model-only (goal >= 0.85) "
+          f"| e2e / naive (goal >= 2) |" + "".join(f" {v}: e2e / model-only |" for v in others))
+    print("|---|---|---|---|---|---|" + "---|" * len(others))
     for name, best, cfg, e2e, nv in rows:
-        print(f"| {name} | {best:.1f} ({cfg}) | {e2e:.1f} | {nv:.1f} | {e2e / best:.2f} | {e2e / nv:.1f}x |")
+        print(f"| {name} | {best:.1f} ({cfg}) | {e2e[first]:.1f} | {nv:.1f} | {e2e[first] / best:.2f} | {e2e[first] / nv:.1f}x |"
+              + "".join(f" {e2e[v]:.1f} = {e2e[v] / best:.2f} |" for v in others))
 
 
 if __name__ == "__main__":

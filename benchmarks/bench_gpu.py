@@ -7,7 +7,9 @@ For each backbone (random weights: no download) and precision, in one run on one
      per image counted with ``torch.utils.flop_counter.FlopCounterMode``; 1 multiply-add = 2 FLOPs);
   3. end to end: ``genrekit extract`` with its GPU defaults over procedurally drawn JPEG posters
      (``genrekit.data.demo``, written to a temporary folder: no data is needed), decode workers
-     included; images/s over the steady part (input wait + encode + write) and over the whole
+     included, once per ``--decoders`` entry (``torchvision``: libjpeg-turbo in CPU workers, uint8
+     batches in pinned memory, normalised on the GPU; ``nvjpeg``: JPEG bytes from the workers,
+     one batched nvJPEG decode and the resize on the GPU); images/s over the steady part (input wait + encode + write) and over the whole
      call (model build and manifest read included).
 It needs nothing but this repository and its Python dependencies: no network, no weights, no data.
 Without a CUDA GPU it prints "no CUDA GPU: nothing to measure" and exits 0.
@@ -119,10 +121,11 @@ def synthetic_posters(folder: Path, n: int, unique: int) -> Path:
     return labels
 
 
-def end_to_end(model: str, precision: str, device: str, labels: Path, out: Path) -> tuple[float, float, dict]:
+def end_to_end(model: str, precision: str, device: str, labels: Path, out: Path, decoder: str) -> tuple[float, float, dict]:
     from genrekit.extraction import ExtractConfig, extract
 
-    rep = extract(ExtractConfig(backbone=model, weights="none", data=str(labels), out=str(out), device=device, precision=precision))
+    rep = extract(ExtractConfig(backbone=model, weights="none", data=str(labels), out=str(out), device=device,
+                                precision=precision, decoder=decoder))
     s = rep.seconds
     steady = rep.encoded / (s["read"] + s["encode"] + s["write"])
     out.unlink()
@@ -139,12 +142,16 @@ def main() -> None:
     ap.add_argument("--unique", type=int, default=2048, help="distinct poster files drawn (the manifest cycles over them)")
     ap.add_argument("--peak-n", type=int, default=8192, help="matrix size of the peak matmul")
     ap.add_argument("--device", default="cuda", help="cuda, cuda:N, or cpu to check this script's logic without a GPU")
+    ap.add_argument("--decoders", nargs="+", default=["torchvision", "nvjpeg"], choices=("torchvision", "nvjpeg", "pil"),
+                    help="input paths measured end to end (nvjpeg only on a GPU)")
     ap.add_argument("--quick", action="store_true", help="ViT-B-32 only, bf16 only, 2,048 posters")
     args = ap.parse_args()
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         print("no CUDA GPU: nothing to measure")
         return
+    if device.type != "cuda":
+        args.decoders = [d for d in args.decoders if d != "nvjpeg"]
     if args.quick:
         args.models, args.precisions, args.n = args.models[:1], ["bf16"], min(args.n, 2048)
     gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU (logic check only: no autocast, numbers mean nothing)"
@@ -165,17 +172,18 @@ def main() -> None:
                 del enc
                 if device.type == "cuda":
                     torch.cuda.empty_cache()
-                steady, whole, secs = end_to_end(model, precision, str(device), labels, Path(tmp) / "s.h5")
                 share = flops * best / peak
                 print(f"{model} {precision}: {flops / 1e9:.1f} GFLOP/image; model only "
-                      + ", ".join(f"batch {bs}: {r:,.0f}/s" for bs, r in grid.items())
-                      + f"; end to end {steady:,.0f}/s steady, {whole:,.0f}/s whole call "
-                      f"(input wait {secs['read']:.1f} s, encode {secs['encode']:.1f} s, write {secs['write']:.1f} s, "
-                      f"total {secs['total']:.1f} s)", flush=True)  # fmt: skip
-                rows.append([model, precision, size, f"{flops / 1e9:.1f}", f"{best:,.0f} ({best_bs})", f"{share:.1%}",
-                             f"{steady:,.0f}", f"{whole:,.0f}", f"{steady / best:.2f}"])  # fmt: skip
+                      + ", ".join(f"batch {bs}: {r:,.0f}/s" for bs, r in grid.items()), flush=True)
+                for decoder in args.decoders:
+                    steady, whole, secs = end_to_end(model, precision, str(device), labels, Path(tmp) / "s.h5", decoder)
+                    print(f"  end to end, {decoder} input: {steady:,.0f}/s steady, {whole:,.0f}/s whole call "
+                          f"(input wait {secs['read']:.1f} s, encode {secs['encode']:.1f} s, write {secs['write']:.1f} s, "
+                          f"total {secs['total']:.1f} s)", flush=True)  # fmt: skip
+                    rows.append([model, precision, decoder, size, f"{flops / 1e9:.1f}", f"{best:,.0f} ({best_bs})", f"{share:.1%}",
+                                 f"{steady:,.0f}", f"{whole:,.0f}", f"{steady / best:.2f}"])  # fmt: skip
     print()
-    print(md_table(["backbone", "precision", "input px", "GFLOP/image", "model only images/s (batch)",
+    print(md_table(["backbone", "precision", "input", "input px", "GFLOP/image", "model only images/s (batch)",
                     "share of bf16 matmul peak", "end to end images/s (steady)", "end to end images/s (whole call)",
                     "end to end / model only"], rows))  # fmt: skip
 

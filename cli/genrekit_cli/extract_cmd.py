@@ -109,10 +109,12 @@ def extract(
     device: DeviceOpt = "auto",
     precision: Annotated[str, typer.Option(help="GPU autocast: auto (bf16 where supported), fp16, bf16, fp32.")] = "auto",
     resize: Annotated[Optional[str], typer.Option(help="squash, center-crop or letterbox.", show_default="squash")] = None,
+    decoder: Annotated[Optional[str], typer.Option(help="torchvision (libjpeg-turbo, uint8 resize), nvjpeg (decode and resize on the GPU) or pil (to extend stores made by the older PIL path).", show_default="torchvision")] = None,
     workers: Annotated[
         Optional[int], typer.Option(help="Image decoding processes; with --engine ray, encoder actors.", show_default="spare cores on GPU; on CPU none up to 2 cores, else 1; ray: one per GPU, else 1")
     ] = None,
     threads: Annotated[Optional[int], typer.Option(help="Torch CPU threads.", show_default="the cores decoding leaves")] = None,
+    decode_thread: Annotated[bool, typer.Option(help="With no decode processes, decode the next batch in a thread while the model runs.")] = False,
     limit: Annotated[Optional[int], typer.Option(help="Only the first N samples.")] = None,
     dtype: Annotated[str, typer.Option(help="Stored embedding type: float32 or float16.")] = "float32",
     normalize: Annotated[Optional[str], typer.Option(help="none or l2.", show_default="the backbone's")] = None,
@@ -135,7 +137,7 @@ def extract(
     refuse_overwrite(out, {"the manifest": data, "the split file": split}, "--out")
     config = ExtractConfig(
         backbone=backbone, data=str(data), out=str(out), weights=weights, modality=modality, text_field=field, format=format,
-        batch_size=batch_size, device=device, precision=precision, resize=resize, workers=workers, threads=threads,
+        batch_size=batch_size, device=device, precision=precision, resize=resize, decoder=decoder, workers=workers, threads=threads, decode_thread=decode_thread,
         limit=limit, dtype=dtype, normalize=normalize, split=str(split) if split else None,
         vocab=vocab_config(top_k, min_count, genres, other, synonym, no_synonyms),
         engine=engine, ray_address=ray_address, num_gpus_per_worker=num_gpus_per_worker,
@@ -190,6 +192,8 @@ def store_info(
     if enc.get("weights_sha256"):
         weights += f" (sha256 {enc['weights_sha256'][:12]}…)"
     pre = info["preprocessing"]
+    if info["modality"] == "image" and "decoder" not in pre:  # made before the decoder was recorded
+        pre = {**pre, "decoder": "pil (the older path: extend it with --decoder pil)"}
     pre_s = ", ".join(f"{k}={v}" for k, v in pre.items())
     for k, v in (
         ("rows", f"{info['rows']:,} x {info['dim']} {info['dtype']} ({info['size_bytes'] / 1e6:.1f} MB)"),

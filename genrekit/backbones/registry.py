@@ -119,6 +119,7 @@ def create_encoder(
     device: str = "cpu",
     precision: str = "auto",
     resize: str | None = None,
+    decoder: str | None = None,
 ) -> Encoder:
     """Build a frozen encoder with its preprocessing.
 
@@ -130,6 +131,8 @@ def create_encoder(
         precision: ``auto`` (bf16 where the GPU or CPU has it, else fp16 on GPU and fp32 on CPU),
             ``fp32``, ``fp16`` (GPU only) or ``bf16``. Recorded in the encoder identity.
         resize: override the poster resize mode (``squash``, ``center-crop``, ``letterbox``).
+        decoder: ``torchvision`` (default: libjpeg-turbo, uint8 resize) or ``pil`` (the older path,
+            to extend or use stores made with it).
 
     Example:
         >>> enc = create_encoder("ViT-L-14", weights="none")  # doctest: +SKIP
@@ -139,7 +142,7 @@ def create_encoder(
     spec = get_spec(name)
     ref = WeightsRef.parse(weights, spec)
     dev = resolve_device(device)
-    return spec.build(spec, ref, dev, precision=precision).with_resize(resize)
+    return spec.build(spec, ref, dev, precision=precision).with_resize(resize, decoder)
 
 
 def weights_present(spec: BackboneSpec, tag: str | None = None) -> bool | None:

@@ -19,7 +19,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from genrekit.backbones import Encoder, Preprocess, create_encoder
-from genrekit.data.images import load_image
+from genrekit.backbones.decode import decode_jpegs, plain_jpeg_bytes
+from genrekit.backbones.preprocess import DECODERS
 from genrekit.data.manifest import TEXT_FIELDS, Manifest, Sample, read_manifest, sample_text
 from genrekit.data.vocab import VocabConfig, apply_vocabulary
 from genrekit.errors import ConfigError, ManifestError, StoreMismatchError, UnreadableImageError
@@ -53,8 +54,10 @@ class ExtractConfig:
     device: str = "auto"
     precision: str = "auto"  # GPU autocast: bf16 where supported, else fp16
     resize: str | None = None  # squash | center-crop | letterbox; None = squash (measured best on posters)
+    decoder: str | None = None  # torchvision (libjpeg-turbo, uint8 resize) | pil (the older path); None = torchvision
     workers: int | None = None  # decode processes; None = spare cores on GPU, 0-1 on CPU (_workers_and_threads)
     threads: int | None = None  # torch CPU threads; None = the cores the decode workers leave
+    decode_thread: bool = False  # with no decode processes: decode the next batch in a thread while the model runs
     limit: int | None = None  # only the first N samples of the manifest
     dtype: str = "float32"  # stored embedding type: float32 or float16
     normalize: str | None = None  # none | l2; None = the backbone's default
@@ -83,6 +86,8 @@ class ExtractConfig:
                 raise ConfigError(f"--{name.replace('_', '-')} must be at least 1, got {v}")
         if self.workers is not None and self.workers < 0:
             raise ConfigError(f"--workers must be 0 or more, got {self.workers}")
+        if self.decoder not in (None, *DECODERS):
+            raise ConfigError(f"--decoder {self.decoder!r} is not one of {', '.join(DECODERS)}")
         if self.threads is not None and self.threads < 1:
             raise ConfigError(f"--threads must be at least 1, got {self.threads}")
 
@@ -132,7 +137,8 @@ def store_header(encoder: Encoder, modality: str, genres: Sequence[str], normali
 
 
 class _ImageFiles(Dataset):
-    """Decodes and preprocesses in worker processes; failures travel as reasons, not exceptions."""
+    """Decodes and resizes to uint8 (in worker processes, or in the main one); failures travel as
+    reasons, not exceptions. Batches stay uint8 until the encoder normalises them in one step."""
 
     def __init__(self, paths: Sequence[str | None], preprocess: Preprocess) -> None:
         self.paths, self.preprocess = list(paths), preprocess
@@ -145,7 +151,7 @@ class _ImageFiles(Dataset):
 
 
 def decode_item(path: str | None, preprocess: Preprocess) -> tuple[torch.Tensor | None, str | None]:
-    """One poster decoded and preprocessed, or the reason it cannot be: ``(tensor, None)`` or ``(None, reason)``.
+    """One poster decoded and resized to a uint8 tensor, or the reason it cannot be: ``(tensor, None)`` or ``(None, reason)``.
 
     The same function runs in local decode workers and in a cluster's decode tasks, so failures
     are recorded with the same reasons everywhere.
@@ -153,11 +159,40 @@ def decode_item(path: str | None, preprocess: Preprocess) -> tuple[torch.Tensor 
     try:
         if path is None:
             raise UnreadableImageError("no image in the manifest")
-        return preprocess(load_image(path, draft=2 * preprocess.size)), None
+        return preprocess.load(path), None
     except UnreadableImageError as e:
         return None, str(e)
     except Exception as e:  # a worker must never die on one bad file
         return None, f"cannot decode ({type(e).__name__}: {e})"
+
+
+class _JpegBytes(_ImageFiles):
+    """For decoding on the GPU: plain JPEGs travel as bytes, anything else is read here (CPU path)."""
+
+    def __getitem__(self, i: int):
+        data = plain_jpeg_bytes(self.paths[i]) if self.paths[i] else None
+        return (i, data, None) if data is not None else super().__getitem__(i)
+
+
+def _device_decoded(items, preprocess: Preprocess, paths: Sequence[str | None], device: torch.device):
+    """Items of :class:`_JpegBytes` -> ``(ok, uint8 batch on device, bad)``: one batched nvJPEG call,
+    resized on the device; what it refuses is read on CPU, which gives the fallback or the reason."""
+    jpegs = [(i, x) for i, x, _ in items if isinstance(x, bytes)]
+    decoded = dict(zip([i for i, _ in jpegs], decode_jpegs([x for _, x in jpegs], device))) if jpegs else {}
+    ok, xs, bad = [], [], []
+    for i, x, reason in items:
+        if isinstance(x, bytes):
+            x = decoded[i]
+            if x is not None:
+                x = preprocess.resize_uint8(x)
+            else:
+                _, x, reason = _ImageFiles([paths[i]], preprocess)[0]
+        if x is None:
+            bad.append((i, reason))
+        else:
+            ok.append(i)
+            xs.append(x.to(device, non_blocking=True))
+    return ok, (torch.stack(xs) if xs else None), bad
 
 
 def _collate(items):
@@ -175,7 +210,9 @@ def _workers_and_threads(config: ExtractConfig, on_gpu: bool) -> tuple[int, int]
     cores slows every layer. Measured on 2 cores (benchmarks/README.md, MobileNetV2 bf16):
     decoding in the main process with 2 torch threads ran at 107 posters/s, one decode worker
     beside 2 threads at 86, one worker beside 1 thread at 78. With more cores, one worker gets a
-    core of its own.
+    core of its own. ``--decode-thread`` (decoding the next batch in a thread beside torch's) is
+    off by default: the cheaper torchvision input path has not yet been timed against it on a
+    quiet machine (benchmarks/README.md, "Input path").
     """
     cores = cpu_count()
     if config.workers is not None:
@@ -197,8 +234,31 @@ def _torch_threads(n: int):
         torch.set_num_threads(before)
 
 
-def _image_batches(samples: Sequence[Sample], encoder: Encoder, batch_size: int, workers: int):
+def _prefetched(batches):
+    """Make the next batch in a thread while the caller encodes this one (decode_jpeg and the
+    resize kernels release the GIL)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    it = iter(batches)
+    with ThreadPoolExecutor(1, thread_name_prefix="genrekit-decode") as pool:
+        nxt = pool.submit(next, it, None)
+        while (batch := nxt.result()) is not None:
+            nxt = pool.submit(next, it, None)
+            yield batch
+
+
+def _image_batches(samples: Sequence[Sample], encoder: Encoder, batch_size: int, workers: int, thread: bool = False):
     ds = _ImageFiles([s.image for s in samples], encoder.preprocess)
+    if encoder.preprocess.decoder == "nvjpeg":
+        paths = [s.image for s in samples]
+        loader = DataLoader(_JpegBytes(paths, encoder.preprocess), batch_size=batch_size, num_workers=workers,
+                            collate_fn=list, prefetch_factor=4 if workers else None)
+        for items in loader:
+            yield _device_decoded(items, encoder.preprocess, paths, encoder.device)
+        return
+    if thread and not workers:
+        yield from _prefetched(DataLoader(ds, batch_size=batch_size, num_workers=0, collate_fn=_collate))
+        return
     loader = DataLoader(
         ds,
         batch_size=batch_size,
@@ -250,11 +310,16 @@ def plan_extraction(config: ExtractConfig, manifest: Manifest | None = None) -> 
     manifest, vocab_report = apply_vocabulary(manifest, config.vocab)
     genres = manifest.vocabulary()  # of the whole manifest, so --limit runs extend the same store
     samples = manifest.samples[: config.limit] if config.limit else manifest.samples
-    encoder = create_encoder(config.backbone, config.weights, config.device, config.precision, config.resize)
+    encoder = create_encoder(config.backbone, config.weights, config.device, config.precision, config.resize,
+                             config.decoder if config.modality == "image" else None)
+    if config.modality == "image" and encoder.preprocess and encoder.preprocess.decoder == "nvjpeg" and encoder.device.type != "cuda":
+        raise ConfigError("--decoder nvjpeg decodes on a CUDA GPU; on CPU use --decoder torchvision (a store "
+                          "made with nvjpeg is extended on a GPU only)")
     resolved = asdict(config) | {
         "vocabulary_report": asdict(vocab_report),
         "weights": encoder.identity["weights"],
         "resize": encoder.preprocess.resize if encoder.preprocess and config.modality == "image" else None,
+        "decoder": encoder.preprocess.decoder if encoder.preprocess and config.modality == "image" else None,
     }
     text_field = config.text_field if config.modality == "text" else None
     if text_field and text_field not in TEXT_FIELDS and not any(text_field in s.extra for s in samples):
@@ -376,7 +441,7 @@ def _extract_here(config: ExtractConfig, progress: ProgressFn | None, manifest: 
     times = {"read": 0.0, "encode": 0.0, "write": 0.0}
     sink = PartSink(plan, times)
     if config.modality == "image":
-        batches = _image_batches(todo, encoder, batch_size, workers if len(todo) > batch_size else 0)
+        batches = _image_batches(todo, encoder, batch_size, workers if len(todo) > batch_size else 0, config.decode_thread)
     else:
         batches = _text_batches(todo, batch_size, config.text_field)
     if progress:
@@ -414,12 +479,14 @@ def encoder_from_header(header: StoreHeader, device: str = "cpu") -> Encoder:
             f"the store was made with weights {weights}, which no longer exist; put the file back or re-extract"
         )
     resize = header.preprocessing.get("resize") if header.modality == "image" else None
+    # Stores made before the torchvision path recorded no decoder: they were made with PIL.
+    decoder = header.preprocessing.get("decoder", "pil") if header.modality == "image" else None
     # The store's precision where this device has it (a GPU's fp16 store is read in fp32 on CPU);
     # predictions tolerate the ~0.999 cosine between precisions, extending a store does not.
     precision = ident.get("precision", "fp32")
     if precision == "fp16" and not device.startswith(("cuda", "auto")):
         precision = "fp32"
-    encoder = create_encoder(ident["name"], weights, device, precision=precision, resize=resize)
+    encoder = create_encoder(ident["name"], weights, device, precision=precision, resize=resize, decoder=decoder)
     new = store_header(encoder, header.modality, header.genres, header.normalisation, header.dtype,
                        text_field=header.preprocessing.get("field") if header.modality == "text" else None)
     diff = [d for d in header.diff(new) if d[0] != "encoder.precision"]
@@ -439,7 +506,7 @@ def embed_files(encoder: Encoder, header: StoreHeader, paths: Sequence[str], bat
     xs, ok, failures = [], [], []
     for path in paths:
         try:
-            xs.append(encoder.load_image(str(path)))
+            xs.append(encoder.read_image(str(path)))
             ok.append(str(path))
         except UnreadableImageError as e:
             failures.append((str(path), str(e)))

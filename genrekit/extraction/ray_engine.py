@@ -47,9 +47,9 @@ def import_ray():
 
 
 def _decode_batch(batch: dict, preprocess) -> dict:
-    """A Ray Data task: paths -> preprocessed float tensors, or the reason each one failed."""
+    """A Ray Data task: paths -> decoded, resized uint8 tensors, or the reason each one failed."""
     size = preprocess.size
-    x = np.zeros((len(batch["i"]), 3, size, size), np.float32)
+    x = np.zeros((len(batch["i"]), 3, size, size), np.uint8)
     reasons = []
     for k, path in enumerate(batch["path"]):
         t, reason = decode_item(str(path) if path else None, preprocess)
@@ -69,7 +69,8 @@ class _Encode:
 
         self.threads = threads
         torch.set_num_threads(threads)
-        self.encoder = create_encoder(config.backbone, config.weights, config.device, config.precision, config.resize)
+        self.encoder = create_encoder(config.backbone, config.weights, config.device, config.precision, config.resize,
+                                      config.decoder if config.modality == "image" else None)
         self.modality = config.modality
         mine = self.encoder.identity
         for k in sorted(set(mine) | set(identity)):
@@ -130,6 +131,8 @@ def extract_on_ray(config: ExtractConfig, progress: ProgressFn | None = None, ma
         ...                       engine="ray", ray_address="auto", num_gpus_per_worker=1))  # doctest: +SKIP
     """
     import_ray()  # fail in one line before reading anything
+    if config.decoder == "nvjpeg":
+        raise ConfigError("--engine ray decodes in CPU tasks; use --decoder torchvision (nvjpeg decodes on the GPU of a local run)")
     plan = plan_extraction(config, manifest)
     times = {"read": 0.0, "encode": 0.0, "write": 0.0}
     sink = PartSink(plan, times)
