@@ -194,7 +194,7 @@ def test_ensemble_is_a_leaderboard_entry_saved_without_pickle(tmp_path):
     assert list(res["heads"])[-1] == "ensemble" and e["head"] == "ensemble"
     assert e["val"]["map_macro"] >= max(res["heads"][h]["val"]["map_macro"] for h in ("logreg", "knn")) - 1e-12
     rec = json.loads((tmp_path / "ensemble" / "ensemble.json").read_text())
-    assert set(rec["members"]) <= {"logreg", "knn"} and sorted(p.name for p in (tmp_path / "ensemble").iterdir()) == ["ensemble.json"]
+    assert set(rec["members"]) <= {"logreg", "knn"} and sorted(p.name for p in (tmp_path / "ensemble").iterdir()) == ["ensemble.json", "predictions.npz"]
     saved = load_head(tmp_path / "ensemble")
     split = np.array([r["split"] for r in csv.DictReader((tmp_path / "split.csv").open())])
     P = saved.predict_proba(fs.X[split == "test"])

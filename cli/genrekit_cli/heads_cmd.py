@@ -297,6 +297,7 @@ def evaluate(
     from genrekit.errors import ConfigError
     from genrekit.heads.saved import _json_default
     from genrekit.inference import evaluate_manifest, evaluate_stores, load_run, write_predictions
+    from genrekit.store import FeatureStore
 
     if bool(store) == bool(data):  # a usage error: exit 2 with the usage, like a missing option
         raise typer.BadParameter("give the collection's stores (one per store of the run), or its manifest", param_hint="'--store' or '--data'")
@@ -307,6 +308,8 @@ def evaluate(
             refuse_overwrite(out, {"the manifest": data, "the run": run}, flag)
     if json_out and predictions and json_out.resolve() == predictions.resolve():
         raise ConfigError(f"--json and --predictions both name {json_out}; give them different files")
+    for s in store or []:  # a damaged store is named before the run is loaded (which may take a while)
+        FeatureStore(s).load()
     loaded = load_run(run, device=device)
     if data:
         with progress_bar("items") as progress:

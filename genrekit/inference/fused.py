@@ -187,10 +187,12 @@ class FusedRun:
 
 # -- recognising a fused run directory ------------------------------------------------------------
 def _read_json(path: Path) -> dict | None:
+    """The JSON object in ``path``, or ``None`` (unreadable, or not an object: the head loader names the fault)."""
     try:
-        return json.loads(path.read_text())
+        obj = json.loads(path.read_text())
     except (OSError, ValueError):
         return None
+    return obj if isinstance(obj, dict) else None
 
 
 def _where(path: Path) -> tuple[Path, str, str] | None:
