@@ -36,14 +36,20 @@ def atomic_open(path: str | Path, mode: str = "w", encoding: str | None = "utf-8
     """
     if mode not in ("w", "wb"):
         raise ValueError(f"atomic_open writes whole files; mode {mode!r} is not 'w' or 'wb'")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
+    with _temporary_beside(Path(path)) as (fd, _tmp):
         with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": encoding, "newline": newline})) as fh:
             yield fh
             fh.flush()
             os.fsync(fh.fileno())
+
+
+@contextlib.contextmanager
+def _temporary_beside(path: Path) -> Iterator[tuple[int, str]]:
+    """A fresh file next to ``path`` (O_CREAT | O_EXCL), renamed over ``path`` on success, removed on error."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        yield fd, tmp
         os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     except BaseException:
@@ -113,20 +119,11 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         ...     with h5py.File(tmp, "w") as f:
         ...         f["x"] = 1
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
+    with _temporary_beside(Path(path)) as (fd, tmp):
+        os.close(fd)  # the caller's library (h5py) opens it by name
         yield Path(tmp)
         fd = os.open(tmp, os.O_RDONLY)
         try:
             os.fsync(fd)
         finally:
             os.close(fd)
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
