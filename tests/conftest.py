@@ -49,3 +49,20 @@ def shared_data() -> Path:
     if not (d / "movie_posters" / "labels.csv").is_file():
         pytest.skip("../shared/data is not here")
     return d
+
+
+def make_heads_run(root: Path, backbone: str, heads: list[str], n: int = 80, min_positives: int = 3) -> dict:
+    """A generated collection, its store from a tiny registered backbone, and a `genrekit heads` run on it."""
+    from typer.testing import CliRunner
+
+    from genrekit.extraction import ExtractConfig, extract
+    from genrekit_cli.main import app
+
+    manifest = make_collection(root / "col", n=n)
+    store, runs = root / "tiny.h5", root / "runs"
+    extract(ExtractConfig(backbone=backbone, weights="none", data=str(manifest), out=str(store), device="cpu"))
+    args = ["heads", "--store", str(store), *(a for h in heads for a in ("--head", h)), "--out", str(runs),
+            "--min-positives", str(min_positives), "--jobs", "1"]  # fmt: skip
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 0, res.output
+    return {"root": root, "store": store, "runs": runs, "images": sorted((root / "col" / "img").glob("*.jpg")), "out": res.output}

@@ -7,10 +7,9 @@ import json
 
 import numpy as np
 import pytest
-from conftest import make_collection
+from conftest import make_heads_run
 from typer.testing import CliRunner
 
-from genrekit.extraction import ExtractConfig, extract
 from genrekit.store import StoreHeader, StoreWriter
 from genrekit_cli.main import app
 
@@ -19,17 +18,7 @@ runner = CliRunner()
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    root = tmp_path_factory.mktemp("tinyclip")
-    manifest = make_collection(root / "col", n=160)
-    store = root / "tiny.h5"
-    extract(ExtractConfig(backbone="test-tiny-clip", weights="none", data=str(manifest), out=str(store), device="cpu"))
-    runs = root / "runs"
-    res = runner.invoke(
-        app, ["heads", "--store", str(store), "--head", "logreg", "--head", "zeroshot", "--head", "knn",
-              "--out", str(runs), "--min-positives", "5", "--jobs", "1"],
-    )  # fmt: skip
-    assert res.exit_code == 0, res.output
-    return {"root": root, "store": store, "runs": runs, "images": sorted((root / "col" / "img").glob("*.jpg")), "out": res.output}
+    return make_heads_run(tmp_path_factory.mktemp("tinyclip"), "test-tiny-clip", ["logreg", "zeroshot", "knn"], n=160, min_positives=5)
 
 
 def test_heads_prints_one_leaderboard_and_the_best_heads_per_genre_report(tiny):

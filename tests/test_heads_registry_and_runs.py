@@ -7,11 +7,10 @@ import shutil
 
 import numpy as np
 import pytest
-from conftest import make_collection
+from conftest import make_heads_run
 from typer.testing import CliRunner
 
 from genrekit.errors import ConfigError, UnknownNameError
-from genrekit.extraction import ExtractConfig, extract
 from genrekit.heads import HEADS, HeadSpec
 from genrekit.heads.base import MultiLabelHead
 from genrekit.heads.saved import load_head
@@ -105,15 +104,8 @@ def test_results_csv_carries_every_metric_of_results_json_and_the_baseline(tmp_p
 # -- tampered run directories, through the CLI -----------------------------------------------------
 @pytest.fixture(scope="module")
 def tiny_runs(tmp_path_factory):
-    root = tmp_path_factory.mktemp("tamper")
-    manifest = make_collection(root / "col", n=80)
-    store = root / "tiny.h5"
-    extract(ExtractConfig(backbone="test-tiny-cnn", weights="none", data=str(manifest), out=str(store), device="cpu"))
-    runs = root / "runs"
-    res = runner.invoke(app, ["heads", "--store", str(store), "--head", "logreg", "--head", "knn", "--head", "mlp", "--out", str(runs),
-                              "--min-positives", "3", "--jobs", "1"])  # fmt: skip
-    assert res.exit_code == 0, res.output
-    return {"store": store, "runs": runs, "image": sorted((root / "col" / "img").glob("*.jpg"))[0]}
+    r = make_heads_run(tmp_path_factory.mktemp("tamper"), "test-tiny-cnn", ["logreg", "knn", "mlp"])
+    return {**r, "image": r["images"][0]}
 
 
 def _edit_json(name, fn):

@@ -10,7 +10,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-from conftest import make_collection
+from conftest import make_heads_run
 from PIL import Image
 from synthetic import synthetic_features
 from test_fusion import FAST, two_modalities
@@ -19,7 +19,6 @@ from typer.testing import CliRunner
 
 from genrekit.backbones import create_encoder
 from genrekit.evaluation.thresholds import fixed
-from genrekit.extraction import ExtractConfig, extract
 from genrekit.features import join_features
 from genrekit.heads.registry import create_head
 from genrekit.heads.saved import SavedHead
@@ -224,14 +223,7 @@ def test_explain_writes_overlays_maps_and_a_summary(quadrant_run, tmp_path):
 # -- explain and report through the CLI on a real (tiny) image run ----------------------------------
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
-    root = tmp_path_factory.mktemp("tinycnn")
-    manifest = make_collection(root / "col", n=80)
-    store = root / "tiny.h5"
-    extract(ExtractConfig(backbone="test-tiny-cnn", weights="none", data=str(manifest), out=str(store), device="cpu"))
-    res = runner.invoke(app, ["heads", "--store", str(store), "--head", "logreg", "--head", "knn", "--out", str(root / "runs"),
-                              "--min-positives", "3", "--jobs", "1"])  # fmt: skip
-    assert res.exit_code == 0, res.output
-    return {"root": root, "runs": root / "runs", "images": sorted((root / "col" / "img").glob("*.jpg"))}
+    return make_heads_run(tmp_path_factory.mktemp("tinycnn"), "test-tiny-cnn", ["logreg", "knn"])
 
 
 def test_explain_cli_on_an_image_head_gives_maps_in_the_posters_pixel_grid(tiny_run, tmp_path):

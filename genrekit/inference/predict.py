@@ -85,55 +85,21 @@ def _as_saved(run: str | Path | SavedHead) -> SavedHead:
     return saved
 
 
-def _run_encoder(saved: SavedHead, device: str):
-    if saved.header is None:
-        raise ConfigError("this head was trained on features without a store header (e.g. fused); predict from features instead")
-    from genrekit.extraction import encoder_from_header
-
-    return encoder_from_header(saved.header, device=device)
-
-
-def predict_files(
-    run: str | Path | SavedHead, paths: Sequence[str | Path], device: str = "cpu"
-) -> tuple[list[Prediction], list[tuple[str, str]]]:
-    """Genres of poster files, extracted with the run's encoder exactly as its store was made.
-
-    Args:
-        run: a run directory (``RUNS/<head>``) or a loaded head.
-        paths: image files.
-        device: where the encoder runs.
-
-    Returns:
-        (predictions of the readable files, ``(path, reason)`` for unreadable ones).
-
-    Example:
-        >>> preds, failed = predict_files("runs/logreg", ["poster.jpg"])  # doctest: +SKIP
-        >>> preds[0].line()
-        'Drama* 0.71, Comedy 0.33, ...'
-    """
-    saved = _as_saved(run)
-    if saved.header is not None and saved.header.modality != "image":
-        raise ConfigError(f"the {saved.name} head was trained on {saved.header.modality} features; pass texts with --text")
-    from genrekit.extraction import embed_files
-
-    encoder = _run_encoder(saved, device)
-    X, ok, failures = embed_files(encoder, saved.header, [str(p) for p in paths])
-    if not len(ok):
-        return [], failures
-    P = saved.predict_proba(X)
-    return rank(ok, P, saved.thresholds.apply(P), saved.genres), failures
-
-
 def predict_texts(run: str | Path | SavedHead, texts: Sequence[str], device: str = "cpu") -> list[Prediction]:
-    """Genres of plots (or any texts), for heads trained on a text store."""
+    """Genres of plots (or any texts), for heads trained on one text store.
+
+    A thin form of :func:`genrekit.inference.loaded.predict_items` for a single text head (the
+    embedding happens there, as for every run kind).
+    """
+    from genrekit.inference.loaded import HeadRun, Item, predict_items
+
     saved = _as_saved(run)
     if saved.header is not None and saved.header.modality != "text":
         raise ConfigError(f"the {saved.name} head was trained on {saved.header.modality} features; pass poster files")
-    from genrekit.extraction import embed_texts
-
-    X = embed_texts(_run_encoder(saved, device), saved.header, list(texts))
-    P = saved.predict_proba(X)
-    return rank(list(texts), P, saved.thresholds.apply(P), saved.genres)
+    loaded = HeadRun(saved, Path(".") if isinstance(run, SavedHead) else Path(run), device)
+    field = loaded.inputs[0]
+    preds, _ = predict_items(loaded, [Item(t, texts={field: t}) for t in texts])
+    return preds
 
 
 @dataclass
