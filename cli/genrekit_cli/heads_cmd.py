@@ -294,7 +294,7 @@ def evaluate(
 ) -> None:
     """Score a saved run on another collection's stores or manifest (genres aligned by name)."""
     from genrekit.atomic import atomic_write_json, refuse_overwrite
-    from genrekit.errors import ConfigError
+    from genrekit.errors import ConfigError, GenrekitError
     from genrekit.heads.saved import _json_default
     from genrekit.inference import evaluate_manifest, evaluate_stores, load_run, write_predictions
     from genrekit.store import FeatureStore
@@ -308,9 +308,12 @@ def evaluate(
             refuse_overwrite(out, {"the manifest": data, "the run": run}, flag)
     if json_out and predictions and json_out.resolve() == predictions.resolve():
         raise ConfigError(f"--json and --predictions both name {json_out}; give them different files")
-    for s in store or []:  # a damaged store is named before the run is loaded (which may take a while)
-        FeatureStore(s).load()
-    loaded = load_run(run, device=device)
+    try:
+        loaded = load_run(run, device=device)
+    except GenrekitError:
+        for s in store or []:  # when both are wrong, a damaged store is the first thing to name
+            FeatureStore(s).load()
+        raise
     if data:
         with progress_bar("items") as progress:
             ev = evaluate_manifest(loaded, data, split=split, format=format, progress=progress)
