@@ -116,6 +116,7 @@ def build_store(
     weights: str | None = None,
     modality: str = "image",
     limit: int | None = None,
+    layers: str = "last",
 ) -> Path:
     """A store in :data:`CACHE`, extracted the first time (resumed if an earlier run was cut off).
 
@@ -127,7 +128,8 @@ def build_store(
 
     CACHE.mkdir(parents=True, exist_ok=True)
     out = CACHE / f"{name}.h5"
-    config = ExtractConfig(backbone=backbone, weights=weights, data=str(data), out=str(out), modality=modality, limit=limit)
+    config = ExtractConfig(backbone=backbone, weights=weights, data=str(data), out=str(out), modality=modality, limit=limit,
+                           layers=layers)
     t0 = time.perf_counter()
     try:
         rep = extract(config)  # a no-op when the store is complete and made the same way

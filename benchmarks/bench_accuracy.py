@@ -84,6 +84,8 @@ def feature_sets(args) -> list[tuple[str, str, FeatureSet, StoreHeader | None]]:
         ("colorstats", FeatureStore(build_store("posters_colorstats", "colorstats", POSTERS))),
         ("MobileNetV2 random init", FeatureStore(build_store("posters_mobilenet_v2_random", "mobilenet_v2", POSTERS, weights="none"))),
         ("MobileNetV2 real weights", real),
+        ("MobileNetV2 real weights, 6 stages (mean, std)",
+         FeatureStore(build_store("posters_mobilenet_v2_layers", "mobilenet_v2", POSTERS, weights=str(MOBILENET), layers="all"))),
     ]
     out = [("movie_posters", name, with_split(st.load(), split), st.header) for name, st in image]
     minilm = FeatureStore(build_store("plots_minilm", "minilm", PLOTS, modality="text"))

@@ -176,3 +176,56 @@ def test_bf16_is_recorded_and_close_to_fp32(collection, tmp_path):
         extract(cfg(collection, tmp_path / "a.h5", precision="bf16"))
     with pytest.raises(ConfigError, match="fp16 is for GPUs"):
         extract(cfg(collection, tmp_path / "c.h5", precision="fp16"))
+
+
+# -- multi-layer CNN features (--layers) ---------------------------------------------------------
+def test_layers_pool_every_stage_and_the_last_stage_mean_is_the_embedding(collection, tmp_path):
+    from genrekit.backbones import create_encoder
+
+    last = FeatureStore(extract(cfg(collection, tmp_path / "last.h5")).store)
+    multi = FeatureStore(extract(cfg(collection, tmp_path / "all.h5", layers="all")).store)
+    enc = multi.header.encoder
+    assert (enc["layers"], enc["layer_stats"]) == ("2,4", "mean,std") and multi.header.dim == 2 * (8 + 16)
+    assert "layers" not in last.header.encoder  # last-layer stores record nothing, as before
+    # The pooled mean of the tiny CNN's last ReLU, through its Linear, is the last-layer embedding.
+    X = multi.load().X
+    means16 = X[:, 16:32]  # stage 1: mean(8), std(8); stage 2: mean(16), std(16)
+    lin = create_encoder("test-tiny-cnn").module[-1]
+    np.testing.assert_allclose(lin(torch_from(means16)).detach().numpy(), last.load().X, rtol=1e-4, atol=1e-5)
+    assert (X[:, 8:16] >= 0).all() and X[:, 8:16].max() > 0  # standard deviations
+
+
+def torch_from(a):
+    import torch
+
+    return torch.from_numpy(np.ascontiguousarray(a))
+
+
+def test_a_multi_layer_store_is_never_extended_with_other_layers(collection, tmp_path):
+    out = tmp_path / "all.h5"
+    extract(cfg(collection, out, layers="all", limit=10))
+    for other, name in ((dict(), r"encoder\.layer"), (dict(layers="2"), "encoder.layers"), (dict(layers="all", layer_stats="mean"), "encoder.layer_stats")):
+        with pytest.raises(StoreMismatchError, match=name):
+            extract(cfg(collection, out, **other))
+    assert extract(cfg(collection, out, layers="1,2")).encoded == 14  # the same stages, by number
+
+
+def test_layers_are_refused_where_they_do_not_apply(collection, tmp_path):
+    for kw, msg in ((dict(layers="3"), "stages 1 to 2"), (dict(layers="x"), "not last, all or stage numbers"),
+                    (dict(backbone="colorstats", layers="all"), "CNN backbones"), (dict(layers="all", layer_stats="max"), "--layer-stats")):
+        with pytest.raises(ConfigError, match=msg):
+            extract(cfg(collection, tmp_path / "x.h5", **kw))
+    assert not (tmp_path / "x.h5").exists()
+
+
+def test_a_multi_layer_store_predicts_new_images_through_its_own_stages(collection, tmp_path):
+    from genrekit.extraction import embed_files, encoder_from_header
+
+    store = FeatureStore(extract(cfg(collection, tmp_path / "all.h5", layers="2")).store)
+    data = store.load()
+    encoder = encoder_from_header(store.header)
+    assert encoder.identity["layers"] == "4"
+    paths = [r["image"] for r in __import__("csv").DictReader(open(collection))][:3]
+    X, ok, failures = embed_files(encoder, store.header, [str(collection.parent / p) for p in paths])
+    assert not failures and X.shape == (3, 32)
+    np.testing.assert_allclose(X, data.X[:3], rtol=1e-4, atol=1e-5)

@@ -109,6 +109,31 @@ def test_predict_equals_the_cli_predict_json(client, runs):
         assert got["timing_ms"]["total"] >= got["timing_ms"]["predict"] > 0
 
 
+def test_explain_draws_the_top_genres_maps_over_the_poster(client, runs):
+    import base64
+
+    sal = client.get("/api/info").json()["features"]["saliency"]
+    assert sal == {"available": True, "method": "occlusion", "endpoint": "/api/explain"}  # colorstats has no spatial map
+    path = runs["images"][0]
+    pred = client.post("/api/predict", files={"image": _file(path)}).json()
+    r = client.post("/api/explain?top_k=2", files={"image": _file(path)})
+    assert r.status_code == 200, r.text
+    j = r.json()
+    assert [g["genre"] for g in j["genres"]] == [g["genre"] for g in pred["genres"][:2]]
+    for g, want in zip(j["genres"], pred["genres"]):
+        assert abs(g["probability"] - want["probability"]) < 1e-5 and g["predicted"] == want["predicted"]
+        png = base64.b64decode(g["overlay"].removeprefix("data:image/png;base64,"))
+        assert Image.open(io.BytesIO(png)).size == Image.open(path).size  # small posters keep their size
+    assert j["method"] == "occlusion" and "randomised" in j["sanity_check"] and "poster" not in j
+    assert j["run"]["encoder"] == "colorstats" and j["timing_ms"]["explain"] > 0
+    for query, files, status, msg in (("?top_k=0", {"image": _file(path)}, 422, "top_k"),
+                                      ("", {"image": ("x.jpg", b"not a jpeg", "image/jpeg")}, 422, "not an image"),
+                                      ("", None, 415, "content type")):  # fmt: skip
+        r = client.post("/api/explain" + query, files=files)
+        assert r.status_code == status and msg in r.json()["error"], r.text
+    assert client.post("/api/explain", files={"image": _file(path)}).status_code == 200  # still serving
+
+
 def test_batch_predicts_each_file_and_names_the_unreadable_one(client, runs):
     files = [("image", _file(p)) for p in runs["images"][:3]] + [("image", ("broken.jpg", b"not a jpeg", "image/jpeg"))]
     r = client.post("/api/predict/batch", files=files)
@@ -128,7 +153,10 @@ def test_batch_predicts_each_file_and_names_the_unreadable_one(client, runs):
 def test_text_run_reads_its_field_and_equals_the_cli(runs):
     cfg = ServeConfig(run=str(runs["plots"]))
     with TestClient(create_app(load_run(cfg.run), cfg)) as c:
-        assert c.get("/api/info").json()["inputs"] == ["plot"]
+        info = c.get("/api/info").json()
+        assert info["inputs"] == ["plot"] and info["features"]["saliency"]["reason"] == "this run reads plot, not posters"
+        r = c.post("/api/explain", data={"plot": "x"})
+        assert r.status_code == 422 and "no saliency maps for this run" in r.json()["error"]
         plot = "A comedy and horror story number 7."
         got = c.post("/api/predict", data={"plot": plot})
         assert got.status_code == 200, got.text

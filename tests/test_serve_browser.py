@@ -94,10 +94,14 @@ def test_upload_a_poster_in_chromium_shows_the_apis_top_genre(served, tmp_path):
             top = page.inner_text("#top-genre")
             rows = page.locator("#genres .row").count()
             predicted = page.locator("#genres .row.pred").count()
+            page.wait_for_function("document.querySelectorAll('#maps figure img').length === 3 && "
+                                   "[...document.querySelectorAll('#maps img')].every(i => i.complete && i.naturalWidth > 0)", timeout=120_000)
+            maps = [h.get_attribute("data-genre") for h in page.locator("#maps figure").element_handles()]
             page.screenshot(path=str(shot), full_page=True)
         finally:
             browser.close()
     assert top == api["genres"][0]["genre"]
     assert rows == len(api["genres"]) and predicted == len(api["predicted"])
-    assert all(u.startswith(served["url"]) or u.startswith("blob:") for u in requests), requests  # offline: nothing else fetched
+    assert maps == [g["genre"] for g in api["genres"][:3]]  # the saliency maps of the top genres, in order
+    assert all(u.startswith(served["url"]) or u.startswith(("blob:", "data:")) for u in requests), requests  # offline: nothing else fetched
     assert shot.stat().st_size > 10_000

@@ -110,6 +110,8 @@ def extract(
     precision: Annotated[str, typer.Option(help="GPU autocast: auto (bf16 where supported), fp16, bf16, fp32.")] = "auto",
     resize: Annotated[Optional[str], typer.Option(help="squash, center-crop or letterbox.", show_default="squash")] = None,
     decoder: Annotated[Optional[str], typer.Option(help="torchvision (libjpeg-turbo, uint8 resize), nvjpeg (decode and resize on the GPU) or pil (to extend stores made by the older PIL path).", show_default="torchvision")] = None,
+    layers: Annotated[str, typer.Option(help="CNN stages to pool: last (the embedding), all, or stage numbers N,M counted from 1; the pooled stages are concatenated.")] = "last",
+    layer_stats: Annotated[str, typer.Option(help="With --layers: what each stage is pooled to, mean or mean,std.")] = "mean,std",
     workers: Annotated[
         Optional[int], typer.Option(help="Image decoding processes; with --engine ray, encoder actors.", show_default="spare cores on GPU; on CPU none up to 2 cores, else 1; ray: one per GPU, else 1")
     ] = None,
@@ -137,7 +139,7 @@ def extract(
     refuse_overwrite(out, {"the manifest": data, "the split file": split}, "--out")
     config = ExtractConfig(
         backbone=backbone, data=str(data), out=str(out), weights=weights, modality=modality, text_field=field, format=format,
-        batch_size=batch_size, device=device, precision=precision, resize=resize, decoder=decoder, workers=workers, threads=threads, decode_thread=decode_thread,
+        batch_size=batch_size, device=device, precision=precision, resize=resize, decoder=decoder, layers=layers, layer_stats=layer_stats, workers=workers, threads=threads, decode_thread=decode_thread,
         limit=limit, dtype=dtype, normalize=normalize, split=str(split) if split else None,
         vocab=vocab_config(top_k, min_count, genres, other, synonym, no_synonyms),
         engine=engine, ray_address=ray_address, num_gpus_per_worker=num_gpus_per_worker,

@@ -196,7 +196,10 @@ class Encoder:
     @property
     def identity(self) -> dict[str, Any]:
         """Encoder identity as recorded in stores: family, name, weights (tag or file + sha256)."""
-        return {"family": self.spec.family, "name": self.spec.name, **self.weights.identity(), "precision": self.precision}
+        ident = {"family": self.spec.family, "name": self.spec.name, **self.weights.identity(), "precision": self.precision}
+        if self.layers:  # multi-layer features (--layers); last-layer encoders record nothing, as before
+            ident |= {"layers": self.layers, "layer_stats": self.layer_stats}
+        return ident
 
     def with_resize(self, resize: str | None, decoder: str | None = None) -> Encoder:
         """Override the resize mode and/or the decoder (``torchvision`` or the older ``pil``)."""
@@ -209,6 +212,8 @@ class Encoder:
         return {"window_tokens": self.text_window, "pooling": "mean over windows, weighted by tokens"}
 
     text_window: int = 0
+    layers: str | None = None  # the stages pooled by --layers (comma-separated); None = the last layer
+    layer_stats: str | None = None  # mean or mean,std
 
     # -- encoding ------------------------------------------------------------------------------
     def read_image(self, path: str) -> torch.Tensor:

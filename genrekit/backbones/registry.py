@@ -17,6 +17,7 @@ import torch
 
 from genrekit.backbones import clip, colorstats, testing, text, vision
 from genrekit.backbones.base import BackboneSpec, Encoder, WeightsRef, resolve_device
+from genrekit.backbones.layers import with_layers
 from genrekit.backbones.preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocess
 from genrekit.errors import UnknownNameError
 
@@ -120,6 +121,8 @@ def create_encoder(
     precision: str = "auto",
     resize: str | None = None,
     decoder: str | None = None,
+    layers: str | None = None,
+    layer_stats: str | None = None,
 ) -> Encoder:
     """Build a frozen encoder with its preprocessing.
 
@@ -133,6 +136,9 @@ def create_encoder(
         resize: override the poster resize mode (``squash``, ``center-crop``, ``letterbox``).
         decoder: ``torchvision`` (default: libjpeg-turbo, uint8 resize) or ``pil`` (the older path,
             to extend or use stores made with it).
+        layers: ``last`` (default: the pooled embedding), ``all`` or stage numbers ``N,M``: pooled
+            statistics of several stages of a CNN, concatenated (:mod:`genrekit.backbones.layers`).
+        layer_stats: ``mean,std`` (default) or ``mean``: what each stage is pooled to.
 
     Example:
         >>> enc = create_encoder("ViT-L-14", weights="none")  # doctest: +SKIP
@@ -142,7 +148,8 @@ def create_encoder(
     spec = get_spec(name)
     ref = WeightsRef.parse(weights, spec)
     dev = resolve_device(device)
-    return spec.build(spec, ref, dev, precision=precision).with_resize(resize, decoder)
+    encoder = spec.build(spec, ref, dev, precision=precision).with_resize(resize, decoder)
+    return with_layers(encoder, layers, layer_stats)
 
 
 def weights_present(spec: BackboneSpec, tag: str | None = None) -> bool | None:

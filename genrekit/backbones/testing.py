@@ -41,4 +41,5 @@ TINY_CNN = BackboneSpec(
     preprocess=Preprocess(size=32),
     cpu_batch_size=32,
     description="tiny seeded CNN for tests (32-d)",
+    options={"stages": ("2", "4")},  # the two ReLU outputs (8 and 16 channels)
 )

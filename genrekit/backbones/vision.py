@@ -65,6 +65,17 @@ TORCHVISION_MODELS: dict[str, tuple[str, str, tuple[str, ...], int, str, int]] =
 }
 
 
+# The stages ``--layers`` pools, shallow to deep: the last block at each resolution (MobileNetV2:
+# the ends of its bottleneck groups, six stages, as probed in issue 10).
+STAGES: dict[str, tuple[str, ...]] = {
+    "resnet50": ("layer1", "layer2", "layer3", "layer4"),
+    "vgg16": ("features.4", "features.9", "features.16", "features.23", "features.30"),
+    "densenet169": ("features.denseblock1", "features.denseblock2", "features.denseblock3", "features.norm5"),
+    "mobilenet_v2": ("features.3", "features.6", "features.10", "features.13", "features.16", "features.18"),
+    "inception_v3": ("Mixed_5d", "Mixed_6e", "Mixed_7c"),
+}
+
+
 def _drop_head(model: nn.Module, head: str) -> None:
     parent = model
     *path, last = head.split(".")
@@ -116,6 +127,7 @@ def torchvision_spec(name: str, description: str) -> BackboneSpec:
         channels_last=True,
         cpu_batch_size=8,
         description=description,
+        options={"stages": STAGES[name]},
     )
 
 

@@ -55,6 +55,8 @@ class ExtractConfig:
     precision: str = "auto"  # GPU autocast: bf16 where supported, else fp16
     resize: str | None = None  # squash | center-crop | letterbox; None = squash (measured best on posters)
     decoder: str | None = None  # torchvision (libjpeg-turbo, uint8 resize) | pil (the older path); None = torchvision
+    layers: str = "last"  # last | all | N,M: pooled stages of a CNN, concatenated (genrekit.backbones.layers)
+    layer_stats: str = "mean,std"  # with --layers: mean or mean,std per stage
     workers: int | None = None  # decode processes; None = spare cores on GPU, 0-1 on CPU (_workers_and_threads)
     threads: int | None = None  # torch CPU threads; None = the cores the decode workers leave
     decode_thread: bool = False  # with no decode processes: decode the next batch in a thread while the model runs
@@ -90,6 +92,14 @@ class ExtractConfig:
             raise ConfigError(f"--decoder {self.decoder!r} is not one of {', '.join(DECODERS)}")
         if self.threads is not None and self.threads < 1:
             raise ConfigError(f"--threads must be at least 1, got {self.threads}")
+        if self.modality == "text" and self.layers.strip().lower() != "last":
+            raise ConfigError("--layers applies to image backbones (CNNs); text stores use the last layer")
+
+    def build_encoder(self) -> Encoder:
+        """The encoder these options name (the driver's, and each Ray actor's)."""
+        image = self.modality == "image"
+        return create_encoder(self.backbone, self.weights, self.device, self.precision, self.resize,
+                              self.decoder if image else None, self.layers if image else None, self.layer_stats)
 
 
 @dataclass
@@ -310,8 +320,7 @@ def plan_extraction(config: ExtractConfig, manifest: Manifest | None = None) -> 
     manifest, vocab_report = apply_vocabulary(manifest, config.vocab)
     genres = manifest.vocabulary()  # of the whole manifest, so --limit runs extend the same store
     samples = manifest.samples[: config.limit] if config.limit else manifest.samples
-    encoder = create_encoder(config.backbone, config.weights, config.device, config.precision, config.resize,
-                             config.decoder if config.modality == "image" else None)
+    encoder = config.build_encoder()
     if config.modality == "image" and encoder.preprocess and encoder.preprocess.decoder == "nvjpeg" and encoder.device.type != "cuda":
         raise ConfigError("--decoder nvjpeg decodes on a CUDA GPU; on CPU use --decoder torchvision (a store "
                           "made with nvjpeg is extended on a GPU only)")
@@ -486,7 +495,9 @@ def encoder_from_header(header: StoreHeader, device: str = "cpu") -> Encoder:
     precision = ident.get("precision", "fp32")
     if precision == "fp16" and not device.startswith(("cuda", "auto")):
         precision = "fp32"
-    encoder = create_encoder(ident["name"], weights, device, precision=precision, resize=resize, decoder=decoder)
+    encoder = create_encoder(ident["name"], weights, device, precision=precision, resize=resize, decoder=decoder,
+                             layers=ident["layers"].split(",") if ident.get("layers") else None,
+                             layer_stats=ident.get("layer_stats"))
     new = store_header(encoder, header.modality, header.genres, header.normalisation, header.dtype,
                        text_field=header.preprocessing.get("field") if header.modality == "text" else None)
     diff = [d for d in header.diff(new) if d[0] != "encoder.precision"]

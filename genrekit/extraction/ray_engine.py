@@ -69,8 +69,7 @@ class _Encode:
 
         self.threads = threads
         torch.set_num_threads(threads)
-        self.encoder = create_encoder(config.backbone, config.weights, config.device, config.precision, config.resize,
-                                      config.decoder if config.modality == "image" else None)
+        self.encoder = config.build_encoder()
         self.modality = config.modality
         mine = self.encoder.identity
         for k in sorted(set(mine) | set(identity)):

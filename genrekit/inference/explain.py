@@ -318,8 +318,12 @@ def build_explainer(run, seed: int = 1) -> Explainer:
     from genrekit.data.images import load_image
 
     encoder = getattr(run, "encoder", None)
-    if "image" not in getattr(run, "inputs", ("image",)) or encoder is None or getattr(encoder, "preprocess", None) is None:
-        raise ConfigError(f"{run.path}: explain draws maps on posters, but this run reads {', '.join(run.inputs)}")
+    inputs = getattr(run, "inputs", ("image",))
+    if "image" in inputs and encoder is None:
+        raise ConfigError(f"{run.path}: explain draws maps through one poster encoder and its head; this {run.kind} "
+                          f"run combines {', '.join(inputs)}: explain its poster-only head (RUNS/image-<backbone>/<head>)")
+    if "image" not in inputs or getattr(encoder, "preprocess", None) is None:
+        raise ConfigError(f"{run.path}: explain draws maps on posters, but this run reads {', '.join(inputs)}")
     pre = encoder.preprocess
 
     def load_pil(path: str) -> Image.Image:
@@ -566,6 +570,29 @@ def overlay_figure(e: Explanation, image: Image.Image, path: Path) -> Path:
     return path
 
 
+def overlay_png(e: Explanation, image: Image.Image, genre: str, max_side: int = 320) -> bytes:
+    """One genre's heat map blended over the poster as PNG bytes (``serve``'s page shows these).
+
+    The map is scaled to its own maximum, as in :func:`overlay_figure`, with matplotlib's ``jet``.
+    """
+    import io
+
+    from matplotlib import colormaps
+
+    img = image.convert("RGB")
+    scale = min(1.0, max_side / max(img.size))
+    size = (max(1, round(img.size[0] * scale)), max(1, round(img.size[1] * scale)))
+    img = img.resize(size, Image.BILINEAR)
+    m = e.maps[genre]
+    m = m / max(float(m.max()), 1e-6)
+    m = np.asarray(Image.fromarray((m * 255).astype(np.uint8)).resize(size, Image.BILINEAR), np.float32) / 255
+    heat = colormaps["jet"](m)[..., :3] * 255
+    blend = (0.5 * np.asarray(img, np.float32) + 0.5 * heat).clip(0, 255).astype(np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(blend).save(buf, "PNG", optimize=False)
+    return buf.getvalue()
+
+
 def write_explanations(explanations: Sequence[Explanation], ex: Explainer, out: str | Path, run_identity: dict) -> dict:
     """Write ``<poster>.png`` per poster, ``maps.npz`` (key ``"<poster>/<genre>"``) and ``explain.json``."""
     from genrekit.atomic import atomic_open, atomic_write_json
@@ -594,4 +621,5 @@ def write_explanations(explanations: Sequence[Explanation], ex: Explainer, out: 
     return summary
 
 
-__all__ = ["ExplainConfig", "Explainer", "Explanation", "build_explainer", "explain_poster", "head_module", "to_input_grid", "write_explanations"]
+__all__ = ["ExplainConfig", "Explainer", "Explanation", "build_explainer", "explain_poster", "head_module", "overlay_png",
+           "to_input_grid", "write_explanations"]

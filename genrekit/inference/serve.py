@@ -18,7 +18,6 @@ temporary directory that is removed when the request ends (the decoder reads fil
 
 from __future__ import annotations
 
-import importlib.util
 import ipaddress
 import json
 import logging
@@ -41,7 +40,7 @@ from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 
 from genrekit import __version__
-from genrekit.errors import ConfigError
+from genrekit.errors import ConfigError, UnreadableImageError
 from genrekit.inference.loaded import Item, LoadedRun, load_run, predict_items
 from genrekit.inference.predict import Prediction
 
@@ -49,6 +48,7 @@ log = logging.getLogger(__name__)
 
 MB = 1024 * 1024
 IMAGE_FIELD = "image"
+MAX_EXPLAIN = 6  # genres one /api/explain request may ask maps of
 CONFIG_ENV = "GENREKIT_SERVE_CONFIG"  # how `--workers N` hands the config to each worker process
 
 
@@ -182,11 +182,11 @@ class _Parsed:
     refused: list[tuple[str, int, str]]  # (name, status, reason) of items refused before predicting
 
 
-async def _read_form(request: Request, run: LoadedRun, cfg: ServeConfig, tmp: str, batch: bool) -> _Parsed:
+async def _read_form(request: Request, inputs: Sequence[str], cfg: ServeConfig, tmp: str, batch: bool) -> _Parsed:
     ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if ctype not in ("multipart/form-data", "application/x-www-form-urlencoded"):
-        raise ApiError(415, f"content type {ctype or 'none'!r}; send multipart/form-data with fields: {', '.join(run.inputs)}")
-    text_fields = [f for f in run.inputs if f != IMAGE_FIELD]
+        raise ApiError(415, f"content type {ctype or 'none'!r}; send multipart/form-data with fields: {', '.join(inputs)}")
+    text_fields = [f for f in inputs if f != IMAGE_FIELD]
     try:
         # Starlette stops parsing past these counts; one more than allowed lets the checks below name the limit.
         form = await request.form(max_files=cfg.max_batch + 1 if batch else 2, max_fields=4 * cfg.max_batch + 8)
@@ -198,9 +198,9 @@ async def _read_form(request: Request, run: LoadedRun, cfg: ServeConfig, tmp: st
             raise ApiError(413, f"too many parts ({msg}): at most {cfg.max_batch} items per request (--max-batch)") from None
         raise ApiError(400, f"cannot read the form: {msg}") from None
     try:
-        unknown = sorted(set(form.keys()) - set(run.inputs))
+        unknown = sorted(set(form.keys()) - set(inputs))
         if unknown:
-            raise ApiError(422, f"unknown field {unknown[0]!r}; this run reads: {', '.join(run.inputs)}")
+            raise ApiError(422, f"unknown field {unknown[0]!r}; this run reads: {', '.join(inputs)}")
         images = [v for v in form.getlist(IMAGE_FIELD) if not (isinstance(v, UploadFile) and not v.filename and not v.size)]
         if any(not isinstance(v, UploadFile) for v in images):
             raise ApiError(422, f"field {IMAGE_FIELD!r} must be a file upload (a poster), not text")
@@ -209,7 +209,7 @@ async def _read_form(request: Request, run: LoadedRun, cfg: ServeConfig, tmp: st
         texts = {f: [str(v) for v in form.getlist(f)] for f in text_fields}
         counts = {f: len(v) for f, v in [(IMAGE_FIELD, images), *texts.items()] if v}
         if not counts:
-            raise ApiError(422, f"missing field: send {' and/or '.join(repr(f) for f in run.inputs)} (this run reads {', '.join(run.inputs)})")
+            raise ApiError(422, f"missing field: send {' and/or '.join(repr(f) for f in inputs)} (this run reads {', '.join(inputs)})")
         n = max(counts.values())
         if len(set(counts.values())) > 1:
             raise ApiError(422, f"fields have different counts ({counts}); send one value of each field per item")
@@ -254,22 +254,52 @@ def prediction_json(p: Prediction) -> dict:
     return out
 
 
-def _features() -> dict:
-    """What the page can show besides probabilities, and why not when it cannot."""
-    explain = importlib.util.find_spec("genrekit.inference.explain") is not None
-    return {
-        "saliency": {
-            "available": False,
-            "reason": "genrekit.inference.explain is installed but not wired into serve yet"
-            if explain
-            else "saliency maps come from `genrekit explain`, which this build does not include",
-        },
-        "similar_posters": {
-            "available": False,
-            "reason": "a saved knn head keeps the training vectors and labels but not their ids or poster files, "
-            "so its neighbours cannot be shown as posters",
-        },
-    }
+SIMILAR_REASON = ("a saved knn head keeps the training vectors and labels but not their ids or poster files, "
+                  "so its neighbours cannot be shown as posters")
+
+
+class Saliency:
+    """The run's explainer for ``POST /api/explain``, built once at start-up, or why there is none."""
+
+    def __init__(self, run: LoadedRun):
+        self.explainer, self.reason = None, None
+        if IMAGE_FIELD not in run.inputs:
+            self.reason = f"this run reads {', '.join(run.inputs)}, not posters"
+            return
+        try:
+            from genrekit.inference.explain import build_explainer
+
+            self.explainer = build_explainer(run)
+        except ImportError as e:
+            self.reason = f"saliency maps need the report extra (pip install 'genrekit[report]'; {e.name} is missing)"
+        except ConfigError as e:
+            self.reason = str(e)
+
+    def features(self) -> dict:
+        """What the page can show besides probabilities, and why not when it cannot."""
+        sal = {"available": self.explainer is not None}
+        if self.explainer is None:
+            sal["reason"] = self.reason
+        else:
+            d = self.explainer
+            sal["method"] = "gradcam" if d.differentiable and d.spatial else "occlusion"
+            sal["endpoint"] = "/api/explain"
+        return {"saliency": sal, "similar_posters": {"available": False, "reason": SIMILAR_REASON}}
+
+    def explain(self, path: str, top_k: int) -> dict:
+        """The top genres' maps over the poster (PNG data URLs) with the explain checks."""
+        import base64
+
+        from genrekit.inference.explain import ExplainConfig, explain_poster, overlay_png
+
+        e = explain_poster(self.explainer, path, ExplainConfig(top_k=top_k))
+        image = self.explainer.load_pil(path)
+        out = e.summary()
+        del out["poster"]  # a temporary file's name
+        for rec in out["genres"]:
+            png = overlay_png(e, image, rec["genre"])
+            rec["overlay"] = "data:image/png;base64," + base64.b64encode(png).decode("ascii")
+        return out
 
 
 class Server:
@@ -284,6 +314,7 @@ class Server:
         self.lock = threading.Lock()
         self.identity = run.identity()
         self.started = time.time()
+        self.saliency = Saliency(run)
 
     def info(self) -> dict:
         return {
@@ -293,7 +324,7 @@ class Server:
             "inputs": list(self.run.inputs),
             "thresholds": self.run.thresholds.to_json(),
             "limits": {"max_upload_mb": self.cfg.max_upload_mb, "max_pixels": self.cfg.max_pixels, "max_batch": self.cfg.max_batch},
-            "features": _features(),
+            "features": self.saliency.features(),
         }
 
     def predict(self, items: Sequence[Item]) -> tuple[list[Prediction], list[tuple[str, str]], float]:
@@ -301,6 +332,11 @@ class Server:
             t = time.perf_counter()
             preds, failures = predict_items(self.run, items)
             return preds, failures, (time.perf_counter() - t) * 1000
+
+    def explain(self, path: str, top_k: int) -> tuple[dict, float]:
+        with self.lock:
+            t = time.perf_counter()
+            return self.saliency.explain(path, top_k), (time.perf_counter() - t) * 1000
 
     def warm_up(self) -> float:
         """One prediction on a generated item, so the encoder is built before the first request."""
@@ -368,7 +404,7 @@ def create_app(run: LoadedRun, cfg: ServeConfig) -> FastAPI:
     async def _predict(request: Request, batch: bool):
         t0 = time.perf_counter()
         with tempfile.TemporaryDirectory(prefix="genrekit-serve-") as tmp:
-            parsed = await _read_form(request, run, cfg, tmp, batch)
+            parsed = await _read_form(request, run.inputs, cfg, tmp, batch)
             if not batch and parsed.refused:
                 _, status, reason = parsed.refused[0]
                 raise ApiError(status, reason)
@@ -398,6 +434,28 @@ def create_app(run: LoadedRun, cfg: ServeConfig) -> FastAPI:
         """Multipart form with the fields repeated, one value each per item; unreadable items are
         listed under ``failures`` (422 when none is readable)."""
         return await _predict(request, batch=True)
+
+    @app.post("/api/explain", summary="Saliency maps of a poster's top genres", openapi_extra=_request_schema([IMAGE_FIELD], False))
+    async def explain(request: Request, top_k: int = 3) -> dict:
+        """Multipart form: ``image``. Returns, for the ``top_k`` most probable genres, the map of
+        where the evidence lies, blended over the poster (a PNG data URL), with the method and the
+        two checks of ``genrekit explain`` (model randomisation, genre distinctness)."""
+        if server.saliency.explainer is None:
+            raise ApiError(422, f"no saliency maps for this run: {server.saliency.reason}")
+        if not 1 <= top_k <= min(len(run.genres), MAX_EXPLAIN):
+            raise ApiError(422, f"top_k must be between 1 and {min(len(run.genres), MAX_EXPLAIN)}, got {top_k}")
+        t0 = time.perf_counter()
+        with tempfile.TemporaryDirectory(prefix="genrekit-serve-") as tmp:
+            parsed = await _read_form(request, (IMAGE_FIELD,), cfg, tmp, batch=False)
+            if parsed.refused:
+                _, status, reason = parsed.refused[0]
+                raise ApiError(status, reason)
+            try:
+                out, ms = await run_in_threadpool(server.explain, parsed.items[0].image, top_k)
+            except UnreadableImageError as e:
+                raise ApiError(422, str(e)) from None
+        return {**out, "run": {"kind": run.kind, "name": run.name, **server.identity},
+                "timing_ms": {"explain": round(ms, 2), "total": round((time.perf_counter() - t0) * 1000, 2)}}
 
     # A form adds part headers and text fields to the file's bytes: allow a little room for them.
     one = (cfg.max_upload_bytes + MB // 16, f"the limit of {cfg.max_upload_mb:g} MB (--max-upload-mb)")
@@ -457,6 +515,8 @@ button:disabled{opacity:.5;cursor:default}
 .row.pred .bar i{background:var(--pred)}.p{text-align:right;font-variant-numeric:tabular-nums}
 .note{color:var(--muted);font-size:13px}.extra{margin-top:16px}
 #meta{color:var(--muted);font-size:12px;margin-top:10px}
+#maps{display:flex;flex-wrap:wrap;gap:12px}#maps figure{margin:0;width:150px}#maps img{width:100%;border-radius:6px}
+#maps figcaption{font-size:12px;color:var(--muted)}#maps figcaption b{color:var(--fg)}
 </style></head>
 <body>
 <header><h1>genrekit</h1><span id="run">loading run&hellip;</span></header>
@@ -475,7 +535,7 @@ button:disabled{opacity:.5;cursor:default}
   <div id="summary" class="note">Drop a poster to see its genres.</div>
   <div id="genres"></div>
   <div id="meta"></div>
-  <div class="extra" id="saliency"><h2>Saliency maps of the top genres</h2><p class="note" id="saliency-note"></p></div>
+  <div class="extra" id="saliency"><h2>Saliency maps of the top genres</h2><p class="note" id="saliency-note"></p><div id="maps"></div></div>
   <div class="extra" id="similar"><h2>Most similar training posters</h2><p class="note" id="similar-note"></p></div>
 </section>
 </main>
@@ -493,7 +553,8 @@ fetch("/api/info").then(r=>r.json()).then(j=>{
   for(const f of j.inputs.filter(x=>x!=="image")){
     const t = document.createElement("textarea"); t.name = f; t.placeholder = `Paste the ${f} here`; t.addEventListener("input", ready); $("texts").appendChild(t);
   }
-  $("saliency-note").textContent = j.features.saliency.available ? "" : "Not shown: " + j.features.saliency.reason + ".";
+  const sal = j.features.saliency;
+  $("saliency-note").textContent = sal.available ? `Where the evidence for each genre lies (${sal.method}); drop a poster to see them.` : "Not shown: " + sal.reason + ".";
   $("similar-note").textContent = j.features.similar_posters.available ? "" : "Not shown: " + j.features.similar_posters.reason + ".";
 }).catch(e=>{ $("error").textContent = "cannot reach the server: " + e; });
 const drop = $("drop");
@@ -514,8 +575,23 @@ async function predict(){
     const j = await r.json();
     if(!r.ok) throw new Error(j.error || r.statusText);
     show(j);
+    if(file && info && info.features.saliency.available) explain(file);
   }catch(e){ $("error").textContent = "error: " + e.message; $("summary").textContent = ""; }
   finally{ ready(); }
+}
+async function explain(f){
+  const fd = new FormData(); fd.append("image", f, f.name);
+  $("maps").innerHTML = ""; $("saliency-note").textContent = "Computing the maps\u2026";
+  try{
+    const r = await fetch("/api/explain?top_k=3", {method:"POST", body:fd});
+    const j = await r.json();
+    if(!r.ok) throw new Error(j.error || r.statusText);
+    const rho = (v) => v === null ? "n/a" : v.toFixed(2);
+    $("maps").innerHTML = j.genres.map(g => `<figure data-genre="${esc(g.genre)}"><img src="${g.overlay}" alt="saliency map of ${esc(g.genre)}">` +
+      `<figcaption><b>${esc(g.genre)}</b>${g.predicted?" \u2713":""} ${(100*g.probability).toFixed(1)}%<br>vs random model: \u03c1 ${rho(g.sanity_spearman)}</figcaption></figure>`).join("");
+    $("saliency-note").textContent = `${j.method_detail}; genre maps alike: \u03c1 ${rho(j.distinctness.mean_pairwise_spearman)}; ` +
+      `${j.timing_ms.explain} ms. \u03c1 near 1 against a random model means a map shows the image more than what the model learnt.`;
+  }catch(e){ $("saliency-note").textContent = "maps failed: " + e.message; }
 }
 function show(j){
   const top = j.genres[0];

@@ -753,6 +753,9 @@ def run_finetune(
     if header.modality != "image":
         image_paths(header, [])  # raises the text-store message
     enc = header.encoder
+    if enc.get("layers"):
+        raise StoreError(f"the store holds multi-layer features ({enc['layers']}); finetune trains the last layer: "
+                         f"pass a store made with --layers last")
     weights = enc.get("weights_path") or enc.get("weights")
     if str(weights).startswith("file:"):
         raise StoreError(f"the store's weights file {weights[5:]} is not known on this machine; re-extract with --weights PATH")
