@@ -36,7 +36,8 @@ def runs(tmp_path_factory):
     for name, backbone, modality in (("posters", "colorstats", "image"), ("plots", "test-tiny-text", "text")):
         store = root / f"{name}.h5"
         extract(ExtractConfig(backbone=backbone, weights="none", data=str(manifest), out=str(store), device="cpu", modality=modality))
-        res = runner.invoke(cli, ["heads", "--store", str(store), "--head", "logreg", "--out", str(root / name),
+        knn = ["--head", "knn"] if modality == "image" else []  # the poster run's knn head is its similarity index
+        res = runner.invoke(cli, ["heads", "--store", str(store), "--head", "logreg", *knn, "--out", str(root / name),
                                   "--min-positives", "3", "--jobs", "1"])  # fmt: skip
         assert res.exit_code == 0, res.output
         out[name] = root / name
@@ -134,6 +135,33 @@ def test_explain_draws_the_top_genres_maps_over_the_poster(client, runs):
     assert client.post("/api/explain", files={"image": _file(path)}).status_code == 200  # still serving
 
 
+def test_similar_posters_come_from_the_runs_knn_index_with_their_files(client, runs):
+    import csv
+
+    sim = client.get("/api/info").json()["features"]["similar_posters"]
+    assert sim["available"] and sim["index"].endswith("knn") and sim["posters_on_disk"] == sim["training_items"] > 0
+    split = {r["id"]: r["split"] for r in csv.DictReader(open(runs["posters"] / "split.csv"))}
+    rows = {r["id"]: r for r in csv.DictReader(open(runs["root"] / "col" / "labels.csv"))}
+    train_id = next(i for i in rows if split.get(i) == "train")
+    path = runs["root"] / "col" / rows[train_id]["image"]
+    r = client.post("/api/similar?k=4", files={"image": _file(path)})
+    assert r.status_code == 200, r.text
+    near = r.json()["neighbours"]
+    assert len(near) == 4 and [n["similarity"] for n in near] == sorted((n["similarity"] for n in near), reverse=True)
+    assert near[0]["id"] == train_id and near[0]["similarity"] > 0.999  # a training poster is its own nearest neighbour
+    assert near[0]["title"] == rows[train_id]["title"] and set(near[0]["genres"]) <= set(rows[train_id]["genres"].split("|"))
+    got = client.get(near[0]["poster"])
+    assert got.status_code == 200 and got.content == path.read_bytes() and got.headers["content-type"] == "image/jpeg"
+    for bad in ("nope", "..%2F..%2Fetc%2Fpasswd", f"{train_id}%00"):
+        r = client.get(f"/api/poster/{bad}")
+        assert r.status_code == 404 and r.json()["status"] == 404, bad  # a path never reaches the disk
+    assert "knn index" in client.get("/api/poster/nope").json()["error"]
+    test_id = next(i for i in rows if split.get(i) == "test")
+    assert client.get(f"/api/poster/{test_id}").status_code == 404  # only the index's own training posters
+    for query, status in (("?k=0", 422), ("?k=99", 422)):
+        assert client.post("/api/similar" + query, files={"image": _file(path)}).status_code == status
+
+
 def test_batch_predicts_each_file_and_names_the_unreadable_one(client, runs):
     files = [("image", _file(p)) for p in runs["images"][:3]] + [("image", ("broken.jpg", b"not a jpeg", "image/jpeg"))]
     r = client.post("/api/predict/batch", files=files)
@@ -157,6 +185,7 @@ def test_text_run_reads_its_field_and_equals_the_cli(runs):
         assert info["inputs"] == ["plot"] and info["features"]["saliency"]["reason"] == "this run reads plot, not posters"
         r = c.post("/api/explain", data={"plot": "x"})
         assert r.status_code == 422 and "no saliency maps for this run" in r.json()["error"]
+        assert info["features"]["similar_posters"] == {"available": False, "reason": "this run reads plot, not posters"}
         plot = "A comedy and horror story number 7."
         got = c.post("/api/predict", data={"plot": plot})
         assert got.status_code == 200, got.text

@@ -47,7 +47,7 @@ def served(tmp_path_factory):
     root = tmp_path_factory.mktemp("browser")
     _cli("data", "demo", "--out", str(root / "data"), "--n", "120")
     _cli("extract", "--backbone", "colorstats", "--data", str(root / "data" / "labels.csv"), "--out", str(root / "posters.h5"))
-    _cli("heads", "--store", str(root / "posters.h5"), "--head", "logreg", "--out", str(root / "runs"), "--min-positives", "3", "--jobs", "1")
+    _cli("heads", "--store", str(root / "posters.h5"), "--head", "logreg", "--head", "knn", "--out", str(root / "runs"), "--min-positives", "3", "--jobs", "1")
     port = _free_port()
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([*sys.path, os.environ.get("PYTHONPATH", "")])}
     log = open(root / "serve.log", "w")
@@ -88,7 +88,7 @@ def test_upload_a_poster_in_chromium_shows_the_apis_top_genre(served, tmp_path):
             requests = []
             page.on("request", lambda r: requests.append(r.url))
             page.goto(served["url"] + "/", timeout=60_000)
-            page.wait_for_function("document.getElementById('run').textContent.includes('logreg')", timeout=60_000)
+            page.wait_for_function("document.getElementById('run').textContent.includes('encoder')", timeout=60_000)
             page.set_input_files("#poster", str(poster))
             page.wait_for_selector("#top-genre", timeout=60_000)
             top = page.inner_text("#top-genre")
@@ -97,11 +97,16 @@ def test_upload_a_poster_in_chromium_shows_the_apis_top_genre(served, tmp_path):
             page.wait_for_function("document.querySelectorAll('#maps figure img').length === 3 && "
                                    "[...document.querySelectorAll('#maps img')].every(i => i.complete && i.naturalWidth > 0)", timeout=120_000)
             maps = [h.get_attribute("data-genre") for h in page.locator("#maps figure").element_handles()]
+            page.wait_for_function("document.querySelectorAll('#near figure img').length === 6 && "
+                                   "[...document.querySelectorAll('#near img')].every(i => i.complete && i.naturalWidth > 0)", timeout=60_000)
+            near = [h.get_attribute("data-id") for h in page.locator("#near figure").element_handles()]
             page.screenshot(path=str(shot), full_page=True)
         finally:
             browser.close()
     assert top == api["genres"][0]["genre"]
     assert rows == len(api["genres"]) and predicted == len(api["predicted"])
     assert maps == [g["genre"] for g in api["genres"][:3]]  # the saliency maps of the top genres, in order
+    similar = httpx.post(f"{served['url']}/api/similar?k=6", files={"image": (poster.name, poster.read_bytes(), "image/jpeg")}, timeout=60).json()
+    assert near == [n["id"] for n in similar["neighbours"]]  # the nearest training posters, drawn from /api/poster
     assert all(u.startswith(served["url"]) or u.startswith(("blob:", "data:")) for u in requests), requests  # offline: nothing else fetched
     assert shot.stat().st_size > 10_000

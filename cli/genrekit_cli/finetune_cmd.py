@@ -32,9 +32,10 @@ def finetune(
     store: Annotated[Path, typer.Option("--store", "-s", help="Poster store (.h5): its manifest, split, genres, backbone and weights are used.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Run directory (re-run the same command to resume).")] = Path("ft"),
     run: Annotated[Optional[Path], typer.Option("--run", "-r", help="A `genrekit heads` run on this store: its split, genres and logreg head (the linear probe).")] = None,
-    epochs: Annotated[int, typer.Option(help="Most epochs per grid cell (early stopping may end sooner).")] = 4,
+    epochs: Annotated[int, typer.Option(help="Most epochs per grid cell (early stopping may end sooner).")] = 8,
     grid: Annotated[Optional[list[str]], typer.Option("--grid", help="KEY=V1,V2 for batch, lr, optimizer (adamw, sgd, rmsprop); or 'study' for 16/32/64 x 1e-3/1e-4/1e-5 x all three (repeatable).")] = None,
-    image_size: Annotated[int, typer.Option(help="Training and inference resolution in pixels; 0: the backbone's own.")] = 160,
+    image_size: Annotated[int, typer.Option(help="Training and inference resolution in pixels; 0: the backbone's own.")] = 0,
+    train_stages: Annotated[int, typer.Option(help="Train only the last N stages of a CNN (earlier layers frozen: a cheaper backward pass); 0: every layer.")] = 3,
     loss: Annotated[str, typer.Option(help="bce or softf1.")] = "bce",
     lp_ft: Annotated[bool, typer.Option("--lp-ft/--no-lp-ft", help="Start the head from a linear probe (LP-FT), or from a random init.")] = True,
     head_lr_mult: Annotated[float, typer.Option(help="Head learning rate over the backbone's.")] = 10.0,
@@ -62,7 +63,7 @@ def finetune(
     except ValueError:
         raise ConfigError(f"--wise-alphas {wise_alphas!r} must be comma-separated numbers between 0 and 1") from None
     config = FinetuneConfig(
-        epochs=epochs, grid=parse_grid(grid or []), image_size=image_size or None, loss=loss, lp_ft=lp_ft,
+        epochs=epochs, grid=parse_grid(grid or []), image_size=image_size or None, train_stages=train_stages or None, loss=loss, lp_ft=lp_ft,
         head_lr_mult=head_lr_mult, patience=patience, plateau_factor=plateau_factor, plateau_patience=plateau_patience,
         augment=augment, flip=flip, wise_alphas=alphas, threshold=threshold, seed=seed, device=device, threads=threads, limit=limit,
     )  # fmt: skip

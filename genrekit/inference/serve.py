@@ -6,7 +6,10 @@ warmed up with one prediction before the first request. Each request goes throug
 poster equals ``genrekit predict --json`` for it.
 
 Endpoints: ``GET /`` (the page, self-contained: no CDN, no build step), ``POST /api/predict``,
-``POST /api/predict/batch``, ``GET /api/info``, ``GET /healthz``, OpenAPI at ``/docs``.
+``POST /api/predict/batch``, ``POST /api/explain`` (the top genres' saliency maps, from
+:mod:`genrekit.inference.explain`), ``POST /api/similar`` and ``GET /api/poster/{id}`` (the
+nearest training posters, through the run's knn head: :mod:`genrekit.inference.similar`),
+``GET /api/info``, ``GET /healthz``, OpenAPI at ``/docs``.
 
 Hostile input gets a one-line JSON error ``{"error": ..., "status": ...}`` with a 4xx code: a body
 over the size limit (413, checked on the Content-Length header and again while the body streams
@@ -30,17 +33,18 @@ import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from urllib.parse import quote
 
 from fastapi import FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
 from PIL import Image
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 
 from genrekit import __version__
-from genrekit.errors import ConfigError, UnreadableImageError
+from genrekit.errors import ConfigError, GenrekitError, UnreadableImageError
 from genrekit.inference.loaded import Item, LoadedRun, load_run, predict_items
 from genrekit.inference.predict import Prediction
 
@@ -49,6 +53,7 @@ log = logging.getLogger(__name__)
 MB = 1024 * 1024
 IMAGE_FIELD = "image"
 MAX_EXPLAIN = 6  # genres one /api/explain request may ask maps of
+MAX_SIMILAR = 24  # neighbours one /api/similar request may ask for
 CONFIG_ENV = "GENREKIT_SERVE_CONFIG"  # how `--workers N` hands the config to each worker process
 
 
@@ -254,10 +259,6 @@ def prediction_json(p: Prediction) -> dict:
     return out
 
 
-SIMILAR_REASON = ("a saved knn head keeps the training vectors and labels but not their ids or poster files, "
-                  "so its neighbours cannot be shown as posters")
-
-
 class Saliency:
     """The run's explainer for ``POST /api/explain``, built once at start-up, or why there is none."""
 
@@ -272,19 +273,18 @@ class Saliency:
             self.explainer = build_explainer(run)
         except ImportError as e:
             self.reason = f"saliency maps need the report extra (pip install 'genrekit[report]'; {e.name} is missing)"
-        except ConfigError as e:
+        except GenrekitError as e:
             self.reason = str(e)
+        except Exception as e:  # an optional part of the page never stops the server
+            self.reason = f"the run's explainer could not be built ({type(e).__name__}: {e})"
+            log.warning("saliency maps off: %s", self.reason)
 
     def features(self) -> dict:
-        """What the page can show besides probabilities, and why not when it cannot."""
-        sal = {"available": self.explainer is not None}
+        """What the page can show of saliency, and why not when it cannot."""
         if self.explainer is None:
-            sal["reason"] = self.reason
-        else:
-            d = self.explainer
-            sal["method"] = "gradcam" if d.differentiable and d.spatial else "occlusion"
-            sal["endpoint"] = "/api/explain"
-        return {"saliency": sal, "similar_posters": {"available": False, "reason": SIMILAR_REASON}}
+            return {"available": False, "reason": self.reason}
+        d = self.explainer
+        return {"available": True, "method": "gradcam" if d.differentiable and d.spatial else "occlusion", "endpoint": "/api/explain"}
 
     def explain(self, path: str, top_k: int) -> dict:
         """The top genres' maps over the poster (PNG data URLs) with the explain checks."""
@@ -315,6 +315,19 @@ class Server:
         self.identity = run.identity()
         self.started = time.time()
         self.saliency = Saliency(run)
+        self.similar, self.similar_reason = None, None
+        if IMAGE_FIELD in run.inputs:
+            try:
+                from genrekit.inference.similar import SimilarIndex
+
+                self.similar = SimilarIndex.for_run(Path(run.path), device=cfg.device)
+            except GenrekitError as e:
+                self.similar_reason = str(e)
+            except Exception as e:  # an optional part of the page never stops the server
+                self.similar_reason = f"the knn index could not be read ({type(e).__name__}: {e})"
+                log.warning("similar posters off: %s", self.similar_reason)
+        else:
+            self.similar_reason = f"this run reads {', '.join(run.inputs)}, not posters"
 
     def info(self) -> dict:
         return {
@@ -324,7 +337,7 @@ class Server:
             "inputs": list(self.run.inputs),
             "thresholds": self.run.thresholds.to_json(),
             "limits": {"max_upload_mb": self.cfg.max_upload_mb, "max_pixels": self.cfg.max_pixels, "max_batch": self.cfg.max_batch},
-            "features": self.saliency.features(),
+            "features": {"saliency": self.saliency.features(), "similar_posters": self._similar_features()},
         }
 
     def predict(self, items: Sequence[Item]) -> tuple[list[Prediction], list[tuple[str, str]], float]:
@@ -332,6 +345,16 @@ class Server:
             t = time.perf_counter()
             preds, failures = predict_items(self.run, items)
             return preds, failures, (time.perf_counter() - t) * 1000
+
+    def _similar_features(self) -> dict:
+        if self.similar is None:
+            return {"available": False, "reason": self.similar_reason}
+        return {"available": True, "endpoint": "/api/similar", "index": str(self.similar.directory),
+                "training_items": len(self.similar.items), "posters_on_disk": len(self.similar.posters)}
+
+    def neighbours(self, path: str, k: int) -> list[dict]:
+        with self.lock:
+            return self.similar.search(path, k)
 
     def explain(self, path: str, top_k: int) -> tuple[dict, float]:
         with self.lock:
@@ -457,6 +480,35 @@ def create_app(run: LoadedRun, cfg: ServeConfig) -> FastAPI:
         return {**out, "run": {"kind": run.kind, "name": run.name, **server.identity},
                 "timing_ms": {"explain": round(ms, 2), "total": round((time.perf_counter() - t0) * 1000, 2)}}
 
+    @app.post("/api/similar", summary="The most similar training posters", openapi_extra=_request_schema([IMAGE_FIELD], False))
+    async def similar(request: Request, k: int = 6) -> dict:
+        """Multipart form: ``image``. Returns the ``k`` nearest training items of the run's knn head
+        (cosine similarity of the embeddings), with their titles, genres and poster URLs."""
+        if server.similar is None:
+            raise ApiError(422, f"no similar posters for this run: {server.similar_reason}")
+        if not 1 <= k <= MAX_SIMILAR:
+            raise ApiError(422, f"k must be between 1 and {MAX_SIMILAR}, got {k}")
+        with tempfile.TemporaryDirectory(prefix="genrekit-serve-") as tmp:
+            parsed = await _read_form(request, (IMAGE_FIELD,), cfg, tmp, batch=False)
+            if parsed.refused:
+                _, status, reason = parsed.refused[0]
+                raise ApiError(status, reason)
+            try:
+                found = await run_in_threadpool(server.neighbours, parsed.items[0].image, k)
+            except UnreadableImageError as e:
+                raise ApiError(422, str(e)) from None
+        for n in found:
+            n["poster"] = f"/api/poster/{quote(n['id'], safe='')}" if n.pop("has_poster") else None
+        return {"neighbours": found, "index": server.similar.saved.name}
+
+    @app.get("/api/poster/{item_id}", summary="A training poster of the knn index", response_class=FileResponse)
+    async def poster(item_id: str):
+        """Only the posters of the items the run's knn head was trained on are served."""
+        path = server.similar.posters.get(item_id) if server.similar is not None else None
+        if path is None:
+            raise ApiError(404, f"no training poster with id {item_id!r} in this run's knn index")
+        return FileResponse(path)
+
     # A form adds part headers and text fields to the file's bytes: allow a little room for them.
     one = (cfg.max_upload_bytes + MB // 16, f"the limit of {cfg.max_upload_mb:g} MB (--max-upload-mb)")
     many = (cfg.max_upload_bytes * cfg.max_batch + MB, f"the batch limit of {cfg.max_batch} x {cfg.max_upload_mb:g} MB (--max-batch x --max-upload-mb)")
@@ -516,7 +568,8 @@ button:disabled{opacity:.5;cursor:default}
 .note{color:var(--muted);font-size:13px}.extra{margin-top:16px}
 #meta{color:var(--muted);font-size:12px;margin-top:10px}
 #maps{display:flex;flex-wrap:wrap;gap:12px}#maps figure{margin:0;width:150px}#maps img{width:100%;border-radius:6px}
-#maps figcaption{font-size:12px;color:var(--muted)}#maps figcaption b{color:var(--fg)}
+#maps figcaption,#near figcaption{font-size:12px;color:var(--muted)}#maps figcaption b,#near figcaption b{color:var(--fg)}
+#near{display:flex;flex-wrap:wrap;gap:12px}#near figure{margin:0;width:110px}#near img{width:100%;border-radius:6px}
 </style></head>
 <body>
 <header><h1>genrekit</h1><span id="run">loading run&hellip;</span></header>
@@ -536,7 +589,7 @@ button:disabled{opacity:.5;cursor:default}
   <div id="genres"></div>
   <div id="meta"></div>
   <div class="extra" id="saliency"><h2>Saliency maps of the top genres</h2><p class="note" id="saliency-note"></p><div id="maps"></div></div>
-  <div class="extra" id="similar"><h2>Most similar training posters</h2><p class="note" id="similar-note"></p></div>
+  <div class="extra" id="similar"><h2>Most similar training posters</h2><p class="note" id="similar-note"></p><div id="near"></div></div>
 </section>
 </main>
 <script>
@@ -555,7 +608,8 @@ fetch("/api/info").then(r=>r.json()).then(j=>{
   }
   const sal = j.features.saliency;
   $("saliency-note").textContent = sal.available ? `Where the evidence for each genre lies (${sal.method}); drop a poster to see them.` : "Not shown: " + sal.reason + ".";
-  $("similar-note").textContent = j.features.similar_posters.available ? "" : "Not shown: " + j.features.similar_posters.reason + ".";
+  const sim = j.features.similar_posters;
+  $("similar-note").textContent = sim.available ? `The nearest of ${sim.training_items} training posters (knn index ${sim.index}).` : "Not shown: " + sim.reason + ".";
 }).catch(e=>{ $("error").textContent = "cannot reach the server: " + e; });
 const drop = $("drop");
 drop.addEventListener("click", ()=>$("poster").click());
@@ -575,9 +629,21 @@ async function predict(){
     const j = await r.json();
     if(!r.ok) throw new Error(j.error || r.statusText);
     show(j);
+    if(file && info && info.features.similar_posters.available) similar(file);
     if(file && info && info.features.saliency.available) explain(file);
   }catch(e){ $("error").textContent = "error: " + e.message; $("summary").textContent = ""; }
   finally{ ready(); }
+}
+async function similar(f){
+  const fd = new FormData(); fd.append("image", f, f.name);
+  $("near").innerHTML = "";
+  try{
+    const r = await fetch("/api/similar?k=6", {method:"POST", body:fd});
+    const j = await r.json();
+    if(!r.ok) throw new Error(j.error || r.statusText);
+    $("near").innerHTML = j.neighbours.map(n => `<figure data-id="${esc(n.id)}">` + (n.poster ? `<img src="${n.poster}" alt="${esc(n.title || n.id)}">` : "") +
+      `<figcaption><b>${esc(n.title || n.id)}</b><br>${n.genres.map(esc).join(", ")}<br>cosine ${n.similarity.toFixed(3)}</figcaption></figure>`).join("");
+  }catch(e){ $("similar-note").textContent = "similar posters failed: " + e.message; }
 }
 async function explain(f){
   const fd = new FormData(); fd.append("image", f, f.name);

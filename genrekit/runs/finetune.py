@@ -84,8 +84,10 @@ class FinetuneConfig:
         grid: values per grid key (``batch``, ``lr``, ``optimizer``); every combination is a cell.
             The default is one cell, measured to beat the best frozen head on the shared posters
             within minutes on 2 cores; ``--grid study`` is the 27-cell grid of the CLIP study.
-        image_size: training and inference resolution; ``None`` means the backbone's own. Lower
-            is quadratically cheaper on CPU (MobileNetV2 at 160 px costs half of 224 px).
+        image_size: training and inference resolution; ``None`` means the backbone's own (the
+            size the store's features, and so the linear probe, were made at). Lower is cheaper,
+            but a 160 px MobileNetV2 started from a 224 px probe lost to the frozen head
+            (benchmarks/README.md).
         head_lr_mult: the head's learning rate over the backbone's (LP-FT: the probe is already
             good, the backbone should move less).
         lp_ft: start the head from a linear probe (else a seeded random init: plain fine-tuning).
@@ -96,6 +98,10 @@ class FinetuneConfig:
         augment: ``poster`` (small shifts and zoom, colour jitter: titles and credits stay in
             frame) or ``none``.
         flip: also flip horizontally (off: posters carry text, which a flip turns into mirror writing).
+        train_stages: train only the last N stages of a CNN (the stages ``--layers`` knows, e.g.
+            MobileNetV2's six); the layers before them stay frozen, so the backward pass stops
+            there (cheaper on CPU) and a small collection moves fewer weights. ``None``: every
+            layer (also for backbones without listed stages, such as ViTs).
         freeze_bn: keep BatchNorm statistics as pretrained (small CPU batches give noisy
             statistics, and the probe was fitted on features made with the pretrained ones).
         wise_alphas: WiSE-FT mixing weights tried on validation (0 = the linear probe on the
@@ -108,9 +114,9 @@ class FinetuneConfig:
         limit: only the first N items of each split part (quick looks, tests).
     """
 
-    epochs: int = 4
+    epochs: int = 8
     grid: Mapping[str, tuple] = field(default_factory=lambda: {"batch": (32,), "lr": (3e-4,), "optimizer": ("adamw",)})
-    image_size: int | None = 160
+    image_size: int | None = None
     head_lr_mult: float = 10.0
     lp_ft: bool = True
     loss: str = "bce"
@@ -120,6 +126,7 @@ class FinetuneConfig:
     plateau_patience: int = 0
     augment: str = "poster"
     flip: bool = False
+    train_stages: int | None = 3
     freeze_bn: bool = True
     wise_alphas: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0)
     threshold: str = "per-genre"
@@ -131,6 +138,8 @@ class FinetuneConfig:
     limit: int | None = None
 
     def validate(self) -> None:
+        if self.train_stages is not None and self.train_stages < 1:
+            raise ConfigError(f"--train-stages must be at least 1 (or 0 for every layer), got {self.train_stages}")
         if self.epochs < 1:
             raise ConfigError(f"--epochs must be at least 1, got {self.epochs}")
         unknown = set(self.grid) - set(GRID_KEYS)
@@ -248,6 +257,22 @@ def trainable_encoder(name: str, weights: str | None, device: torch.device, imag
     if encoder.module is not None:
         encoder.module.requires_grad_(True)
     return encoder
+
+
+def freeze_before_stages(backbone: nn.Module, stages: Sequence[str], n: int | None) -> int:
+    """Freeze every parameter before the last ``n`` of ``stages`` (module names, shallow to deep).
+
+    Parameters are registered in forward order in these CNNs, so everything up to the last
+    parameter of the stage before the trained ones is frozen. Returns how many were frozen.
+    """
+    if not n or n >= len(stages):
+        return 0
+    boundary = stages[-n - 1] + "."
+    params = list(backbone.named_parameters())
+    last = max((i for i, (name, _) in enumerate(params) if name.startswith(boundary)), default=-1)
+    for _, p in params[: last + 1]:
+        p.requires_grad_(False)
+    return last + 1
 
 
 def _set_train(net: FinetuneNet, freeze_bn: bool) -> None:
@@ -774,6 +799,9 @@ def run_finetune(
     net = FinetuneNet(encoder, len(data.genres), l2=header.normalisation == "l2").to(device)
     if channels_last:
         net.to(memory_format=torch.channels_last)
+    frozen = freeze_before_stages(net.backbone, encoder.spec.options.get("stages") or (), config.train_stages)
+    if frozen:
+        log.info("training the last %d stages of %s; %d parameter tensors before them stay frozen", config.train_stages, enc["name"], frozen)
     with torch.no_grad():
         if W is not None:
             net.head.weight.copy_(torch.from_numpy(W))
