@@ -88,7 +88,7 @@ def speed(rounds: int) -> None:
     from genrekit.runs.finetune import FinetuneNet, _amp, trainable_encoder
 
     weights = str(MOBILENET) if MOBILENET.is_file() else "none"
-    frozen = create_encoder("mobilenet_v2", weights, "cpu")
+    frozen = create_encoder("mobilenet_v2", weights, "cpu", layers="last")
     x8 = torch.randn(8, 3, 224, 224)
     nets = {}
     for size in (160, 224):

@@ -229,3 +229,24 @@ def test_a_multi_layer_store_predicts_new_images_through_its_own_stages(collecti
     X, ok, failures = embed_files(encoder, store.header, [str(collection.parent / p) for p in paths])
     assert not failures and X.shape == (3, 32)
     np.testing.assert_allclose(X, data.X[:3], rtol=1e-4, atol=1e-5)
+
+
+def test_mobilenet_v2_extracts_every_stage_by_default_and_names_the_flag_for_old_stores(collection, tmp_path):
+    base = dict(backbone="mobilenet_v2", weights="none", limit=4)
+    old = tmp_path / "old.h5"
+    extract(cfg(collection, old, layers="last", **base))  # as every mobilenet_v2 store made before --layers
+    with pytest.raises(StoreMismatchError, match="extend it with --layers last"):
+        extract(cfg(collection, old, **base))
+    assert extract(cfg(collection, old, layers="last", **{**base, "limit": 6})).encoded == 2
+    new = FeatureStore(extract(cfg(collection, tmp_path / "new.h5", **base)).store).header
+    assert new.dim == 2 * (24 + 32 + 64 + 96 + 160 + 1280) and new.encoder["layer_stats"] == "mean,std"
+    assert new.encoder["layers"].split(",")[0] == "features.3"
+
+
+def test_finetune_refuses_a_multi_layer_store_naming_the_flag(collection, tmp_path):
+    from genrekit.errors import StoreError
+    from genrekit.runs.finetune import FinetuneConfig, run_finetune
+
+    store = extract(cfg(collection, tmp_path / "all.h5", layers="all")).store
+    with pytest.raises(StoreError, match="--layers last"):
+        run_finetune(store, tmp_path / "ft", FinetuneConfig(epochs=1))

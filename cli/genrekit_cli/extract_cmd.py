@@ -110,7 +110,7 @@ def extract(
     precision: Annotated[str, typer.Option(help="GPU autocast: auto (bf16 where supported), fp16, bf16, fp32.")] = "auto",
     resize: Annotated[Optional[str], typer.Option(help="squash, center-crop or letterbox.", show_default="squash")] = None,
     decoder: Annotated[Optional[str], typer.Option(help="torchvision (libjpeg-turbo, uint8 resize), nvjpeg (decode and resize on the GPU) or pil (to extend stores made by the older PIL path).", show_default="torchvision")] = None,
-    layers: Annotated[str, typer.Option(help="CNN stages to pool: last (the embedding), all, or stage numbers N,M counted from 1; the pooled stages are concatenated.")] = "last",
+    layers: Annotated[Optional[str], typer.Option(help="CNN stages to pool: last (the embedding), all, or stage numbers N,M counted from 1; the pooled stages are concatenated.", show_default="the backbone's: all for mobilenet_v2 (measured better with the heads), last for the others")] = None,
     layer_stats: Annotated[str, typer.Option(help="With --layers: what each stage is pooled to, mean or mean,std.")] = "mean,std",
     workers: Annotated[
         Optional[int], typer.Option(help="Image decoding processes; with --engine ray, encoder actors.", show_default="spare cores on GPU; on CPU none up to 2 cores, else 1; ray: one per GPU, else 1")

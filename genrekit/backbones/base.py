@@ -36,6 +36,8 @@ class BackboneSpec:
         normalisation: what extraction applies by default (``l2`` for contrastive/sentence models).
         cpu_batch_size: the batch size measured fastest on CPU (benchmarks/bench_extract.py).
         channels_last: whether NHWC was measured faster (CNNs).
+        layers: what ``extract --layers`` defaults to: ``last`` (the pooled embedding) or ``all``
+            (pooled statistics of every stage; measured better with the heads for MobileNetV2).
     """
 
     name: str
@@ -48,6 +50,7 @@ class BackboneSpec:
     normalisation: str = "none"
     cpu_batch_size: int = 16
     channels_last: bool = False
+    layers: str = "last"
     description: str = ""
     options: dict = field(default_factory=dict, compare=False)  # family-specific build arguments
 

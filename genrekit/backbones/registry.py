@@ -136,8 +136,10 @@ def create_encoder(
         resize: override the poster resize mode (``squash``, ``center-crop``, ``letterbox``).
         decoder: ``torchvision`` (default: libjpeg-turbo, uint8 resize) or ``pil`` (the older path,
             to extend or use stores made with it).
-        layers: ``last`` (default: the pooled embedding), ``all`` or stage numbers ``N,M``: pooled
-            statistics of several stages of a CNN, concatenated (:mod:`genrekit.backbones.layers`).
+        layers: ``last`` (the pooled embedding), ``all`` or stage numbers ``N,M``: pooled
+            statistics of several stages of a CNN, concatenated (:mod:`genrekit.backbones.layers`);
+            ``None`` means the backbone's measured default (``spec.layers``: ``all`` for
+            MobileNetV2, ``last`` for the others).
         layer_stats: ``mean,std`` (default) or ``mean``: what each stage is pooled to.
 
     Example:
@@ -149,7 +151,7 @@ def create_encoder(
     ref = WeightsRef.parse(weights, spec)
     dev = resolve_device(device)
     encoder = spec.build(spec, ref, dev, precision=precision).with_resize(resize, decoder)
-    return with_layers(encoder, layers, layer_stats)
+    return with_layers(encoder, spec.layers if layers is None else layers, layer_stats)
 
 
 def weights_present(spec: BackboneSpec, tag: str | None = None) -> bool | None:

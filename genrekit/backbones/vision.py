@@ -114,6 +114,11 @@ def build_torchvision(spec: BackboneSpec, weights: WeightsRef, device: torch.dev
     return ModuleEncoder(spec, weights, device, module=model, **kw)
 
 
+# Backbones whose multi-layer features were measured better than the last layer with the heads
+# (benchmarks/README.md, bench_accuracy.py): their `extract` default is --layers all.
+LAYERS_DEFAULT = {"mobilenet_v2": "all"}
+
+
 def torchvision_spec(name: str, description: str) -> BackboneSpec:
     _, _, tags, dim, _, size = TORCHVISION_MODELS[name]
     return BackboneSpec(
@@ -128,6 +133,7 @@ def torchvision_spec(name: str, description: str) -> BackboneSpec:
         cpu_batch_size=8,
         description=description,
         options={"stages": STAGES[name]},
+        layers=LAYERS_DEFAULT.get(name, "last"),
     )
 
 

@@ -23,10 +23,10 @@ from genrekit.backbones.decode import decode_jpegs, plain_jpeg_bytes
 from genrekit.backbones.preprocess import DECODERS
 from genrekit.data.manifest import TEXT_FIELDS, Manifest, Sample, read_manifest, sample_text
 from genrekit.data.vocab import VocabConfig, apply_vocabulary
-from genrekit.errors import ConfigError, ManifestError, StoreMismatchError, UnreadableImageError
+from genrekit.errors import ConfigError, GenrekitError, ManifestError, StoreMismatchError, UnreadableImageError
 from genrekit.progress import ProgressFn
 from genrekit.features import l2_normalise
-from genrekit.store import StoreHeader, StoreWriter, store_lock
+from genrekit.store import FeatureStore, StoreHeader, StoreWriter, store_lock
 from genrekit.system import cpu_count
 
 log = logging.getLogger(__name__)
@@ -55,7 +55,7 @@ class ExtractConfig:
     precision: str = "auto"  # GPU autocast: bf16 where supported, else fp16
     resize: str | None = None  # squash | center-crop | letterbox; None = squash (measured best on posters)
     decoder: str | None = None  # torchvision (libjpeg-turbo, uint8 resize) | pil (the older path); None = torchvision
-    layers: str = "last"  # last | all | N,M: pooled stages of a CNN, concatenated (genrekit.backbones.layers)
+    layers: str | None = None  # last | all | N,M: pooled stages of a CNN, concatenated; None = the backbone's (spec.layers)
     layer_stats: str = "mean,std"  # with --layers: mean or mean,std per stage
     workers: int | None = None  # decode processes; None = spare cores on GPU, 0-1 on CPU (_workers_and_threads)
     threads: int | None = None  # torch CPU threads; None = the cores the decode workers leave
@@ -92,14 +92,14 @@ class ExtractConfig:
             raise ConfigError(f"--decoder {self.decoder!r} is not one of {', '.join(DECODERS)}")
         if self.threads is not None and self.threads < 1:
             raise ConfigError(f"--threads must be at least 1, got {self.threads}")
-        if self.modality == "text" and self.layers.strip().lower() != "last":
+        if self.modality == "text" and self.layers not in (None, "last"):
             raise ConfigError("--layers applies to image backbones (CNNs); text stores use the last layer")
 
     def build_encoder(self) -> Encoder:
         """The encoder these options name (the driver's, and each Ray actor's)."""
         image = self.modality == "image"
         return create_encoder(self.backbone, self.weights, self.device, self.precision, self.resize,
-                              self.decoder if image else None, self.layers if image else None, self.layer_stats)
+                              self.decoder if image else None, self.layers if image else "last", self.layer_stats)
 
 
 @dataclass
@@ -337,12 +337,29 @@ def plan_extraction(config: ExtractConfig, manifest: Manifest | None = None) -> 
             f"use plot, title or a text column of the manifest"
         )
     header = store_header(encoder, config.modality, genres, config.normalize, config.dtype, resolved, text_field)
+    _refuse_new_layers_default(config, encoder)
     writer = StoreWriter(config.out, header)
     genres = list(writer.header.genres)  # the store's column order when it has these genres in another order
     todo = [s for s in samples if s.id not in writer.done_ids]
     if len(todo) < len(samples):
         log.info("resuming %s: %d of %d samples already done", config.out, len(samples) - len(todo), len(samples))
     return Plan(config, list(genres), list(samples), encoder, header, writer, todo, started)
+
+
+def _refuse_new_layers_default(config: ExtractConfig, encoder: Encoder) -> None:
+    """A last-layer store of a backbone whose default is now multi-layer: say which flag extends it."""
+    if config.layers is not None or not encoder.layers or not Path(config.out).is_file():
+        return
+    try:
+        old = FeatureStore(config.out).header
+    except GenrekitError:
+        return  # StoreWriter names what is wrong with it
+    if old.encoder.get("name") == encoder.spec.name and not old.encoder.get("layers"):
+        raise StoreMismatchError(
+            f"{config.out} holds {encoder.spec.name}'s last-layer features, and {encoder.spec.name} now extracts "
+            f"--layers {encoder.spec.layers} by default (measured better with the heads): extend it with --layers last, "
+            f"or write to another --out"
+        )
 
 
 class PartSink:
@@ -496,7 +513,7 @@ def encoder_from_header(header: StoreHeader, device: str = "cpu") -> Encoder:
     if precision == "fp16" and not device.startswith(("cuda", "auto")):
         precision = "fp32"
     encoder = create_encoder(ident["name"], weights, device, precision=precision, resize=resize, decoder=decoder,
-                             layers=ident["layers"].split(",") if ident.get("layers") else None,
+                             layers=ident["layers"].split(",") if ident.get("layers") else "last",
                              layer_stats=ident.get("layer_stats"))
     new = store_header(encoder, header.modality, header.genres, header.normalisation, header.dtype,
                        text_field=header.preprocessing.get("field") if header.modality == "text" else None)

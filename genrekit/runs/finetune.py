@@ -251,7 +251,7 @@ class FinetuneNet(nn.Module):
 
 def trainable_encoder(name: str, weights: str | None, device: torch.device, image_size: int | None, resize: str | None) -> Encoder:
     """A registry encoder with fp32 weights that require gradients, at ``image_size``."""
-    encoder = create_encoder(name, weights, str(device), precision="fp32", resize=resize)
+    encoder = create_encoder(name, weights, str(device), precision="fp32", resize=resize, layers="last")
     if image_size is not None and encoder.preprocess is not None and image_size != encoder.preprocess.size:
         encoder.preprocess = replace(encoder.preprocess, size=int(image_size))
     if encoder.module is not None:
