@@ -1,7 +1,8 @@
 """The experiment the research repeated by hand, as one table: backbones x heads on the shared data.
 
 Image features of the 6,000 shared posters (``movie_posters``): ``colorstats``, MobileNetV2 with
-random weights, MobileNetV2 with the real weights. Text features of the 1,363 plots
+random weights, MobileNetV2 with the real weights (last layer, and six stages pooled to mean + std:
+``extract --layers all``). Text features of the 1,363 plots
 (``imdb_plots``): MiniLM, and a TF-IDF baseline (scikit-learn ``TfidfVectorizer`` fitted on the
 training plots only, fed to the same heads as a FeatureSet). Every head of ``genrekit heads
 --all`` on each, one split per dataset shared by all its feature sets (stratified 70/15/15, seed
@@ -16,7 +17,8 @@ section, into ``benchmarks/README.md`` (``--no-readme`` to skip). Stores are bui
 ``--fused POSTERS.h5 TITLES.h5 --plots PLOTS.h5`` measures instead (its own README block): titles
 (MiniLM) alone, posters alone, posters + titles (early, late and the ensemble of each), and the
 plots with the ensemble head, each on one split shared by its stores (``run_fused``'s same-items
-comparison: the same test items and genres for every column).
+comparison: the same test items and genres for every column). ``--seeds 1 2 3 4`` adds split seeds
+on which the plots' ensemble is compared with the single heads (one 204-plot test split is noisy).
 
     python benchmarks/bench_accuracy.py --fused P.h5 T.h5 --plots plots.h5 --heads logreg knn mlp ensemble
 """

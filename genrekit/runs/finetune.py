@@ -82,8 +82,9 @@ class FinetuneConfig:
     Attributes:
         epochs: most epochs per cell (early stopping usually ends a cell sooner).
         grid: values per grid key (``batch``, ``lr``, ``optimizer``); every combination is a cell.
-            The default is one cell, measured to beat the best frozen head on the shared posters
-            within minutes on 2 cores; ``--grid study`` is the 27-cell grid of the CLIP study.
+            The default is one cell, measured to beat the best frozen head of ``heads --all`` on
+            the same last-layer store of the 6,000 shared posters in 18 minutes on 2 CPU cores
+            (benchmarks/README.md); ``--grid study`` is the 27-cell grid of the CLIP study.
         image_size: training and inference resolution; ``None`` means the backbone's own (the
             size the store's features, and so the linear probe, were made at). Lower is cheaper,
             but a 160 px MobileNetV2 started from a 224 px probe lost to the frozen head
