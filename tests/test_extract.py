@@ -193,6 +193,13 @@ def test_layers_pool_every_stage_and_the_last_stage_mean_is_the_embedding(collec
     lin = create_encoder("test-tiny-cnn").module[-1]
     np.testing.assert_allclose(lin(torch_from(means16)).detach().numpy(), last.load().X, rtol=1e-4, atol=1e-5)
     assert (X[:, 8:16] >= 0).all() and X[:, 8:16].max() > 0  # standard deviations
+    from typer.testing import CliRunner
+
+    from genrekit_cli.main import app
+
+    for store, shown in ((multi, "2,4 (each pooled to mean,std)"), (last, "last (the pooled embedding)")):
+        res = CliRunner().invoke(app, ["store", "info", str(store.path)], env={"COLUMNS": "200"})
+        assert res.exit_code == 0 and shown in res.output, res.output
 
 
 def torch_from(a):

@@ -57,6 +57,8 @@ def backbones(
             "modality": "+".join(s.modalities),
             "dim": s.dim or None,
             "input": s.input_size,
+            "layers": s.layers,
+            "stages": len(s.options.get("stages") or ()) or None,
             "weights": list(s.weights),
             "offline": weights_present(s),
             "description": s.description,
@@ -70,16 +72,18 @@ def backbones(
         err_console.print(f"no backbone matches {pattern!r}; `genrekit backbones` lists them all", markup=False)
         raise typer.Exit(1)
     table = Table(title="genrekit backbones", title_justify="left")
-    for col in ("name", "family", "modality", "dim", "input", "default weights", "offline"):
-        table.add_column(col, justify="right" if col in ("dim", "input") else "left", no_wrap=col == "name")
+    for col in ("name", "family", "modality", "dim", "input", "layers", "default weights", "offline"):
+        table.add_column(col, justify="right" if col in ("dim", "input") else "left", no_wrap=col in ("name", "layers"))
     for r in rows:
         offline = {True: "[green]yes[/]", False: "[yellow]no[/]", None: "n/a"}[r["offline"]]
         tags = r["weights"][0] + (f" (+{len(r['weights']) - 1})" if len(r["weights"]) > 1 else "") if r["weights"] else "-"
-        table.add_row(r["name"], r["family"], r["modality"], str(r["dim"] or "?"), str(r["input"] or "-"), tags, offline)
+        layers = f"{r['layers']} ({r['stages']})" if r["stages"] else r["layers"]
+        table.add_row(r["name"], r["family"], r["modality"], str(r["dim"] or "?"), str(r["input"] or "-"), layers, tags, offline)
     console.print(table)
     console.print(
         "Any open_clip architecture name and [bold]timm:<name>[/] work too. Every backbone takes "
-        "--weights TAG, a local checkpoint path, or none (random init).",
+        "--weights TAG, a local checkpoint path, or none (random init). dim is the last layer's; "
+        "layers: what extract pools by default (--layers; in brackets, the stages it knows).",
         style="dim",
     )
 
@@ -197,10 +201,12 @@ def store_info(
     if info["modality"] == "image" and "decoder" not in pre:  # made before the decoder was recorded
         pre = {**pre, "decoder": "pil (the older path: extend it with --decoder pil)"}
     pre_s = ", ".join(f"{k}={v}" for k, v in pre.items())
-    for k, v in (
+    for row in (
         ("rows", f"{info['rows']:,} x {info['dim']} {info['dtype']} ({info['size_bytes'] / 1e6:.1f} MB)"),
         ("encoder", f"{enc.get('name')} ({enc.get('family')}, {enc.get('precision', 'fp32')})"),
         ("weights", weights),
+        ("layers", f"{enc['layers']} (each pooled to {enc.get('layer_stats', 'mean,std')})" if enc.get("layers") else "last (the pooled embedding)")
+        if info["modality"] == "image" else None,
         ("modality", info["modality"] + (f" (field: {pre.get('field', 'plot')})" if info["modality"] == "text" else "")),
         ("preprocessing", pre_s),
         ("normalisation", info["normalisation"]),
@@ -209,6 +215,9 @@ def store_info(
         ("failures", str(len(info["failures"]))),
         ("made by", f"genrekit {info['genrekit_version']} on {info['created']} (format {info['format_version']})"),
     ):
+        if row is None:  # layers: image stores only
+            continue
+        k, v = row
         t.add_row(k, Text(str(v)))  # genres, paths and weights are user text: never markup
     console.print(t, highlight=False)
     print_failures([(f["id"], f["reason"]) for f in info["failures"]])
