@@ -123,3 +123,13 @@ def test_resize_modes_give_square_inputs(mode):
 def test_bad_resize_mode_is_refused():
     with pytest.raises(ConfigError, match="squash"):
         Preprocess(resize="crop")
+
+
+def test_timm_stages_come_from_forward_intermediates_and_the_last_mean_is_the_embedding():
+    x = torch.randint(0, 255, (2, 3, 64, 64), dtype=torch.uint8)
+    base = create_encoder("timm:resnet18", weights="none")
+    last = create_encoder("timm:resnet18", weights="none", layers="5", layer_stats="mean")
+    every = create_encoder("timm:resnet18", weights="none", layers="all")
+    assert last.identity["layers"] == "layer4" and every.identity["layers"] == "act1,layer1,layer2,layer3,layer4"
+    assert every.dim == 2 * (64 + 64 + 128 + 256 + 512)
+    np.testing.assert_allclose(last.encode_images(x), base.encode_images(x), rtol=1e-5, atol=1e-6)
