@@ -320,7 +320,7 @@ class Server:
             try:
                 from genrekit.inference.similar import SimilarIndex
 
-                self.similar = SimilarIndex.for_run(Path(run.path), device=cfg.device)
+                self.similar = SimilarIndex.for_run(Path(run.path), device=cfg.device, run=run)
             except GenrekitError as e:
                 self.similar_reason = str(e)
             except Exception as e:  # an optional part of the page never stops the server
@@ -458,6 +458,19 @@ def create_app(run: LoadedRun, cfg: ServeConfig) -> FastAPI:
         listed under ``failures`` (422 when none is readable)."""
         return await _predict(request, batch=True)
 
+    async def _on_one_poster(request: Request, fn, *args):
+        """``fn(path, *args)`` in a worker thread on the one poster of the form (in a request-scoped
+        temporary directory); a refused or unreadable poster is the JSON 4xx of /api/predict."""
+        with tempfile.TemporaryDirectory(prefix="genrekit-serve-") as tmp:
+            parsed = await _read_form(request, (IMAGE_FIELD,), cfg, tmp, batch=False)
+            if parsed.refused:
+                _, status, reason = parsed.refused[0]
+                raise ApiError(status, reason)
+            try:
+                return await run_in_threadpool(fn, parsed.items[0].image, *args)
+            except UnreadableImageError as e:
+                raise ApiError(422, str(e)) from None
+
     @app.post("/api/explain", summary="Saliency maps of a poster's top genres", openapi_extra=_request_schema([IMAGE_FIELD], False))
     async def explain(request: Request, top_k: int = 3) -> dict:
         """Multipart form: ``image``. Returns, for the ``top_k`` most probable genres, the map of
@@ -468,15 +481,7 @@ def create_app(run: LoadedRun, cfg: ServeConfig) -> FastAPI:
         if not 1 <= top_k <= min(len(run.genres), MAX_EXPLAIN):
             raise ApiError(422, f"top_k must be between 1 and {min(len(run.genres), MAX_EXPLAIN)}, got {top_k}")
         t0 = time.perf_counter()
-        with tempfile.TemporaryDirectory(prefix="genrekit-serve-") as tmp:
-            parsed = await _read_form(request, (IMAGE_FIELD,), cfg, tmp, batch=False)
-            if parsed.refused:
-                _, status, reason = parsed.refused[0]
-                raise ApiError(status, reason)
-            try:
-                out, ms = await run_in_threadpool(server.explain, parsed.items[0].image, top_k)
-            except UnreadableImageError as e:
-                raise ApiError(422, str(e)) from None
+        out, ms = await _on_one_poster(request, server.explain, top_k)
         return {**out, "run": {"kind": run.kind, "name": run.name, **server.identity},
                 "timing_ms": {"explain": round(ms, 2), "total": round((time.perf_counter() - t0) * 1000, 2)}}
 
@@ -488,15 +493,7 @@ def create_app(run: LoadedRun, cfg: ServeConfig) -> FastAPI:
             raise ApiError(422, f"no similar posters for this run: {server.similar_reason}")
         if not 1 <= k <= MAX_SIMILAR:
             raise ApiError(422, f"k must be between 1 and {MAX_SIMILAR}, got {k}")
-        with tempfile.TemporaryDirectory(prefix="genrekit-serve-") as tmp:
-            parsed = await _read_form(request, (IMAGE_FIELD,), cfg, tmp, batch=False)
-            if parsed.refused:
-                _, status, reason = parsed.refused[0]
-                raise ApiError(status, reason)
-            try:
-                found = await run_in_threadpool(server.neighbours, parsed.items[0].image, k)
-            except UnreadableImageError as e:
-                raise ApiError(422, str(e)) from None
+        found = await _on_one_poster(request, server.neighbours, k)
         for n in found:
             n["poster"] = f"/api/poster/{quote(n['id'], safe='')}" if n.pop("has_poster") else None
         return {"neighbours": found, "index": server.similar.saved.name}

@@ -34,7 +34,7 @@ def knn_dir(run_path: Path) -> Path | None:
 class SimilarIndex:
     """A saved knn head, the training items behind its rows, and the encoder of its store."""
 
-    def __init__(self, directory: Path, device: str = "cpu"):
+    def __init__(self, directory: Path, device: str = "cpu", run=None):
         from genrekit.data.manifest import read_manifest
 
         saved = load_head(directory)
@@ -57,18 +57,23 @@ class SimilarIndex:
         self.directory, self.saved, self.head, self.device = directory, saved, head, device
         self.items = [samples.get(i) for i in ids]
         self.posters = {s.id: s.image for s in self.items if s is not None and s.image and Path(s.image).is_file()}
+        # A head of the same store already rebuilds this encoder: share it rather than load a second copy.
+        self._run = run if getattr(getattr(run, "saved", None), "header", None) == saved.header else None
         self._encoder = None
 
     @classmethod
-    def for_run(cls, run_path: Path, device: str = "cpu") -> SimilarIndex:
-        """The index of the run at ``run_path``; :class:`ConfigError` saying why when it has none."""
+    def for_run(cls, run_path: Path, device: str = "cpu", run=None) -> SimilarIndex:
+        """The index of the run at ``run_path`` (``run``: the loaded run, whose encoder is shared
+        when it reads the same store); :class:`ConfigError` saying why when it has none."""
         d = knn_dir(run_path)
         if d is None:
             raise ConfigError(f"{run_path} has no knn head (train one with `genrekit heads --head knn ...`)")
-        return cls(d, device)
+        return cls(d, device, run)
 
     @property
     def encoder(self):
+        if self._run is not None:
+            return self._run.encoder
         if self._encoder is None:
             from genrekit.extraction import encoder_from_header
 
