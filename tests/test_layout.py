@@ -54,3 +54,20 @@ def test_imports_flow_one_way():
 
 def test_test_support_is_not_in_the_library():
     assert not list((ROOT / "genrekit").rglob("synthetic*.py"))
+
+
+def test_predictors_never_import_trainers():
+    """Nothing under genrekit/inference imports genrekit.runs, not even inside a function: using a
+    run (predict, evaluate, serve) must not load the code that trains one (what both need, such as
+    the fine-tuned network, lives a layer down)."""
+    found = []
+    for path in (ROOT / "genrekit" / "inference").rglob("*.py"):
+        for imported in _imports(path):
+            if imported == "genrekit.runs" or imported.startswith("genrekit.runs."):
+                found.append(f"{path.relative_to(ROOT)} imports {imported}")
+    for path in (ROOT / "genrekit" / "inference").rglob("*.py"):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        for node in ast.walk(tree):  # `from genrekit import runs`
+            if isinstance(node, ast.ImportFrom) and node.module == "genrekit" and any(a.name == "runs" for a in node.names):
+                found.append(f"{path.relative_to(ROOT)} imports genrekit.runs")
+    assert not found, "\n".join(found)

@@ -37,12 +37,25 @@ from pathlib import Path
 import numpy as np
 
 from genrekit import __version__
+from genrekit.atomic import atomic_open
 from genrekit.data.manifest import PARTS
 from genrekit.errors import ConfigError, LabelError, UnknownNameError
-from genrekit.evaluation.metrics import evaluate, macro_average_precision, multilabel_metrics
+from genrekit.evaluation.metrics import (
+    evaluate,
+    macro_average_precision,
+    multilabel_metrics,
+)
 from genrekit.evaluation.thresholds import Thresholds, fixed, tune_thresholds
-from genrekit.atomic import atomic_open
-from genrekit.features import JOINS, JoinedFeatures, combine, early_fusion, fit_block_scaling, weight_grid
+from genrekit.features import (
+    BLOCK_SCALING_FILE,
+    JOINS,
+    LATE_FUSION_FILE,
+    JoinedFeatures,
+    combine,
+    early_fusion,
+    fit_block_scaling,
+    weight_grid,
+)
 from genrekit.heads.saved import load_head, write_json
 from genrekit.progress import ProgressFn, null_progress
 from genrekit.runs.leaderboard import HeadsConfig, resolve_split, run_heads
@@ -50,10 +63,6 @@ from genrekit.store import FeatureSet
 
 log = logging.getLogger(__name__)
 
-# Written by late fusion in place of run.json.
-LATE_FUSION_FILE = "fusion.json"
-# Written into early/: each store block's training mean and scale, so new items fuse as training ones did.
-BLOCK_SCALING_FILE = "blocks.npz"
 FUSIONS = ("early", "late", "both")
 EARLY_NORMALISATION = (
     "each store's block standardised on its training items and divided by sqrt(its dimension), times sqrt(its weight x stores); "
