@@ -54,3 +54,37 @@ def test_imports_flow_one_way():
 
 def test_test_support_is_not_in_the_library():
     assert not list((ROOT / "genrekit").rglob("synthetic*.py"))
+
+
+def _leaf_commands(group, path=()):
+    """(path, click command) of every runnable command under a click group."""
+    for name, cmd in group.commands.items():
+        if hasattr(cmd, "commands"):
+            yield from _leaf_commands(cmd, (*path, name))
+        else:
+            yield (*path, name), cmd
+
+
+def test_every_command_lives_in_a_file_named_after_it():
+    """`genrekit predict` is cli/genrekit_cli/commands/predict.py; a sub-command (`data split`) is in its group's file."""
+    import typer
+
+    from genrekit_cli.main import app
+
+    misplaced = [
+        f"genrekit {' '.join(path)} is in {cmd.callback.__module__}"
+        for path, cmd in _leaf_commands(typer.main.get_command(app))
+        if cmd.callback.__module__ != f"genrekit_cli.commands.{path[0]}"
+    ]
+    assert not misplaced, "\n".join(misplaced)
+
+
+def test_the_cli_starts_without_the_heavy_libraries():
+    """`genrekit --help` (and every COMMAND --help) must answer at once: the command modules import the
+    library inside the command functions, so loading the app imports neither torch, scikit-learn nor pandas."""
+    import subprocess
+    import sys
+
+    code = "import sys, genrekit_cli.main; print(sorted(m for m in ('torch', 'sklearn', 'scipy', 'pandas', 'h5py', 'matplotlib', 'fastapi') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert out == "[]", f"importing the CLI loads {out}"

@@ -32,9 +32,15 @@ SynonymOpt = Annotated[Optional[list[str]], typer.Option("--synonym", help="Extr
 NoSynonymsOpt = Annotated[bool, typer.Option("--no-synonyms", help="Do not apply the built-in synonyms (Science Fiction -> Sci-Fi ...).")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON instead of tables.")]
 DeviceOpt = Annotated[str, typer.Option("--device", help="Where the encoder runs: auto, cpu, cuda or cuda:N.")]
+TopOpt = Annotated[int, typer.Option("--top", help="Genres shown per item (the predicted ones always are); 0: all.")]
 WeightsOpt = Annotated[
     Optional[str], typer.Option("--weights", help="Weights tag, local checkpoint file/folder, or none (random init).", show_default="the backbone's default tag")
 ]
+
+
+def csv_list(value: str | None) -> tuple[str, ...]:
+    """``a, b,c`` as ``("a", "b", "c")``; nothing for an empty value."""
+    return tuple(v.strip() for v in value.split(",") if v.strip()) if value else ()
 
 
 def parse_columns(value: str | None) -> CsvColumns | None:

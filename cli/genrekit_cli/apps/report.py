@@ -666,7 +666,7 @@ def build_report(run: str | Path, heads: Sequence[str] = (), progress: Callable[
     make = {"heads": _heads_sections, "fused": _fused_sections, "finetune": _finetune_sections}[kind]
     t0 = time.perf_counter()
     sections = make(run, results, list(heads), progress)
-    env = jinja2.Environment(loader=jinja2.PackageLoader("genrekit.inference", "templates"), autoescape=jinja2.select_autoescape(["html", "j2"]))
+    env = jinja2.Environment(loader=jinja2.PackageLoader("genrekit_cli.apps", "templates"), autoescape=jinja2.select_autoescape(["html", "j2"]))
     header = (results.get("features") or {}).get("store_header") or {}
     enc = header.get("encoder") or {}
     facts = {
