@@ -9,7 +9,7 @@ from rich.table import Table
 
 from genrekit_cli.main import app
 from genrekit_cli.options import JsonOpt
-from genrekit_cli.ui import console, print_json
+from genrekit_cli.ui import console, err_console, print_json
 
 
 BACKBONES_EXAMPLES = """
