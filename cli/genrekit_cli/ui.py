@@ -76,14 +76,27 @@ def print_failures(failures: list[tuple[str, str]], examples: int = 10) -> None:
             console.print(f"      … and {len(rows) - examples} more")
 
 
+def threshold_cell(row: dict) -> str:
+    """A per-genre row's threshold, marked where it fell back to the global one (not tuned for the genre)."""
+    thr = row.get("threshold")
+    if thr is None:
+        return "-"
+    return f"{thr:.2f} (global)" if row.get("fallback") else f"{thr:.2f}"
+
+
 def print_per_genre(entry: dict, title: str) -> None:
-    """The per-genre table of a results entry (precision, recall, F1, support, AUC, AP)."""
+    """The per-genre table of a results entry (precision, recall, F1, support, AUC, AP, threshold)."""
     t = Table(title=title, title_justify="left")
-    for c in ("genre", "precision", "recall", "F1", "support", "AUC", "AP"):
-        t.add_column(c, justify="left" if c == "genre" else "right")
+    for c in ("genre", "precision", "recall", "F1", "support", "AUC", "AP", "threshold"):
+        t.add_column(c, justify="left" if c in ("genre", "threshold") else "right")
     for r in entry["per_genre"]:
-        t.add_row(Text(r["genre"]), fmt(r["precision"]), fmt(r["recall"]), fmt(r["f1"]), str(r["support"]), fmt(r["auc"]), fmt(r["ap"]))
+        t.add_row(Text(r["genre"]), fmt(r["precision"]), fmt(r["recall"]), fmt(r["f1"]), str(r["support"]), fmt(r["auc"]), fmt(r["ap"]),
+                  threshold_cell(r))  # fmt: skip
     console.print(t)
+    fell_back = [r["genre"] for r in entry["per_genre"] if r.get("fallback")]
+    if fell_back:
+        console.print(f"{len(fell_back)} genre(s) use the global threshold, not one tuned for them (too few validation "
+                      f"positives): {', '.join(fell_back)}", style="dim", highlight=False, markup=False)  # fmt: skip
 
 
 def print_predictions(preds, failures, json: bool, top: int | None = 8, notes=()) -> None:

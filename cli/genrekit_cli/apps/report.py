@@ -370,21 +370,16 @@ def _predictions(head_dir: Path) -> dict[str, np.ndarray] | None:
 
 def _image_paths(header: dict | None, base: Path) -> dict[str, str]:
     """id -> poster path from the manifest the store was extracted from, for files still present."""
-    cfg = (header or {}).get("config") or {}
-    data = cfg.get("data")
-    if not data or (header or {}).get("modality") != "image":
+    if not header or header.get("modality") != "image":
         return {}
-    from genrekit.data.manifest import read_manifest
+    from genrekit.store import StoreHeader
 
-    for cand in (Path(data), base / data):
-        if cand.exists():
-            try:
-                m = read_manifest(cand, cfg.get("format", "auto"))
-            except Exception as e:  # a moved or edited manifest: no gallery, the rest of the report stands
-                log.warning("gallery: cannot read the manifest %s (%s)", cand, e)
-                return {}
-            return {s.id: s.image for s in m.samples if s.image and Path(s.image).is_file()}
-    return {}
+    try:
+        m = StoreHeader.from_json(header).manifest_source().read()
+    except Exception as e:  # a moved or edited manifest: no gallery, the rest of the report stands
+        log.warning("gallery: %s", e)
+        return {}
+    return {s.id: s.image for s in m.samples if s.image and Path(s.image).is_file()}
 
 
 def _thumb(path: str) -> str | None:

@@ -9,7 +9,7 @@ import typer
 from rich.markup import escape
 
 from genrekit_cli.main import app
-from genrekit_cli.options import ColumnsOpt, DeviceOpt, FormatOpt, GenreSepOpt, GenresOpt, MinCountOpt, NoSynonymsOpt, OtherOpt, SynonymOpt, TopKOpt, WeightsOpt, load_manifest, vocab_config
+from genrekit_cli.options import ColumnsOpt, DeviceOpt, FormatOpt, GenreSepOpt, GenresOpt, MinCountOpt, NoSynonymsOpt, OtherOpt, SynonymOpt, TopKOpt, WeightsOpt, parse_columns, vocab_config
 from genrekit_cli.ui import console, print_failures, progress_bar
 
 
@@ -68,14 +68,14 @@ def extract(
     refuse_overwrite(out, {"the manifest": data, "the split file": split}, "--out")
     config = ExtractConfig(
         backbone=backbone, data=str(data), out=str(out), weights=weights, modality=modality, text_field=field, format=format,
+        columns=parse_columns(columns), genre_sep=genre_sep,
         batch_size=batch_size, device=device, precision=precision, resize=resize, decoder=decoder, layers=layers, layer_stats=layer_stats, workers=workers, threads=threads, decode_thread=decode_thread,
         limit=limit, dtype=dtype, normalize=normalize, split=str(split) if split else None,
         vocab=vocab_config(top_k, min_count, genres, other, synonym, no_synonyms),
         engine=engine, ray_address=ray_address, num_gpus_per_worker=num_gpus_per_worker,
     )
-    manifest = load_manifest(data, format, columns, genre_sep)
     with progress_bar("posters" if modality == "image" else f"{field}s") as progress:
-        report = run(config, progress=progress, manifest=manifest)
+        report = run(config, progress=progress)
     s = report.seconds
     console.print(
         f"[bold green]{escape(report.store)}[/]: {report.rows} rows "

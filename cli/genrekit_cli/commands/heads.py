@@ -7,6 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 from rich.table import Table
+from rich.text import Text
 
 from genrekit_cli.main import app
 from genrekit_cli.options import JsonOpt, csv_list as _csv
@@ -160,6 +161,9 @@ def _print_leaderboard(res: dict) -> None:
             _fmt(z["roc_auc_macro"]), _fmt(z["hamming_loss"]), _fmt(z["f1_micro"]), f"{b['fit_seconds']:.1f}",
         )  # fmt: skip
     console.print(t)
+    for name, e in res["heads"].items():
+        for note in e.get("notes") or ():
+            err_console.print(Text.assemble(("note ", "yellow"), f"{name}: {note}"))
     console.print(
         "* best on validation mAP. F1 mic/mac: micro/macro F1; AUC: macro ROC AUC; Hamm: Hamming loss"
         + ("; baseline: one-vs-rest LogisticRegression with scikit-learn defaults, at 0.5" if b else ""),
