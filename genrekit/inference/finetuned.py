@@ -18,8 +18,9 @@ import torch
 from genrekit.backbones.base import sha256_path
 from genrekit.errors import StoreError, StoreMismatchError, UnreadableImageError
 from genrekit.evaluation.thresholds import Thresholds
-from genrekit.inference.loaded import Item, RunKind, register_run_kind
-from genrekit.runs.finetune import FINETUNE_FILE, FORMAT, FinetuneNet, trainable_encoder
+from genrekit.inference.loaded import Item, register_loader
+from genrekit.rundir import FINETUNE_FILE
+from genrekit.runs.finetune import FORMAT, FinetuneNet, trainable_encoder
 
 
 class FinetunedRun:
@@ -100,8 +101,4 @@ class FinetunedRun:
         return torch.cat(out).numpy().astype(np.float32), idx, failures
 
 
-def _is_finetune(path: Path) -> bool:
-    return (path / FINETUNE_FILE).is_file()
-
-
-register_run_kind(RunKind("finetune", _is_finetune, lambda p, device: FinetunedRun(p, device)))
+register_loader("finetune", lambda run, device: FinetunedRun(run.path, device))

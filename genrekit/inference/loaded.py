@@ -4,8 +4,8 @@
 :func:`load_run`, which recognises what a directory holds and returns a :class:`LoadedRun`:
 
 - ``head``: one saved head on one store (``RUNS/<head>``, or ``RUNS/`` for its best head);
-- further kinds (a fused run over several stores, a fine-tuned network) register a
-  :class:`RunKind` in :data:`RUN_KINDS`: a ``detect`` test on the directory and a loader.
+- ``fused`` (a head over several stores) and ``finetune`` (a fine-tuned network) register their
+  loaders in :data:`LOADERS`; which kind a directory is comes from :func:`genrekit.rundir.open_run`.
 
 A loaded run keeps its encoders in memory, so a server loads it once at start-up.
 """
@@ -19,11 +19,11 @@ from typing import Protocol
 
 import numpy as np
 
-from genrekit.errors import ConfigError, StoreError
+from genrekit.errors import ConfigError
 from genrekit.evaluation.thresholds import Thresholds
 from genrekit.heads.saved import SavedHead
 from genrekit.inference.predict import Prediction, _as_saved, rank
-from genrekit.runs.fused import LATE_FUSION_FILE
+from genrekit.rundir import open_run
 
 
 @dataclass(frozen=True)
@@ -143,44 +143,27 @@ class HeadRun:
         return self.saved.predict_proba(X), idx, failures
 
 
-# -- the registry of run kinds ---------------------------------------------------------------------
-@dataclass(frozen=True)
-class RunKind:
-    """A kind of run directory: how to recognise it and how to load it."""
-
-    name: str
-    detect: Callable[[Path], bool]
-    load: Callable[[Path, str], LoadedRun]
+# -- loading by kind ------------------------------------------------------------------------------
+# What a directory is, and which of its heads predict uses, is decided in one place:
+# genrekit.rundir.open_run. A loader per kind turns it into a LoadedRun; fused and fine-tuned runs
+# register theirs when genrekit.inference is imported.
+LOADERS: dict[str, Callable[..., LoadedRun]] = {"head": lambda run, device: HeadRun(_as_saved(run.path), run.path, device)}
 
 
-def _is_head(path: Path) -> bool:
-    return any((path / f).is_file() for f in ("run.json", "results.json", LATE_FUSION_FILE))
-
-
-def _load_head(path: Path, device: str) -> HeadRun:
-    return HeadRun(_as_saved(path), path, device)  # _as_saved refuses fused runs until a fused kind is registered
-
-
-# Checked in order; the single head comes last because other kinds may also hold a results.json.
-RUN_KINDS: list[RunKind] = [RunKind("head", _is_head, _load_head)]
-
-
-def register_run_kind(kind: RunKind) -> None:
-    """Add a run kind, checked before the ones already known."""
-    RUN_KINDS.insert(0, kind)
+def register_loader(kind: str, load: Callable[..., LoadedRun]) -> None:
+    """Add the loader of a run kind: ``load(run: RunDir, device)`` (``fused``: ``load(root, part, entry, device)``)."""
+    LOADERS[kind] = load
 
 
 def load_run(path: str | Path, device: str = "cpu") -> LoadedRun:
-    """Load any run directory for prediction.
+    """Load any run directory for prediction: a whole run means its best head.
 
     Example:
         >>> run = load_run("runs/")  # doctest: +SKIP
         >>> preds, failed = predict_items(run, [Item("poster.jpg", image="poster.jpg")])
     """
-    p = Path(path)
-    if not p.is_dir():
-        raise StoreError(f"run directory {str(p)!r} does not exist (make one with `genrekit heads`)")
-    for kind in RUN_KINDS:
-        if kind.detect(p):
-            return kind.load(p, device)
-    raise StoreError(f"{p} is not a run directory: expected run.json or results.json in it (make one with `genrekit heads`)")
+    run = open_run(path).best()
+    fused = run.fused_part
+    if fused is not None:
+        return LOADERS["fused"](*fused, device)
+    return LOADERS[run.kind](run, device)

@@ -19,7 +19,7 @@ from genrekit.atomic import atomic_open
 from genrekit.errors import ConfigError
 from genrekit.evaluation.scorecard import score_collection
 from genrekit.heads.saved import SavedHead, load_head
-from genrekit.runs.fused import LATE_FUSION_FILE
+from genrekit.rundir import LATE_FUSION_FILE
 from genrekit.heads.zeroshot import DEFAULT_GENRES, cosine_scores, genre_prompt_embeddings, softmax_probabilities
 from genrekit.store import FeatureSet, StoreHeader
 

@@ -18,6 +18,7 @@ import numpy as np
 
 from genrekit.errors import ConfigError, GenrekitError, UnreadableImageError
 from genrekit.heads.saved import load_head
+from genrekit.rundir import PREDICTIONS_FILE
 
 KNN = "knn"
 
@@ -26,7 +27,7 @@ def knn_dir(run_path: Path) -> Path | None:
     """The ``knn`` head of the heads run at ``run_path`` (the run or one of its heads), if any."""
     run_path = Path(run_path)
     for d in (run_path, run_path / KNN, run_path.parent / KNN):
-        if d.name == KNN and (d / "predictions.npz").is_file():
+        if d.name == KNN and (d / PREDICTIONS_FILE).is_file():
             return d
     return None
 
@@ -40,7 +41,7 @@ class SimilarIndex:
         head = saved.model
         if saved.header is None or saved.header.modality != "image":
             raise ConfigError(f"{directory}: the knn head was not trained on poster features")
-        with np.load(directory / "predictions.npz", allow_pickle=False) as z:
+        with np.load(directory / PREDICTIONS_FILE, allow_pickle=False) as z:
             ids = [str(i) for i in z["ids_train"]]
         if len(ids) != len(head.Y_):
             raise ConfigError(f"{directory}: the knn head holds {len(head.Y_)} rows but the run trained on {len(ids)} items "

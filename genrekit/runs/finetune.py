@@ -62,6 +62,7 @@ from genrekit.errors import ConfigError, ManifestError, StoreError, UnreadableIm
 from genrekit.evaluation.metrics import macro_average_precision
 from genrekit.evaluation.scorecard import score
 from genrekit.evaluation.thresholds import RULES, Thresholds
+from genrekit.rundir import FINETUNE_FILE
 from genrekit.store import FeatureStore, StoreHeader
 from genrekit.system import cpu_count
 
@@ -72,7 +73,6 @@ LOSSES = ("bce", "softf1")
 GRID_KEYS = ("batch", "lr", "optimizer")
 # The grid of the CLIP-vs-CNN study: batch 16/32/64 x lr 1e-3/1e-4/1e-5 x optimizer (--grid study).
 STUDY_GRID: dict[str, tuple] = {"batch": (16, 32, 64), "lr": (1e-3, 1e-4, 1e-5), "optimizer": OPTIMIZERS}
-FINETUNE_FILE = "finetune.json"
 FORMAT = 1
 
 

@@ -46,13 +46,13 @@ from genrekit.atomic import atomic_open
 from genrekit.features import JOINS, JoinedFeatures, combine, early_fusion, fit_block_scaling, weight_grid
 from genrekit.heads.saved import load_head, write_json
 from genrekit.progress import ProgressFn, null_progress
+from genrekit.rundir import LATE_FUSION_FILE
 from genrekit.runs.leaderboard import HeadsConfig, resolve_split, run_heads
 from genrekit.store import FeatureSet
 
 log = logging.getLogger(__name__)
 
 # Written by late fusion in place of run.json.
-LATE_FUSION_FILE = "fusion.json"
 # Written into early/: each store block's training mean and scale, so new items fuse as training ones did.
 BLOCK_SCALING_FILE = "blocks.npz"
 FUSIONS = ("early", "late", "both")

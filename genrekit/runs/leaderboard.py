@@ -36,6 +36,7 @@ from genrekit.heads.saved import SavedHead, write_json
 from genrekit.heads.sklearn_heads import grid_notes, similarity_order
 from genrekit.heads.zeroshot import genre_prompt_embeddings
 from genrekit.progress import ProgressFn, null_progress
+from genrekit.rundir import PREDICTIONS_FILE, RESULTS_CSV, RESULTS_FILE, SPLIT_FILE
 from genrekit.store import FeatureSet, StoreHeader
 from genrekit.system import cpu_count
 
@@ -127,7 +128,7 @@ def resolve_split(fs: FeatureSet, config: HeadsConfig, out: Path) -> tuple[np.nd
     if split is not None:
         log.warning("the store's split lacks a train, val or test part; making a stratified split instead")
     split = stratified_split(fs.Y, config.ratios, seed=config.seed)
-    write_split_file(out / "split.csv", list(fs.ids), split)
+    write_split_file(out / SPLIT_FILE, list(fs.ids), split)
     return split, "stratified"
 
 
@@ -486,8 +487,8 @@ def run_heads(
 
 
 def _write_results(out: Path, results: dict) -> None:
-    write_json(out / "results.json", results)
-    _write_csv(out / "results.csv", results["heads"], results["baseline"])
+    write_json(out / RESULTS_FILE, results)
+    _write_csv(out / RESULTS_CSV, results["heads"], results["baseline"])
 
 
 def _finish(task, r, spec, scaler, genres, Yva, Yte, header, config, out, run_info=None) -> dict:
@@ -539,7 +540,6 @@ def _ensemble_step(members: dict, genres, Yva, Yte, header, config, out, run_inf
     return {**entry, "_P": (P_val, P_test)}
 
 
-PREDICTIONS_FILE = "predictions.npz"
 
 
 def save_predictions(directory: Path, ids, parts: Mapping[str, np.ndarray], P_val, P_test, Y: np.ndarray) -> None:

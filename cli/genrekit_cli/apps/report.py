@@ -30,10 +30,11 @@ import numpy as np
 
 from genrekit import __version__
 from genrekit.errors import ConfigError, StoreError, UnknownNameError
+from genrekit.rundir import PREDICTIONS_FILE, read_json, results_kind
 
 log = logging.getLogger(__name__)
 
-PREDICTIONS_FILE = "predictions.npz"  # the name genrekit.runs.leaderboard writes
+
 PARTS = ("train", "val", "test")
 THUMB = 150  # gallery thumbnail height in pixels
 GALLERY_N = 8
@@ -335,21 +336,12 @@ def fig_wise(wise: dict) -> str:
 
 # -- reading the run ---------------------------------------------------------------------------
 def _read_json(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError) as e:
-        raise StoreError(f"cannot read {path}: {e}") from None
+    return read_json(path)
 
 
 def run_kind(results: dict) -> str:
     """``finetune``, ``fused`` or ``heads`` from a run's results.json."""
-    if results.get("kind") == "finetune":
-        return "finetune"
-    if "same_items" in results and "fusion" in results:
-        return "fused"
-    if "heads" in results:
-        return "heads"
-    raise StoreError("results.json is neither a heads, a fused nor a fine-tune run (no 'heads', 'same_items' or 'kind')")
+    return results_kind(results)
 
 
 def _fmt(v, digits: int = 3) -> str:
