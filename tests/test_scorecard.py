@@ -107,3 +107,12 @@ def test_the_leaderboard_names_a_hyper_parameter_at_its_grid_edge(tmp_path):
 
 def grid_notes_for_k(k):
     return f"k={k} is the largest value searched (1 .. {k}); the best may lie beyond: pass a wider grid with head_params"
+
+
+def test_a_head_that_predicts_the_genre_frequencies_is_named():
+    from genrekit.evaluation.scorecard import flat_note
+
+    rng = np.random.default_rng(0)
+    prior = np.array([0.56, 0.35, 0.1])
+    assert flat_note(prior + rng.normal(0, 0.001, (200, 3)))  # every film about Drama 0.56
+    assert flat_note(np.clip(prior + rng.normal(0, 0.2, (200, 3)), 0, 1)) == []

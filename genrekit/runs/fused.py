@@ -40,7 +40,7 @@ from genrekit import __version__
 from genrekit.data.manifest import PARTS
 from genrekit.errors import ConfigError, LabelError, UnknownNameError
 from genrekit.evaluation.metrics import macro_average_precision, multilabel_metrics
-from genrekit.evaluation.scorecard import score
+from genrekit.evaluation.scorecard import flat_note, score
 from genrekit.evaluation.thresholds import Thresholds
 from genrekit.atomic import atomic_open
 from genrekit.features import JOINS, JoinedFeatures, combine, early_fusion, fit_block_scaling, weight_grid
@@ -308,6 +308,7 @@ def _late_fusion(joined: JoinedFeatures, singles: dict, out: Path, config: Heads
             "test": card.test["tuned"],
             "test_at_0.5": card.test["at_0.5"],
             "per_genre": card.per_genre,
+            "notes": flat_note(P_test),
         }
         d = out / "late" / entry
         d.mkdir(parents=True, exist_ok=True)

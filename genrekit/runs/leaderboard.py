@@ -26,7 +26,7 @@ from genrekit.atomic import atomic_open
 from genrekit.data.split import PARTS, split_warnings, stratified_split, write_split_file
 from genrekit.errors import ConfigError, GenrekitError, LabelError, UnknownNameError
 from genrekit.evaluation.metrics import METRIC_KEYS, macro_average_precision, multilabel_metrics
-from genrekit.evaluation.scorecard import score
+from genrekit.evaluation.scorecard import flat_note, score
 from genrekit.evaluation.thresholds import RULES, fixed
 from genrekit.heads.ensemble import DESCRIPTION as ENSEMBLE_DESCRIPTION
 from genrekit.heads.ensemble import ENSEMBLE, greedy_selection, save_ensemble
@@ -502,7 +502,7 @@ def _finish(task, r, spec, scaler, genres, Yva, Yte, header, config, out, run_in
         "fit_seconds": r["fit_seconds"],
         "predict_seconds": r["predict_seconds"],
         "fitted": _fitted_summary(r["head"]),
-        "notes": grid_notes(r["head"]),
+        "notes": grid_notes(r["head"]) + flat_note(r["P_test"]),
         **_card_fields(card),
         "dir": task.entry,
     }
@@ -531,7 +531,7 @@ def _ensemble_step(members: dict, genres, Yva, Yte, header, config, out, run_inf
         "fit_seconds": time.perf_counter() - t0,
         "predict_seconds": 0.0,
         "fitted": {"members": weights, "val_map_by_round": curve},
-        "notes": [],
+        "notes": flat_note(P_test),
         **_card_fields(card),
         "dir": ENSEMBLE,
     }

@@ -119,6 +119,10 @@ def _print_fused(res: dict) -> None:
         weights = ", ".join(f"{n} {(sum(w) / len(w) if per_genre else w):.2f}" for n, w in b["weights"].items())
         what = "per-genre weights tuned on validation, mean" if per_genre else "weights tuned on validation"
         console.print(f"late fusion {res['late']['best']}: {what}: {weights}", highlight=False)
+    for part in ("early", "late"):
+        for name, e in ((res.get(part) or {}).get("heads") or {}).items():
+            for note in e.get("notes") or ():
+                err_console.print(Text.assemble(("note ", "yellow"), f"{part}/{name}: {note}"))
     if res.get("best"):
         console.print(f"best fused head (validation mAP): {res['best']['part']}/{res['best']['entry']} (predict and evaluate use it)", highlight=False)
     console.print(
