@@ -70,7 +70,7 @@ def search_on_validation(
             nxt = cs[-1] * cs[-1] / cs[-2]
         else:
             break
-        if not attempt(nxt):
+        if not attempt(float(f"{nxt:.6g}")):  # 10, not 10.000000000000002, in the search record
             break
     log.info("validation mAP by C: %s -> C=%g", {c: round(s, 4) for c, s in sorted(scores.items())}, best_c)
     return best, float(best_c), dict(sorted(scores.items()))
