@@ -186,13 +186,6 @@ def join_stores(paths: Sequence[str | Path], join: str = "outer") -> JoinedFeatu
     return join_features(sets, join)
 
 
-# The files of a fused run (written by genrekit.runs.fused, read by genrekit.inference.fused):
-# late fusion's record in place of run.json, and in early/ each store block's training mean and
-# scale, so new items fuse as training ones did.
-LATE_FUSION_FILE = "fusion.json"
-BLOCK_SCALING_FILE = "blocks.npz"
-
-
 # -- early fusion ----------------------------------------------------------------------------
 @dataclass(frozen=True)
 class BlockScaling:

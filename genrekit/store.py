@@ -96,6 +96,13 @@ class StoreHeader:
         if not isinstance(self.dim, int) or self.dim < 1:
             raise StoreError(f"embedding dimension {self.dim!r} is not a positive integer")
 
+    def manifest_source(self):
+        """How to re-read the manifest this store was extracted from (:class:`~genrekit.data.manifest.ManifestSource`),
+        or ``None`` when the store records none (features written by a library user)."""
+        from genrekit.data.manifest import ManifestSource
+
+        return ManifestSource.from_config(self.config or {})
+
     def diff(self, other: StoreHeader) -> list[tuple[str, object, object]]:
         """Fields (dotted, e.g. ``preprocessing.resize``) whose values differ, with both values."""
         out: list[tuple[str, object, object]] = []

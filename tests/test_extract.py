@@ -1,16 +1,18 @@
+import csv
 import os
 import signal
 import subprocess
 import sys
 import textwrap
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
 import genrekit.data.images as images
-from genrekit.errors import ConfigError, StoreMismatchError
+from genrekit.errors import ConfigError, ManifestError, StoreMismatchError
 from genrekit.extraction import ExtractConfig, extract
 from genrekit.store import FeatureStore
 
@@ -249,3 +251,29 @@ def test_mobilenet_v2_extracts_every_stage_by_default_and_names_the_flag_for_old
     assert new.dim == 2 * (24 + 32 + 64 + 96 + 160 + 1280) and new.encoder["layer_stats"] == "mean,std"
     assert new.encoder["layers"].split(",")[0] == "features.3"
 
+
+def test_the_store_records_how_to_read_its_manifest_again(tmp_path, monkeypatch):
+    """A manifest read with --columns / --genre-sep, given relative to the working directory, is re-read
+    the same way from the store's record (fine-tune, similar posters and the report read it so)."""
+    from genrekit.data.manifest import CsvColumns
+
+    src = make_collection(tmp_path / "col", n=8)
+    rows = list(csv.DictReader(open(src)))
+    odd = tmp_path / "col" / "odd.csv"
+    with open(odd, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["key", "tags", "poster"])
+        for r in rows:
+            w.writerow([r["id"], r["genres"].replace("|", ";"), r["image"]])
+    monkeypatch.chdir(tmp_path / "col")
+    cols = CsvColumns(id="key", genres="tags", image="poster")
+    extract(cfg(Path("odd.csv"), tmp_path / "s.h5", columns=cols, genre_sep=";"))
+    monkeypatch.chdir(tmp_path)  # another directory: the record must not depend on where extract ran
+    source = FeatureStore(tmp_path / "s.h5").header.manifest_source()
+    assert Path(source.path) == odd.resolve() and source.columns == cols and source.genre_sep == ";"
+    m = source.read()
+    assert [s.id for s in m.samples] == [r["id"] for r in rows]
+    assert [list(s.genres) for s in m.samples] == [r["genres"].split("|") for r in rows]
+    odd.unlink()
+    with pytest.raises(ManifestError, match="the manifest the store was made from"):
+        source.read()

@@ -173,7 +173,7 @@ def test_an_unreadable_poster_is_one_failure_keyed_by_its_item(fused, tmp_path):
     pytest.importorskip("multipart")
     from fastapi.testclient import TestClient
 
-    from genrekit.inference.serve import ServeConfig, create_app
+    from genrekit_cli.apps.serve import ServeConfig, create_app
 
     cfg = ServeConfig(run=str(fused["runs"]))
     poster = fused["manifest"].parent / "img" / "000.jpg"

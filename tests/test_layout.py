@@ -9,8 +9,9 @@ ROOT = Path(__file__).resolve().parents[1]
 # Each layer may import only from itself and the layers before it. `base` is what every layer
 # shares (errors, the version, the core count, progress callbacks). The store is the format that
 # extraction writes into, and feature maths (normalisation, joining stores) works on stores, so
-# both sit before extraction.
-LAYERS = ["base", "data", "backbones", "store", "features", "extraction", "evaluation", "heads", "runs", "inference"]
+# both sit before extraction. The run-directory format (genrekit/rundir.py) sits below both the
+# trainers (runs) and the predictors (inference), so neither carries its own copy.
+LAYERS = ["base", "data", "backbones", "store", "features", "extraction", "evaluation", "rundir", "heads", "runs", "inference"]
 BASE = {"genrekit", "errors", "system", "progress", "atomic"}
 
 
@@ -54,6 +55,40 @@ def test_imports_flow_one_way():
 
 def test_test_support_is_not_in_the_library():
     assert not list((ROOT / "genrekit").rglob("synthetic*.py"))
+
+
+def _leaf_commands(group, path=()):
+    """(path, click command) of every runnable command under a click group."""
+    for name, cmd in group.commands.items():
+        if hasattr(cmd, "commands"):
+            yield from _leaf_commands(cmd, (*path, name))
+        else:
+            yield (*path, name), cmd
+
+
+def test_every_command_lives_in_a_file_named_after_it():
+    """`genrekit predict` is cli/genrekit_cli/commands/predict.py; a sub-command (`data split`) is in its group's file."""
+    import typer
+
+    from genrekit_cli.main import app
+
+    misplaced = [
+        f"genrekit {' '.join(path)} is in {cmd.callback.__module__}"
+        for path, cmd in _leaf_commands(typer.main.get_command(app))
+        if cmd.callback.__module__ != f"genrekit_cli.commands.{path[0]}"
+    ]
+    assert not misplaced, "\n".join(misplaced)
+
+
+def test_the_cli_starts_without_the_heavy_libraries():
+    """`genrekit --help` (and every COMMAND --help) must answer at once: the command modules import the
+    library inside the command functions, so loading the app imports no heavy library, not even numpy."""
+    import subprocess
+    import sys
+
+    code = "import sys, genrekit_cli.main; print(sorted(m for m in ('torch', 'sklearn', 'scipy', 'pandas', 'h5py', 'matplotlib', 'fastapi', 'numpy', 'PIL') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert out == "[]", f"importing the CLI loads {out}"
 
 
 def test_predictors_never_import_trainers():

@@ -23,7 +23,7 @@ from genrekit.features import join_features
 from genrekit.heads.registry import create_head
 from genrekit.heads.saved import SavedHead
 from genrekit.inference.explain import ExplainConfig, build_explainer, explain_poster, head_module, write_explanations
-from genrekit.inference.report import build_report
+from genrekit_cli.apps.report import build_report
 from genrekit.runs.fused import FusionConfig, run_fused
 from genrekit.runs.leaderboard import HeadsConfig, run_heads
 from genrekit_cli.main import app

@@ -21,7 +21,7 @@ from fastapi.testclient import TestClient  # noqa: E402
 
 from genrekit.extraction import ExtractConfig, extract  # noqa: E402
 from genrekit.inference.loaded import load_run  # noqa: E402
-from genrekit.inference.serve import CONFIG_ENV, ServeConfig, app_from_env, create_app, is_loopback  # noqa: E402
+from genrekit_cli.apps.serve import CONFIG_ENV, ServeConfig, app_from_env, create_app, is_loopback  # noqa: E402
 from genrekit_cli.main import app as cli  # noqa: E402
 
 runner = CliRunner()
@@ -281,7 +281,7 @@ def test_workers_build_the_app_from_the_environment(runs, monkeypatch):
 def test_loopback_by_default_and_a_warning_elsewhere(runs, monkeypatch):
     assert is_loopback("127.0.0.1") and is_loopback("localhost") and is_loopback("::1") and is_loopback("127.0.0.2")
     assert not is_loopback("0.0.0.0") and not is_loopback("192.168.1.4") and not is_loopback("example.org")
-    import genrekit.inference.serve as serve_mod
+    import genrekit_cli.apps.serve as serve_mod
 
     seen = []
     monkeypatch.setattr(serve_mod, "serve", lambda cfg: seen.append(cfg))

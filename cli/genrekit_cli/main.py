@@ -71,11 +71,10 @@ def _root(
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 
 
-# Each module adds its commands to `app` when imported; import order is the order in --help.
-from genrekit_cli import data_cmd, extract_cmd, heads_cmd  # noqa: E402, F401
-from genrekit_cli import finetune_cmd  # noqa: E402, F401
-from genrekit_cli import serve_cmd  # noqa: E402, F401
-from genrekit_cli import report_cmd  # noqa: E402, F401
+# Each module adds its commands to `app` when imported; import order is the order in --help. Command
+# modules import the library inside the command functions, so `--help` loads neither torch nor sklearn.
+from genrekit_cli.commands import data, backbones, extract, store, heads, predict, evaluate, zeroshot  # noqa: E402, F401
+from genrekit_cli.commands import finetune, serve, report, explain  # noqa: E402, F401
 
 
 def main() -> None:

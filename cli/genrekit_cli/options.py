@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
-from genrekit.data.manifest import CsvColumns, Manifest, read_manifest
-from genrekit.data.vocab import VocabConfig
 from genrekit.errors import ConfigError
+
+if TYPE_CHECKING:  # the library's data layer imports numpy: only inside the commands that read manifests
+    from genrekit.data.manifest import CsvColumns, Manifest
+    from genrekit.data.vocab import VocabConfig
 
 ManifestArg = Annotated[
     Path, typer.Argument(help="A CSV manifest, Kaggle MovieGenre.csv, AniList/MAL CSV, MM-IMDb folder or genre folders.")
@@ -32,13 +34,21 @@ SynonymOpt = Annotated[Optional[list[str]], typer.Option("--synonym", help="Extr
 NoSynonymsOpt = Annotated[bool, typer.Option("--no-synonyms", help="Do not apply the built-in synonyms (Science Fiction -> Sci-Fi ...).")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON instead of tables.")]
 DeviceOpt = Annotated[str, typer.Option("--device", help="Where the encoder runs: auto, cpu, cuda or cuda:N.")]
+TopOpt = Annotated[int, typer.Option("--top", help="Genres shown per item (the predicted ones always are); 0: all.")]
 WeightsOpt = Annotated[
     Optional[str], typer.Option("--weights", help="Weights tag, local checkpoint file/folder, or none (random init).", show_default="the backbone's default tag")
 ]
 
 
+def csv_list(value: str | None) -> tuple[str, ...]:
+    """``a, b,c`` as ``("a", "b", "c")``; nothing for an empty value."""
+    return tuple(v.strip() for v in value.split(",") if v.strip()) if value else ()
+
+
 def parse_columns(value: str | None) -> CsvColumns | None:
     """``--columns id=imdb_id,genres=tags`` as :class:`CsvColumns`."""
+    from genrekit.data.manifest import CsvColumns
+
     if not value:
         return None
     fields = CsvColumns.__dataclass_fields__
@@ -53,6 +63,8 @@ def parse_columns(value: str | None) -> CsvColumns | None:
 
 def load_manifest(path: Path, fmt: str, columns: str | None, genre_sep: str | None) -> Manifest:
     """Read a manifest from the shared ``--format/--columns/--genre-sep`` flags."""
+    from genrekit.data.manifest import read_manifest
+
     return read_manifest(path, fmt, columns=parse_columns(columns), genre_sep=genre_sep)
 
 
@@ -60,6 +72,8 @@ def vocab_config(
     top_k: int | None, min_count: int, genres: str | None, other: bool, synonyms: list[str] | None, no_synonyms: bool
 ) -> VocabConfig:
     """A :class:`VocabConfig` from the vocabulary flags."""
+    from genrekit.data.vocab import VocabConfig
+
     pairs = []
     for item in synonyms or []:
         raw, sep, canon = item.partition("=")

@@ -5,9 +5,12 @@ from __future__ import annotations
 import contextlib
 import json
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, Optional
+
+import typer
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -17,6 +20,8 @@ from rich.progress import (
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
+from rich.table import Table
+from rich.text import Text
 
 console = Console()
 err_console = Console(stderr=True)
@@ -51,3 +56,64 @@ def progress_bar(unit: str = "items") -> Iterator[Any]:
 def print_json(obj: Any) -> None:
     """Machine output: plain JSON on stdout, nothing else."""
     print(json.dumps(obj, indent=2, default=str))
+
+
+def fmt(v: Optional[float]) -> str:
+    """A score with three decimals, or '-' where there is none."""
+    return "-" if v is None or v != v else f"{v:.3f}"
+
+
+def print_failures(failures: list[tuple[str, str]], examples: int = 10) -> None:
+    """Counts per reason, then the first few ids of each (thousands of rows help nobody)."""
+    by_reason: dict[str, list[str]] = {}
+    for sid, reason in failures:
+        by_reason.setdefault(reason.split(" (")[0], []).append(f"{sid}: {reason}")
+    for reason, rows in sorted(by_reason.items(), key=lambda kv: -len(kv[1])):
+        console.print(f"  {len(rows)} x {reason}", highlight=False, markup=False)
+        for row in rows[:examples]:
+            console.print(f"      {row}", highlight=False, markup=False)
+        if len(rows) > examples:
+            console.print(f"      … and {len(rows) - examples} more")
+
+
+def threshold_cell(row: dict) -> str:
+    """A per-genre row's threshold, marked where it fell back to the global one (not tuned for the genre)."""
+    thr = row.get("threshold")
+    if thr is None:
+        return "-"
+    return f"{thr:.2f} (global)" if row.get("fallback") else f"{thr:.2f}"
+
+
+def print_per_genre(entry: dict, title: str) -> None:
+    """The per-genre table of a results entry (precision, recall, F1, support, AUC, AP, threshold)."""
+    t = Table(title=title, title_justify="left")
+    for c in ("genre", "precision", "recall", "F1", "support", "AUC", "AP", "threshold"):
+        t.add_column(c, justify="left" if c in ("genre", "threshold") else "right")
+    for r in entry["per_genre"]:
+        t.add_row(Text(r["genre"]), fmt(r["precision"]), fmt(r["recall"]), fmt(r["f1"]), str(r["support"]), fmt(r["auc"]), fmt(r["ap"]),
+                  threshold_cell(r))  # fmt: skip
+    console.print(t)
+    fell_back = [r["genre"] for r in entry["per_genre"] if r.get("fallback")]
+    if fell_back:
+        console.print(f"{len(fell_back)} genre(s) use the global threshold, not one tuned for them (too few validation "
+                      f"positives): {', '.join(fell_back)}", style="dim", highlight=False, markup=False)  # fmt: skip
+
+
+def print_predictions(preds, failures, json: bool, top: int | None = 8, notes=()) -> None:
+    """Ranked genres per item (or JSON); items that failed on stderr; exit 1 when nothing was predicted."""
+    if json:
+        print_json({"predictions": [p.to_json() for p in preds], "failures": [{"item": i, "reason": r} for i, r in failures],
+                    "fallbacks": [{"item": i, "note": n} for i, n in notes]})  # fmt: skip
+    else:
+        for p in preds:
+            console.print(f"[bold]{escape(p.item)}[/]: {escape(p.line(max(top or 0, len(p.predicted)) or None))}", highlight=False)
+        if preds:
+            console.print("* = predicted genre", style="dim")
+        for item, note in notes:
+            err_console.print(f"[yellow]fallback[/] {escape(item)}: {escape(note)}", highlight=False)
+        done = {p.item for p in preds}
+        for item, reason in failures:  # a fused run predicts an item whose poster failed from its texts
+            label = "predicted without it" if item in done else "skipped"
+            err_console.print(f"[yellow]{label}[/] {escape(item)}: {escape(reason)}", highlight=False)
+    if failures and not preds:
+        raise typer.Exit(1)

@@ -1,23 +1,22 @@
-"""A fine-tuned network and its folder: one home below the trainer and the predictors.
+"""A fine-tuned network and its weights: one home below the trainer and the predictors.
 
 ``genrekit finetune`` (:mod:`genrekit.runs.finetune`) builds a :class:`FinetuneNet`, trains it and
-writes it with :func:`save_network`; prediction (:mod:`genrekit.inference.finetuned`) reads it
-back with :func:`load_network`, and both turn decoded posters into the network's input with
-:func:`network_input`. So predicting never imports the trainer, and the two cannot disagree on
-what the network is, how its folder is laid out, or which pixels it sees.
+writes its weights with :func:`save_network`; prediction (:mod:`genrekit.inference.finetuned`)
+rebuilds it with :func:`load_network`, and both turn decoded posters into the network's input
+with :func:`network_input`. So predicting never imports the trainer, and the two cannot disagree
+on what the network is or which pixels it sees. The run's record (``finetune.json``, named in
+:mod:`genrekit.rundir`) holds what :func:`save_network` returns plus what the trainer adds:
+backbone, original encoder (its layers), preprocessing, genres, thresholds, precision.
 
-The folder (besides what the trainer adds)::
+Weight files::
 
     backbone.safetensors   the backbone, keys of the registry's module, so
                            ``genrekit extract --backbone NAME --weights FT/backbone.safetensors`` loads it
     head.safetensors       the linear head (weight, bias)
-    finetune.json          what the network is: backbone, layers, preprocessing, genres,
-                           thresholds, the sha256 of both weight files
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -26,12 +25,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from genrekit.atomic import atomic_write, atomic_write_json
+from genrekit.atomic import atomic_write
 from genrekit.backbones.base import Encoder, resolve_device, serving_precision, sha256_path
 from genrekit.backbones.preprocess import Preprocess
 from genrekit.errors import ConfigError, StoreError, StoreMismatchError
 
-FINETUNE_FILE = "finetune.json"
 BACKBONE_FILE, HEAD_FILE = "backbone.safetensors", "head.safetensors"
 # 2: the backbone may pool several stages (``original_encoder.layers``); format 1 runs read as last-layer.
 FORMAT = 2
@@ -116,14 +114,13 @@ def save_weights(path: Path, tensors: Mapping[str, torch.Tensor], metadata: Mapp
     atomic_write(path, save({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, metadata=dict(metadata or {})))
 
 
-def save_network(out: Path, net: FinetuneNet, record: Mapping) -> dict:
-    """Write the backbone, the head and ``finetune.json`` (``record`` plus the format and both sha256s)."""
+def save_network(out: Path, net: FinetuneNet) -> dict:
+    """Write the backbone and the head into ``out``; returns the record fields that name them
+    (``format``, ``weights_sha256``, ``head_sha256``), for the run's record."""
     out = Path(out)
     save_weights(out / BACKBONE_FILE, net.backbone_state())
     save_weights(out / HEAD_FILE, {k: v for k, v in net.head.state_dict().items()})
-    full = {"format": FORMAT, **record, "weights_sha256": sha256_path(out / BACKBONE_FILE), "head_sha256": sha256_path(out / HEAD_FILE)}
-    atomic_write_json(out / FINETUNE_FILE, full)
-    return full
+    return {"format": FORMAT, "weights_sha256": sha256_path(out / BACKBONE_FILE), "head_sha256": sha256_path(out / HEAD_FILE)}
 
 
 @dataclass
@@ -143,8 +140,8 @@ class LoadedNetwork:
             return self.network(x).float()
 
 
-def load_network(path: str | Path, device: str = "cpu", precision: str = "auto") -> LoadedNetwork:
-    """Read a folder :func:`save_network` wrote (safetensors + JSON; nothing is unpickled).
+def load_network(path: str | Path, rec: Mapping, device: str = "cpu", precision: str = "auto") -> LoadedNetwork:
+    """Rebuild the network in ``path`` from its record ``rec`` (safetensors; nothing is unpickled).
 
     Refuses files that are not the ones the run saved (sha256), a newer format, and an encoder
     whose rebuilt preprocessing differs from the recorded one, naming the field. ``precision``
@@ -153,8 +150,7 @@ def load_network(path: str | Path, device: str = "cpu", precision: str = "auto")
     """
     from safetensors.torch import load_file
 
-    path = Path(path)
-    rec = json.loads((path / FINETUNE_FILE).read_text())
+    path, rec = Path(path), dict(rec)
     if int(rec.get("format", 0)) > FORMAT:
         raise StoreError(f"{path} was written in finetune format {rec.get('format')}; this genrekit reads up to {FORMAT}")
     backbone, head = path / BACKBONE_FILE, path / HEAD_FILE

@@ -289,6 +289,45 @@ class CsvColumns:
     split: str = "split"
 
 
+@dataclass(frozen=True)
+class ManifestSource:
+    """How a manifest was read: enough to read it again, the same way, from any working directory.
+
+    ``genrekit extract`` records it in the store (``config.data``, ``format``, ``columns``,
+    ``genre_sep``), so fine-tune, the similar-posters index and the report re-read a manifest made
+    with ``--columns`` / ``--genre-sep`` exactly as extraction did.
+
+    Attributes:
+        path: the manifest, absolute (stores made before paths were recorded absolute may hold a
+            relative one, read against the working directory).
+        format: the manifest format (``auto`` detects it).
+        columns: column names of a generic CSV, or ``None`` for the defaults.
+        genre_sep: genre separator of a generic CSV, or ``None`` to detect it.
+    """
+
+    path: str
+    format: str = "auto"
+    columns: CsvColumns | None = None
+    genre_sep: str | None = None
+
+    @classmethod
+    def from_config(cls, config: Mapping) -> ManifestSource | None:
+        """The source recorded in a store's extract config, or ``None`` when it records no manifest."""
+        data = config.get("data")
+        if not data:
+            return None
+        cols = config.get("columns")
+        columns = CsvColumns(**{k: str(v) for k, v in cols.items() if k in CsvColumns.__dataclass_fields__}) if isinstance(cols, Mapping) else None
+        return cls(str(data), str(config.get("format") or "auto"), columns, config.get("genre_sep"))
+
+    def read(self) -> Manifest:
+        """The manifest, read as it was for the store; a missing file is named as the store's record."""
+        if not Path(self.path).exists():
+            raise ManifestError(f"the manifest the store was made from ({self.path}) is not there any more; put it back, "
+                                f"or re-extract the store from the manifest where it is now")  # fmt: skip
+        return read_manifest(self.path, self.format, columns=self.columns, genre_sep=self.genre_sep)
+
+
 def build_manifest(
     path: Path,
     records: Sequence[tuple[int, Sample]],

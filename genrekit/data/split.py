@@ -18,7 +18,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from iterstrat.ml_stratifiers import IterativeStratification
 
 from genrekit.atomic import atomic_open
 from genrekit.data.manifest import PARTS, Manifest, read_regular_bytes
@@ -52,6 +51,8 @@ def _stratify(Y: np.ndarray, ratios: np.ndarray, seed: int) -> np.ndarray:
     # The algorithm walks rows in order; a seeded permutation makes the seed matter beyond ties.
     perm = rng.permutation(n)
     folds = np.empty(n, dtype=np.int64)
+    from iterstrat.ml_stratifiers import IterativeStratification  # imports scikit-learn: only when splitting
+
     folds[perm] = IterativeStratification(labels=Y[perm], r=ratios, random_state=rng)
     return folds
 

@@ -23,7 +23,7 @@ from genrekit.backbones import Encoder, Preprocess, create_encoder
 from genrekit.backbones.base import resolve_device, serving_precision
 from genrekit.backbones.decode import decode_jpegs, plain_jpeg_bytes
 from genrekit.backbones.preprocess import DECODERS
-from genrekit.data.manifest import TEXT_FIELDS, Manifest, Sample, read_manifest, sample_text
+from genrekit.data.manifest import TEXT_FIELDS, CsvColumns, Manifest, ManifestSource, Sample, sample_text
 from genrekit.data.vocab import VocabConfig, apply_vocabulary
 from genrekit.errors import ConfigError, GenrekitError, ManifestError, StoreMismatchError, UnreadableImageError
 from genrekit.progress import ProgressFn
@@ -52,6 +52,8 @@ class ExtractConfig:
     modality: str = "image"
     text_field: str = "plot"  # --field; text modality: plot, title or any other text column of the manifest
     format: str = "auto"  # manifest format
+    columns: CsvColumns | None = None  # --columns: column names of a generic CSV
+    genre_sep: str | None = None  # --genre-sep: genre separator of a generic CSV; None detects it
     batch_size: int | None = None  # None = the backbone's measured best for the device
     device: str = "auto"
     precision: str = "auto"  # auto | fp32 | bf16 | fp16 (GPU): auto is bf16 where the GPU or CPU has it natively, else fp16 on GPU, fp32 on CPU
@@ -315,7 +317,8 @@ def plan_extraction(config: ExtractConfig, manifest: Manifest | None = None) -> 
     """Read the manifest, build the encoder and the store header, and find what is left to do."""
     config.validate()
     started = time.perf_counter()
-    manifest = manifest or read_manifest(config.data, config.format)
+    source = ManifestSource(str(Path(config.data).resolve()), config.format, config.columns, config.genre_sep)
+    manifest = manifest or source.read()
     if not manifest.samples:  # a header-only manifest would otherwise make an empty store
         raise ManifestError(f"manifest {manifest.source or config.data} has no rows (only a header?); nothing to extract")
     for w in manifest.warnings:
@@ -328,6 +331,7 @@ def plan_extraction(config: ExtractConfig, manifest: Manifest | None = None) -> 
         raise ConfigError("--decoder nvjpeg decodes on a CUDA GPU; on CPU use --decoder torchvision (a store "
                           "made with nvjpeg is extended on a GPU only)")
     resolved = asdict(config) | {
+        "data": source.path,  # absolute, so every command re-reads it from any directory (ManifestSource)
         "vocabulary_report": asdict(vocab_report),
         "weights": encoder.identity["weights"],
         "resize": encoder.preprocess.resize if encoder.preprocess and config.modality == "image" else None,

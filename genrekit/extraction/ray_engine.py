@@ -65,8 +65,6 @@ class _Encode:
     def __init__(self, config: ExtractConfig, identity: dict, threads: int) -> None:
         import torch
 
-        from genrekit.backbones import create_encoder
-
         self.threads = threads
         torch.set_num_threads(threads)
         self.encoder = config.build_encoder()

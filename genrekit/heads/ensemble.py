@@ -15,7 +15,6 @@ is pickled; loading loads each member with :func:`~genrekit.heads.saved.load_hea
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -25,9 +24,9 @@ import numpy as np
 from genrekit import __version__
 from genrekit.errors import StoreError
 from genrekit.evaluation.metrics import macro_average_precision
+from genrekit.rundir import ENSEMBLE_FILE, read_json
 
 ENSEMBLE = "ensemble"
-ENSEMBLE_FILE = "ensemble.json"
 DESCRIPTION = "greedy ensemble selection with replacement (Caruana et al. 2004) of the heads above, on validation mAP"
 
 
@@ -105,7 +104,7 @@ def load_ensemble(directory: str | Path):
     from genrekit.store import StoreHeader
 
     d = Path(directory)
-    rec = json.loads((d / ENSEMBLE_FILE).read_text())
+    rec = read_json(d / ENSEMBLE_FILE)
     members = {}
     for name, m in rec["members"].items():
         member_dir = (d / m["dir"]).resolve()

@@ -30,6 +30,7 @@ from genrekit.atomic import atomic_open, atomic_write, atomic_write_json
 from genrekit.errors import LabelError, StoreError, StoreMismatchError, UnknownNameError, UntrustedFileError
 from genrekit.evaluation.thresholds import RULES, Thresholds
 from genrekit.heads.registry import get_head_spec
+from genrekit.rundir import ENSEMBLE_FILE, RESULTS_FILE, RUN_FILE, open_run, read_json
 from genrekit.store import StoreHeader
 
 log = logging.getLogger(__name__)
@@ -125,7 +126,7 @@ class SavedHead:
             "genrekit_version": __version__,
             "saved": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
-        write_json(d / "run.json", record)
+        write_json(d / RUN_FILE, record)
         return d
 
     # -- using ----------------------------------------------------------------------------------
@@ -173,15 +174,7 @@ def _bad(path: Path, what: str) -> StoreError:
 
 
 def _read_json(path: Path) -> dict:
-    if not path.is_file():
-        raise StoreError(f"{path} is missing: {_RECOVER}")
-    try:
-        obj = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError) as e:
-        raise _bad(path, f"not readable JSON ({str(e).splitlines()[0][:120]})") from None
-    if not isinstance(obj, dict):
-        raise _bad(path, f"holds a JSON {type(obj).__name__}, not an object")
-    return obj
+    return read_json(path, _RECOVER)
 
 
 def _field(rec: Mapping, key: str, types: type | tuple[type, ...], path: Path, optional: bool = False):
@@ -308,15 +301,10 @@ def _restore(spec, rec: dict, rj: Path, arrays: dict[str, np.ndarray], path: Pat
 
 
 def _best_head_dir(d: Path) -> Path:
-    results = d / "results.json"
-    best = _read_json(results).get("best")
-    if isinstance(best, dict):
+    run = open_run(d)
+    if run.kind == "fused":
         raise StoreError(f"{d} is a fused run (several stores); load it with genrekit.inference.load_run, or pass RUNS/<store>/<head>")
-    if not best:
-        raise StoreError(f"{results} names no best head; pass RUNS/<head>")
-    if not isinstance(best, str) or Path(best).name != best or best in (".", ".."):
-        raise _bad(results, f"the field 'best' is {best!r}, not the name of a head directory")
-    return d / best
+    return run.best().path
 
 
 def load_head(directory: str | Path) -> SavedHead:
@@ -333,13 +321,13 @@ def load_head(directory: str | Path) -> SavedHead:
         >>> P = saved.predict_proba(X)
     """
     d = Path(directory)
-    if not (d / "run.json").is_file() and (d / "results.json").is_file():
+    if not (d / RUN_FILE).is_file() and (d / RESULTS_FILE).is_file():
         d = _best_head_dir(d)  # a whole runs directory: the head `genrekit heads` chose
-    from genrekit.heads.ensemble import ENSEMBLE_FILE, load_ensemble  # the ensemble loads its members with load_head
+    from genrekit.heads.ensemble import load_ensemble  # the ensemble loads its members with load_head
 
     if (d / ENSEMBLE_FILE).is_file():
         return load_ensemble(d)
-    rj = d / "run.json"
+    rj = d / RUN_FILE
     if not rj.is_file():
         raise StoreError(f"{d} is not a saved head: no run.json (expected a directory such as RUNS/logreg)")
     rec = _read_json(rj)

@@ -36,23 +36,64 @@ def search_on_validation(
     X_val: np.ndarray | None,
     Y_val: np.ndarray | None,
     default: float,
+    widen: int = 2,
 ) -> tuple[BaseEstimator, float, dict[float, float]]:
     """Fit ``make(C)`` for each C and keep the one with the best validation macro AP.
 
-    Without a validation set, fits ``make(default)`` only. Returns the fitted model, its C and
-    the validation mAP of every C tried (the search record written to the results).
+    A best C at either end of the grid may mean the grid stops too early, so the grid is widened
+    past that end by its own step, up to ``widen`` times, while the validation score still improves
+    (a C still at the edge after that is named by :func:`grid_notes` in the leaderboard). Without a
+    validation set, fits ``make(default)`` only. Returns the fitted model, its C and the
+    validation mAP of every C tried (the search record written to the results).
     """
     if X_val is None or len(Cs) <= 1:
         C = Cs[0] if len(Cs) == 1 else default
         return make(C).fit(X, Y), C, {}
     best, best_c, scores = None, None, {}
-    for C in Cs:
+
+    def attempt(C: float) -> bool:
+        nonlocal best, best_c
         model = make(C).fit(X, Y)
         scores[float(C)] = macro_average_precision(Y_val, np.asarray(model.predict_proba(X_val)))
         if best is None or scores[float(C)] > scores[float(best_c)]:
-            best, best_c = model, C
-    log.info("validation mAP by C: %s -> C=%g", {c: round(s, 4) for c, s in scores.items()}, best_c)
-    return best, float(best_c), scores
+            best, best_c = model, float(C)
+            return True
+        return False
+
+    for C in Cs:
+        attempt(float(C))
+    for _ in range(widen):
+        cs = sorted(scores)
+        if best_c == cs[0]:
+            nxt = cs[0] * cs[0] / cs[1]
+        elif best_c == cs[-1]:
+            nxt = cs[-1] * cs[-1] / cs[-2]
+        else:
+            break
+        if not attempt(float(f"{nxt:.6g}")):  # 10, not 10.000000000000002, in the search record
+            break
+    log.info("validation mAP by C: %s -> C=%g", {c: round(s, 4) for c, s in sorted(scores.items())}, best_c)
+    return best, float(best_c), dict(sorted(scores.items()))
+
+
+def grid_notes(head) -> list[str]:
+    """A line for each hyper-parameter a fitted head chose at the edge of what it searched.
+
+    The search record is the head's ``search_`` (value -> validation mAP) and the choice its ``C_``
+    or ``k_``; a choice at the smallest or largest value tried may be short of the best one.
+    """
+    search = getattr(head, "search_", None) or {}
+    notes = []
+    for attr, name in (("C_", "C"), ("k_", "k")):
+        chosen = getattr(head, attr, None)
+        if chosen is None or len(search) < 3 or not isinstance(search, dict):
+            continue
+        tried = sorted(float(v) for v in search)
+        if float(chosen) in (tried[0], tried[-1]):
+            end = "smallest" if float(chosen) == tried[0] else "largest"
+            notes.append(f"{name}={chosen:g} is the {end} value searched ({tried[0]:g} .. {tried[-1]:g}); "
+                         f"the best may lie beyond: pass a wider grid with head_params")  # fmt: skip
+    return notes
 
 
 def positive_columns(P: np.ndarray, n_genres: int) -> np.ndarray:
@@ -293,4 +334,4 @@ class ChainHead(MultiLabelHead):
         return np.asarray(self.model_.predict_proba(X), dtype=np.float32)
 
 
-__all__ = ["ChainHead", "LogRegHead", "RandomForestHead", "SVCHead", "ovr_n_iter", "positive_columns", "search_on_validation", "similarity_order"]
+__all__ = ["ChainHead", "LogRegHead", "RandomForestHead", "SVCHead", "grid_notes", "ovr_n_iter", "positive_columns", "search_on_validation", "similarity_order"]

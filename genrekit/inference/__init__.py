@@ -11,12 +11,12 @@ from genrekit.inference.predict import (
     zeroshot_files,
     zeroshot_texts,
 )
-from genrekit.inference.loaded import RUN_KINDS, Item, LoadedRun, load_run, predict_items
+from genrekit.inference.loaded import LOADERS, Item, LoadedRun, load_run, predict_items
 from genrekit.inference import fused as _fused  # noqa: F401,E402  (registers the fused run kind)
 from genrekit.inference.evaluate import evaluate_manifest, evaluate_stores
 
 __all__ = [
-    "RUN_KINDS",
+    "LOADERS",
     "Item",
     "LoadedRun",
     "evaluate_manifest",

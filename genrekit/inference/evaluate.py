@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 
 from genrekit.data.manifest import sample_text
-from genrekit.errors import ConfigError, LabelError
-from genrekit.evaluation.metrics import evaluate
+from genrekit.errors import ConfigError
+from genrekit.evaluation.scorecard import score_collection
 from genrekit.features import join_stores
 from genrekit.inference.loaded import Item, LoadedRun, name_failures
 from genrekit.inference.predict import RunEvaluation, evaluate_run
@@ -28,32 +28,8 @@ from genrekit.store import FeatureStore
 
 def score(run: LoadedRun, ids: Sequence[str], Y: np.ndarray, genres: Sequence[str], P: np.ndarray, split: str | None, extra: dict | None = None) -> RunEvaluation:
     """Metrics of the run's probabilities ``P`` (columns ``run.genres``) against labels ``Y`` (columns ``genres``)."""
-    where = {g: j for j, g in enumerate(genres)}
-    mine = [i for i, g in enumerate(run.genres) if g in where]
-    if not mine:
-        raise LabelError(f"none of the run's genres ({', '.join(run.genres[:5])}...) is among this collection's ({', '.join(list(genres)[:5])}...)")
-    theirs = [where[run.genres[i]] for i in mine]
-    shared = [run.genres[i] for i in mine]
-    Ps, Ys = P[:, mine], np.asarray(Y)[:, theirs]
-    if not Ys.any():
-        raise LabelError("this collection has no positive label among the shared genres; it cannot be scored")
-    th = run.thresholds.subset(mine)
-    tuned = evaluate(Ys, Ps, th.apply(Ps), shared)
-    results = {
-        "run": run.identity(),
-        "head": run.name,
-        "items": int(len(Ps)),
-        "split": split or "all",
-        "genres": shared,
-        "head_genres_missing_here": [g for g in run.genres if g not in where],
-        "genres_unknown_to_head": [g for g in genres if g not in set(run.genres)],
-        "thresholds": th.to_json(),
-        "metrics": tuned.metrics,
-        "metrics_at_0.5": evaluate(Ys, Ps, (Ps >= 0.5).astype(np.uint8), shared).metrics,
-        "per_genre": tuned.per_genre,
-        "skipped_for_ranking": tuned.skipped,
-        **(extra or {}),
-    }
+    results = {"run": run.identity(), "head": run.name, "items": int(len(P)), "split": split or "all",
+               **score_collection(run.thresholds, P, run.genres, Y, genres), **(extra or {})}  # fmt: skip
     return RunEvaluation(results, np.asarray(ids, dtype=object), list(run.genres), P)
 
 

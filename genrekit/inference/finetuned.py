@@ -14,9 +14,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from genrekit.backbones.finetuned import FINETUNE_FILE, load_network, network_input
+from genrekit.backbones.finetuned import load_network, network_input
 from genrekit.evaluation.thresholds import Thresholds
-from genrekit.inference.loaded import Item, RunKind, register_run_kind
+from genrekit.inference.loaded import Item, register_loader
+from genrekit.rundir import FINETUNE_FILE, read_json
 
 
 class FinetunedRun:
@@ -27,7 +28,7 @@ class FinetunedRun:
 
     def __init__(self, path: Path, device: str = "cpu", batch_size: int = 32, precision: str = "auto"):
         self.path = Path(path)
-        loaded = self.loaded = load_network(self.path, device, precision)
+        loaded = self.loaded = load_network(self.path, read_json(self.path / FINETUNE_FILE), device, precision)
         rec = self.record = loaded.record
         self.name = f"finetune:{rec['backbone']}"
         self.genres = list(rec["genres"])
@@ -69,8 +70,4 @@ class FinetunedRun:
         return torch.cat(out).numpy().astype(np.float32), [idx[i] for i in ok], failures
 
 
-def _is_finetune(path: Path) -> bool:
-    return (path / FINETUNE_FILE).is_file()
-
-
-register_run_kind(RunKind("finetune", _is_finetune, lambda p, device, precision="auto": FinetunedRun(p, device, precision=precision)))
+register_loader("finetune", lambda run, device, precision="auto": FinetunedRun(run.path, device, precision=precision))

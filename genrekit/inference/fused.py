@@ -12,12 +12,11 @@ own store's encoder (rebuilt from the store header the run recorded), then:
 
 Either way an item with at least one modality is predicted, and :meth:`FusedRun.fallbacks` names
 what each item lacked. Importing this module registers the kind in
-:data:`genrekit.inference.loaded.RUN_KINDS`.
+:data:`genrekit.inference.loaded.LOADERS`.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -25,9 +24,10 @@ import numpy as np
 
 from genrekit.errors import ConfigError, StoreError, StoreMismatchError
 from genrekit.evaluation.thresholds import Thresholds
-from genrekit.features import LATE_FUSION_FILE, BlockScaling, combine
+from genrekit.features import BlockScaling, combine
 from genrekit.heads.saved import _FEATURE_FIELDS, SavedHead, load_head
-from genrekit.inference.loaded import Item, RunKind, has_input, header_field, register_run_kind
+from genrekit.inference.loaded import Item, has_input, header_field, register_loader
+from genrekit.rundir import LATE_FUSION_FILE, read_json
 from genrekit.store import StoreHeader
 
 
@@ -59,7 +59,7 @@ class FusedRun:
             self.weights = None
         elif part == "late":
             d = path / "late" / entry
-            rec = json.loads((d / LATE_FUSION_FILE).read_text())
+            rec = read_json(d / LATE_FUSION_FILE)
             self.store_order = list(rec["heads"])
             self.headers = {n: StoreHeader.from_json(rec["stores"][n]) for n in self.store_order}
             self.members = {n: load_head((d / rec["heads"][n]).resolve()) for n in self.store_order}
@@ -191,46 +191,4 @@ class FusedRun:
         return P, ok_items, failures
 
 
-# -- recognising a fused run directory ------------------------------------------------------------
-def _read_json(path: Path) -> dict | None:
-    """The JSON object in ``path``, or ``None`` (unreadable, or not an object: the head loader names the fault)."""
-    try:
-        obj = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    return obj if isinstance(obj, dict) else None
-
-
-def _where(path: Path) -> tuple[Path, str, str] | None:
-    """(run root, part, entry) for a fused run root, ``early/<head>``, ``late/<head>`` or ``early/``."""
-    res = _read_json(path / "results.json") if (path / "results.json").is_file() else None
-    if res is not None and isinstance(res.get("fusion"), dict):
-        best = res.get("best")
-        if not isinstance(best, dict):
-            raise StoreError(f"{path}: this fused run names no best fused head; pass RUNS/early/<head> or RUNS/late/<head>")
-        return path, best["part"], best["entry"]
-    if (path / LATE_FUSION_FILE).is_file() and path.parent.name == "late":
-        return path.parent.parent, "late", path.name
-    rec = _read_json(path / "run.json") if (path / "run.json").is_file() else None
-    if rec is None and (path / "ensemble.json").is_file():
-        rec = _read_json(path / "ensemble.json")
-    if rec is not None and rec.get("fusion") and path.parent.name == "early":
-        return path.parent.parent, "early", path.name
-    if res is not None and path.name == "early" and (path / "blocks.npz").is_file() and res.get("best"):
-        return path.parent, "early", res["best"]
-    return None
-
-
-def _detect(path: Path) -> bool:
-    try:
-        return _where(path) is not None
-    except StoreError:
-        return True  # a fused run: load it to get the message
-
-
-def _load(path: Path, device: str, precision: str = "auto") -> FusedRun:
-    root, part, entry = _where(path)
-    return FusedRun(root, part, entry, device, precision)
-
-
-register_run_kind(RunKind("fused", _detect, _load))
+register_loader("fused", lambda root, part, entry, device, precision="auto": FusedRun(root, part, entry, device, precision))

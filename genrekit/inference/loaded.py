@@ -4,8 +4,8 @@
 :func:`load_run`, which recognises what a directory holds and returns a :class:`LoadedRun`:
 
 - ``head``: one saved head on one store (``RUNS/<head>``, or ``RUNS/`` for its best head);
-- further kinds (a fused run over several stores, a fine-tuned network) register a
-  :class:`RunKind` in :data:`RUN_KINDS`: a ``detect`` test on the directory and a loader.
+- ``fused`` (a head over several stores) and ``finetune`` (a fine-tuned network) register their
+  loaders in :data:`LOADERS`; which kind a directory is comes from :func:`genrekit.rundir.open_run`.
 
 A loaded run keeps its encoders in memory, so a server loads it once at start-up.
 """
@@ -19,11 +19,11 @@ from typing import Protocol
 
 import numpy as np
 
-from genrekit.errors import ConfigError, StoreError
+from genrekit.errors import ConfigError
 from genrekit.evaluation.thresholds import Thresholds
-from genrekit.features import LATE_FUSION_FILE
 from genrekit.heads.saved import SavedHead
 from genrekit.inference.predict import Prediction, _as_saved, rank
+from genrekit.rundir import open_run
 
 
 @dataclass(frozen=True)
@@ -141,8 +141,8 @@ class HeadRun:
 
         what = self.inputs[0]
         has = [k for k, it in enumerate(items) if has_input(it, what)]
-        failures = [(k, f"no {'poster' if what == 'image' else what} given (this run reads {'poster' if what == 'image' else what}s)")
-                    for k in range(len(items)) if k not in set(has)]  # fmt: skip
+        named = "poster" if what == "image" else what
+        failures = [(k, f"no {named} given (this run reads {named}s)") for k in sorted(set(range(len(items))) - set(has))]
         if self.modality == "image":
             X, ok, bad = embed_images(self.encoder, self.saved.header, [items[k].image for k in has])
             failures += [(has[i], reason) for i, reason in bad]
@@ -162,35 +162,23 @@ def has_input(item: Item, what: str) -> bool:
     return bool((item.texts.get(what) or "").strip())
 
 
-# -- the registry of run kinds ---------------------------------------------------------------------
-@dataclass(frozen=True)
-class RunKind:
-    """A kind of run directory: how to recognise it and how to load it."""
-
-    name: str
-    detect: Callable[[Path], bool]
-    load: Callable[[Path, str, str], LoadedRun]  # (path, device, precision)
-
-
-def _is_head(path: Path) -> bool:
-    return any((path / f).is_file() for f in ("run.json", "results.json", LATE_FUSION_FILE))
+# -- loading by kind ------------------------------------------------------------------------------
+# What a directory is, and which of its heads predict uses, is decided in one place:
+# genrekit.rundir.open_run. A loader per kind turns it into a LoadedRun; fused and fine-tuned runs
+# register theirs when genrekit.inference is imported.
+LOADERS: dict[str, Callable[..., LoadedRun]] = {
+    "head": lambda run, device, precision="auto": HeadRun(_as_saved(run.path), run.path, device, precision)
+}
 
 
-def _load_head(path: Path, device: str, precision: str = "auto") -> HeadRun:
-    return HeadRun(_as_saved(path), path, device, precision)  # _as_saved refuses fused runs until a fused kind is registered
-
-
-# Checked in order; the single head comes last because other kinds may also hold a results.json.
-RUN_KINDS: list[RunKind] = [RunKind("head", _is_head, _load_head)]
-
-
-def register_run_kind(kind: RunKind) -> None:
-    """Add a run kind, checked before the ones already known."""
-    RUN_KINDS.insert(0, kind)
+def register_loader(kind: str, load: Callable[..., LoadedRun]) -> None:
+    """Add the loader of a run kind: ``load(run: RunDir, device, precision)`` (``fused``:
+    ``load(root, part, entry, device, precision)``)."""
+    LOADERS[kind] = load
 
 
 def load_run(path: str | Path, device: str = "cpu", precision: str = "auto") -> LoadedRun:
-    """Load any run directory for prediction.
+    """Load any run directory for prediction: a whole run means its best head.
 
     ``precision`` (``--precision``: ``auto``, ``fp32``, ``bf16``) is what its encoders run in;
     ``auto`` is the precision its features were made with, fp32 where bf16 is not native.
@@ -199,10 +187,8 @@ def load_run(path: str | Path, device: str = "cpu", precision: str = "auto") -> 
         >>> run = load_run("runs/")  # doctest: +SKIP
         >>> preds, failed = predict_items(run, [Item("poster.jpg", image="poster.jpg")])
     """
-    p = Path(path)
-    if not p.is_dir():
-        raise StoreError(f"run directory {str(p)!r} does not exist (make one with `genrekit heads`)")
-    for kind in RUN_KINDS:
-        if kind.detect(p):
-            return kind.load(p, device, precision)
-    raise StoreError(f"{p} is not a run directory: expected run.json or results.json in it (make one with `genrekit heads`)")
+    run = open_run(path).best()
+    fused = run.fused_part
+    if fused is not None:
+        return LOADERS["fused"](*fused, device, precision)
+    return LOADERS[run.kind](run, device, precision)

@@ -16,16 +16,11 @@ from pathlib import Path
 import numpy as np
 
 from genrekit.atomic import atomic_open
-from genrekit.errors import ConfigError, LabelError
-from genrekit.evaluation.metrics import evaluate
-from genrekit.features import LATE_FUSION_FILE
+from genrekit.errors import ConfigError
+from genrekit.evaluation.scorecard import score_collection
 from genrekit.heads.saved import SavedHead, load_head
-from genrekit.heads.zeroshot import (
-    DEFAULT_GENRES,
-    cosine_scores,
-    genre_prompt_embeddings,
-    softmax_probabilities,
-)
+from genrekit.rundir import LATE_FUSION_FILE
+from genrekit.heads.zeroshot import DEFAULT_GENRES, cosine_scores, genre_prompt_embeddings, softmax_probabilities
 from genrekit.store import FeatureSet, StoreHeader
 
 log = logging.getLogger(__name__)
@@ -149,26 +144,8 @@ def evaluate_run(
             raise ConfigError(f"{source} has no item in split {split!r}")
     X, Yall, ids = fs.X[rows], fs.Y[rows], np.asarray(fs.ids)[rows]
     P = saved.predict_proba(X)
-    mine, theirs = saved.align(fs.genres)
-    if not Yall[:, theirs].any():
-        raise LabelError(f"{source} has no positive label among the shared genres; it cannot be scored")
-    genres = [saved.genres[i] for i in mine]
-    Ps, Ys = P[:, mine], Yall[:, theirs]
-    th = saved.thresholds.subset(mine)
-    tuned = evaluate(Ys, Ps, th.apply(Ps), genres)
-    results = {
-        "head": saved.name,
-        "items": int(len(X)),
-        "split": split or "all",
-        "genres": genres,
-        "head_genres_missing_here": [g for g in saved.genres if g not in set(fs.genres)],
-        "genres_unknown_to_head": [g for g in fs.genres if g not in set(saved.genres)],
-        "thresholds": th.to_json(),
-        "metrics": tuned.metrics,
-        "metrics_at_0.5": evaluate(Ys, Ps, (Ps >= 0.5).astype(np.uint8), genres).metrics,
-        "per_genre": tuned.per_genre,
-        "skipped_for_ranking": tuned.skipped,
-    }
+    results = {"head": saved.name, "items": int(len(X)), "split": split or "all",
+               **score_collection(saved.thresholds, P, saved.genres, Yall, fs.genres)}
     return RunEvaluation(results, ids, list(saved.genres), P)
 
 

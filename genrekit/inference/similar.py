@@ -18,6 +18,7 @@ import numpy as np
 
 from genrekit.errors import ConfigError, GenrekitError, UnreadableImageError
 from genrekit.heads.saved import load_head
+from genrekit.rundir import PREDICTIONS_FILE
 
 KNN = "knn"
 
@@ -26,7 +27,7 @@ def knn_dir(run_path: Path) -> Path | None:
     """The ``knn`` head of the heads run at ``run_path`` (the run or one of its heads), if any."""
     run_path = Path(run_path)
     for d in (run_path, run_path / KNN, run_path.parent / KNN):
-        if d.name == KNN and (d / "predictions.npz").is_file():
+        if d.name == KNN and (d / PREDICTIONS_FILE).is_file():
             return d
     return None
 
@@ -35,25 +36,23 @@ class SimilarIndex:
     """A saved knn head, the training items behind its rows, and the encoder of its store."""
 
     def __init__(self, directory: Path, device: str = "cpu", run=None):
-        from genrekit.data.manifest import read_manifest
 
         saved = load_head(directory)
         head = saved.model
         if saved.header is None or saved.header.modality != "image":
             raise ConfigError(f"{directory}: the knn head was not trained on poster features")
-        with np.load(directory / "predictions.npz", allow_pickle=False) as z:
+        with np.load(directory / PREDICTIONS_FILE, allow_pickle=False) as z:
             ids = [str(i) for i in z["ids_train"]]
         if len(ids) != len(head.Y_):
             raise ConfigError(f"{directory}: the knn head holds {len(head.Y_)} rows but the run trained on {len(ids)} items "
                               f"(oversampled?), so its rows cannot be named")  # fmt: skip
-        manifest = saved.header.config.get("data")
-        if not manifest or not Path(manifest).is_file():
-            raise ConfigError(f"the manifest the store was made from ({manifest}) is not on this machine, so the "
-                              f"training posters cannot be shown")  # fmt: skip
+        source = saved.header.manifest_source()
+        if source is None:
+            raise ConfigError("the store records no manifest, so the training posters cannot be shown")
         try:
-            samples = {s.id: s for s in read_manifest(manifest, saved.header.config.get("format", "auto")).samples}
+            samples = {s.id: s for s in source.read().samples}
         except GenrekitError as e:
-            raise ConfigError(f"cannot read {manifest}, the manifest the store was made from: {e}") from None
+            raise ConfigError(f"the training posters cannot be shown: {e}") from None
         self.directory, self.saved, self.head, self.device = directory, saved, head, device
         self.items = [samples.get(i) for i in ids]
         self.posters = {s.id: s.image for s in self.items if s is not None and s.image and Path(s.image).is_file()}

@@ -55,21 +55,20 @@ from genrekit.atomic import atomic_open, atomic_write, atomic_write_json
 from genrekit.backbones.base import resolve_precision
 from genrekit.backbones.finetuned import (
     FinetuneNet,
+    autocast_dtype,
     network_input,
     save_network,
     save_weights,
     trainable_encoder,
 )
-from genrekit.data.manifest import PARTS, read_manifest
+from genrekit.data.manifest import PARTS
 from genrekit.data.split import read_split_file, split_warnings
 from genrekit.errors import ConfigError, ManifestError, StoreError, UnreadableImageError
-from genrekit.evaluation.metrics import (
-    evaluate,
-    macro_average_precision,
-    multilabel_metrics,
-)
-from genrekit.evaluation.thresholds import RULES, Thresholds, fixed, tune_thresholds
+from genrekit.evaluation.metrics import macro_average_precision
+from genrekit.evaluation.scorecard import score
+from genrekit.evaluation.thresholds import RULES, Thresholds
 from genrekit.extraction import read_images
+from genrekit.rundir import FINETUNE_FILE
 from genrekit.store import FeatureStore, StoreHeader
 from genrekit.system import cpu_count
 
@@ -295,11 +294,11 @@ def image_paths(header: StoreHeader, ids: Sequence[str]) -> list[str]:
             f"the store holds {header.modality} features; finetune trains image backbones: pass a poster store "
             "made with `genrekit extract --backbone NAME --data MANIFEST` (e.g. mobilenet_v2, resnet50, ViT-B-32)"
         )
-    cfg = header.config or {}
-    data = cfg.get("data")
-    if not data:
+    source = header.manifest_source()
+    if source is None:
         raise StoreError("the store does not record the manifest it was made from; re-extract it with `genrekit extract`")
-    manifest = read_manifest(data, cfg.get("format", "auto"))
+    data = source.path
+    manifest = source.read()
     by_id = {s.id: s.image for s in manifest.samples}
     paths = []
     for i in ids:
@@ -689,11 +688,8 @@ def interpolate(original: Mapping[str, torch.Tensor], finetuned: Mapping[str, to
 
 # -- the run -------------------------------------------------------------------------------------
 def _score(Y_val, P_val, Y_test, P_test, genres, config: FinetuneConfig) -> tuple[dict, dict, Thresholds, dict]:
-    th = tune_thresholds(Y_val, P_val, config.threshold, genres, min_positives=config.min_threshold_positives)
-    tuned = evaluate(Y_test, P_test, th.apply(P_test), genres)
-    val = {"map_macro": macro_average_precision(Y_val, P_val), "f1_micro_tuned": multilabel_metrics(Y_val, P_val, th.apply(P_val))["f1_micro"]}
-    test = {"tuned": tuned.metrics, "at_0.5": multilabel_metrics(Y_test, P_test, fixed(len(genres)).apply(P_test))}
-    return val, test, th, tuned.per_genre
+    card = score(Y_val, P_val, Y_test, P_test, genres, config.threshold, config.min_threshold_positives, compare_rules=False)
+    return card.val, card.test, card.thresholds, card.per_genre
 
 
 def peak_rss_mb() -> float:
@@ -810,7 +806,8 @@ def run_finetune(
     val, test, th, per_genre = _score(data.Y["val"], P_val, data.Y["test"], P_test, data.genres, config)
 
     # The saved backbone has the registry module's keys, so `extract --weights` loads it as is.
-    save_network(out, net, {
+    atomic_write_json(out / FINETUNE_FILE, {
+        **save_network(out, net),
         "kind": "finetune",
         "genrekit_version": __version__,
         "backbone": enc["name"],

@@ -37,32 +37,24 @@ from pathlib import Path
 import numpy as np
 
 from genrekit import __version__
-from genrekit.atomic import atomic_open
 from genrekit.data.manifest import PARTS
 from genrekit.errors import ConfigError, LabelError, UnknownNameError
-from genrekit.evaluation.metrics import (
-    evaluate,
-    macro_average_precision,
-    multilabel_metrics,
-)
-from genrekit.evaluation.thresholds import Thresholds, fixed, tune_thresholds
-from genrekit.features import (
-    BLOCK_SCALING_FILE,
-    JOINS,
-    LATE_FUSION_FILE,
-    JoinedFeatures,
-    combine,
-    early_fusion,
-    fit_block_scaling,
-    weight_grid,
-)
+from genrekit.evaluation.metrics import macro_average_precision, multilabel_metrics
+from genrekit.evaluation.scorecard import flat_note, score
+from genrekit.evaluation.thresholds import Thresholds
+from genrekit.atomic import atomic_open
+from genrekit.features import JOINS, JoinedFeatures, combine, early_fusion, fit_block_scaling, weight_grid
 from genrekit.heads.saved import load_head, write_json
 from genrekit.progress import ProgressFn, null_progress
+from genrekit.rundir import LATE_FUSION_FILE
 from genrekit.runs.leaderboard import HeadsConfig, resolve_split, run_heads
 from genrekit.store import FeatureSet
 
 log = logging.getLogger(__name__)
 
+# Written by late fusion in place of run.json.
+# Written into early/: each store block's training mean and scale, so new items fuse as training ones did.
+BLOCK_SCALING_FILE = "blocks.npz"
 FUSIONS = ("early", "late", "both")
 EARLY_NORMALISATION = (
     "each store's block standardised on its training items and divided by sqrt(its dimension), times sqrt(its weight x stores); "
@@ -304,25 +296,26 @@ def _late_fusion(joined: JoinedFeatures, singles: dict, out: Path, config: Heads
         if fusion.per_genre_weights:
             weights = tune_weights_per_genre(Yva, P["val"], fusion.weight_step, weights, fusion.min_genre_positives)
         P_val, P_test = combine(P["val"], weights), combine(P["test"], weights)
-        val_map = macro_average_precision(Yva, P_val)
-        th = tune_thresholds(Yva, P_val, config.threshold, genres, min_positives=config.min_threshold_positives)
-        tuned = evaluate(Yte, P_test, th.apply(P_test), genres)
+        card = score(Yva, P_val, Yte, P_test, genres, config.threshold, config.min_threshold_positives, compare_rules=False)
+        th = card.thresholds
         entries[entry] = {
             "head": next(iter(singles.values()))["heads"][entry]["head"],
             "weights": weights,
             "per_genre_weights": fusion.per_genre_weights,
-            "val_map_macro": val_map,
+            "val_map_macro": card.val["map_macro"],
             "thresholds": th.to_json(),
-            "test": tuned.metrics,
-            "test_at_0.5": multilabel_metrics(Yte, P_test, fixed(len(genres)).apply(P_test)),
-            "per_genre": tuned.per_genre,
+            "threshold_fallback": list(th.fallback),
+            "test": card.test["tuned"],
+            "test_at_0.5": card.test["at_0.5"],
+            "per_genre": card.per_genre,
+            "notes": flat_note(P_test),
         }
         d = out / "late" / entry
         d.mkdir(parents=True, exist_ok=True)
         write_json(d / LATE_FUSION_FILE, {
             **record, "kind": "late", "head": entries[entry]["head"], "genres": genres, "weights": weights,
             "thresholds": th.to_json(), "heads": {n: f"../../{n}/{r['heads'][entry]['dir']}" for n, r in singles.items()},
-            "test": tuned.metrics,
+            "test": card.test["tuned"],
         })  # fmt: skip
     best = max(entries, key=lambda e: entries[e]["val_map_macro"]) if entries else None
     return {"best": best, "genres": genres, "heads": entries}

@@ -25,16 +25,18 @@ from genrekit import __version__
 from genrekit.atomic import atomic_open
 from genrekit.data.split import PARTS, split_warnings, stratified_split, write_split_file
 from genrekit.errors import ConfigError, GenrekitError, LabelError, UnknownNameError
-from genrekit.evaluation.metrics import METRIC_KEYS, evaluate, macro_average_precision, multilabel_metrics
-from genrekit.evaluation.thresholds import RULES, fixed, tune_thresholds
+from genrekit.evaluation.metrics import METRIC_KEYS, macro_average_precision, multilabel_metrics
+from genrekit.evaluation.scorecard import flat_note, score
+from genrekit.evaluation.thresholds import RULES, fixed
 from genrekit.heads.ensemble import DESCRIPTION as ENSEMBLE_DESCRIPTION
 from genrekit.heads.ensemble import ENSEMBLE, greedy_selection, save_ensemble
 from genrekit.heads.balance import BALANCE_MODES, check_balance, oversample_indices
 from genrekit.heads.registry import HEADS, get_head_spec
 from genrekit.heads.saved import SavedHead, write_json
-from genrekit.heads.sklearn_heads import similarity_order
+from genrekit.heads.sklearn_heads import grid_notes, similarity_order
 from genrekit.heads.zeroshot import genre_prompt_embeddings
 from genrekit.progress import ProgressFn, null_progress
+from genrekit.rundir import PREDICTIONS_FILE, RESULTS_CSV, RESULTS_FILE, SPLIT_FILE
 from genrekit.store import FeatureSet, StoreHeader
 from genrekit.system import cpu_count
 
@@ -126,7 +128,7 @@ def resolve_split(fs: FeatureSet, config: HeadsConfig, out: Path) -> tuple[np.nd
     if split is not None:
         log.warning("the store's split lacks a train, val or test part; making a stratified split instead")
     split = stratified_split(fs.Y, config.ratios, seed=config.seed)
-    write_split_file(out / "split.csv", list(fs.ids), split)
+    write_split_file(out / SPLIT_FILE, list(fs.ids), split)
     return split, "stratified"
 
 
@@ -491,16 +493,14 @@ def run_heads(
 
 
 def _write_results(out: Path, results: dict) -> None:
-    write_json(out / "results.json", results)
-    _write_csv(out / "results.csv", results["heads"], results["baseline"])
+    write_json(out / RESULTS_FILE, results)
+    _write_csv(out / RESULTS_CSV, results["heads"], results["baseline"])
 
 
 def _finish(task, r, spec, scaler, genres, Yva, Yte, header, config, out, run_info=None) -> dict:
     """Tune thresholds on validation, score on test, save the head; the results entry."""
-    P_val, P_test = r["P_val"], r["P_test"]
-    th = tune_thresholds(Yva, P_val, config.threshold, genres, min_positives=config.min_threshold_positives)
-    at05 = fixed(len(genres))
-    tuned = evaluate(Yte, P_test, th.apply(P_test), genres)
+    card = score(Yva, r["P_val"], Yte, r["P_test"], genres, config.threshold, config.min_threshold_positives)
+    th = card.thresholds
     entry = {
         "head": task.head,
         "balance": task.balance,
@@ -508,15 +508,8 @@ def _finish(task, r, spec, scaler, genres, Yva, Yte, header, config, out, run_in
         "fit_seconds": r["fit_seconds"],
         "predict_seconds": r["predict_seconds"],
         "fitted": _fitted_summary(r["head"]),
-        "thresholds": th.to_json(),
-        "val": {
-            "map_macro": macro_average_precision(Yva, P_val),
-            "f1_micro_tuned": multilabel_metrics(Yva, P_val, th.apply(P_val))["f1_micro"],
-        },
-        "test": {"at_0.5": multilabel_metrics(Yte, P_test, at05.apply(P_test)), "tuned": tuned.metrics},
-        "rules": _compare_rules(Yva, P_val, Yte, P_test, genres, config),
-        "per_genre": tuned.per_genre,
-        "skipped_for_ranking": tuned.skipped,
+        "notes": grid_notes(r["head"]) + flat_note(r["P_test"]),
+        **_card_fields(card),
         "dir": task.entry,
     }
     model = Pipeline([("scale", scaler), ("head", r["head"])]) if spec.standardise and config.standardise else r["head"]
@@ -535,8 +528,8 @@ def _ensemble_step(members: dict, genres, Yva, Yte, header, config, out, run_inf
     total = sum(weights.values())
     P_val = sum(w * members[e][0] for e, w in weights.items()) / total
     P_test = sum(w * members[e][1] for e, w in weights.items()) / total
-    th = tune_thresholds(Yva, P_val, config.threshold, genres, min_positives=config.min_threshold_positives)
-    tuned = evaluate(Yte, P_test, th.apply(P_test), genres)
+    card = score(Yva, P_val, Yte, P_test, genres, config.threshold, config.min_threshold_positives, val_map=val_map)
+    th = card.thresholds
     entry = {
         "head": ENSEMBLE,
         "balance": "-",
@@ -544,12 +537,8 @@ def _ensemble_step(members: dict, genres, Yva, Yte, header, config, out, run_inf
         "fit_seconds": time.perf_counter() - t0,
         "predict_seconds": 0.0,
         "fitted": {"members": weights, "val_map_by_round": curve},
-        "thresholds": th.to_json(),
-        "val": {"map_macro": val_map, "f1_micro_tuned": multilabel_metrics(Yva, P_val, th.apply(P_val))["f1_micro"]},
-        "test": {"at_0.5": multilabel_metrics(Yte, P_test, fixed(len(genres)).apply(P_test)), "tuned": tuned.metrics},
-        "rules": _compare_rules(Yva, P_val, Yte, P_test, genres, config),
-        "per_genre": tuned.per_genre,
-        "skipped_for_ranking": tuned.skipped,
+        "notes": flat_note(P_test),
+        **_card_fields(card),
         "dir": ENSEMBLE,
     }
     info = {k: entry[k] for k in ("balance", "description", "fitted", "fit_seconds", "val", "test")}
@@ -557,7 +546,6 @@ def _ensemble_step(members: dict, genres, Yva, Yte, header, config, out, run_inf
     return {**entry, "_P": (P_val, P_test)}
 
 
-PREDICTIONS_FILE = "predictions.npz"
 
 
 def save_predictions(directory: Path, ids, parts: Mapping[str, np.ndarray], P_val, P_test, Y: np.ndarray) -> None:
@@ -574,17 +562,10 @@ def save_predictions(directory: Path, ids, parts: Mapping[str, np.ndarray], P_va
         np.savez_compressed(fh, P_val=np.asarray(P_val, np.float32), P_test=np.asarray(P_test, np.float32), **arrays)
 
 
-RULE_KEYS = ("f1_micro", "f1_macro", "f1_samples", "hamming_loss")
-
-
-def _compare_rules(Yva, P_val, Yte, P_test, genres, config) -> dict:
-    """Test scores of every threshold rule, each tuned on validation: what the choice of rule costs."""
-    out = {}
-    for rule in RULES:
-        th = tune_thresholds(Yva, P_val, rule, genres, min_positives=config.min_threshold_positives)
-        m = multilabel_metrics(Yte, P_test, th.apply(P_test))
-        out[rule] = {k: m[k] for k in RULE_KEYS}
-    return out
+def _card_fields(card) -> dict:
+    """A head's results fields from its scorecard (the keys results.json has always had)."""
+    c = card.to_json()
+    return {k: c[k] for k in ("thresholds", "threshold_fallback", "val", "test", "rules", "per_genre", "skipped_for_ranking")}
 
 
 def _balance_effect(entries: dict) -> dict:

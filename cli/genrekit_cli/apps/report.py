@@ -30,10 +30,11 @@ import numpy as np
 
 from genrekit import __version__
 from genrekit.errors import ConfigError, StoreError, UnknownNameError
+from genrekit.rundir import PREDICTIONS_FILE, read_json, results_kind
 
 log = logging.getLogger(__name__)
 
-PREDICTIONS_FILE = "predictions.npz"  # the name genrekit.runs.leaderboard writes
+
 PARTS = ("train", "val", "test")
 THUMB = 150  # gallery thumbnail height in pixels
 GALLERY_N = 8
@@ -335,21 +336,12 @@ def fig_wise(wise: dict) -> str:
 
 # -- reading the run ---------------------------------------------------------------------------
 def _read_json(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError) as e:
-        raise StoreError(f"cannot read {path}: {e}") from None
+    return read_json(path)
 
 
 def run_kind(results: dict) -> str:
     """``finetune``, ``fused`` or ``heads`` from a run's results.json."""
-    if results.get("kind") == "finetune":
-        return "finetune"
-    if "same_items" in results and "fusion" in results:
-        return "fused"
-    if "heads" in results:
-        return "heads"
-    raise StoreError("results.json is neither a heads, a fused nor a fine-tune run (no 'heads', 'same_items' or 'kind')")
+    return results_kind(results)
 
 
 def _fmt(v, digits: int = 3) -> str:
@@ -370,21 +362,16 @@ def _predictions(head_dir: Path) -> dict[str, np.ndarray] | None:
 
 def _image_paths(header: dict | None, base: Path) -> dict[str, str]:
     """id -> poster path from the manifest the store was extracted from, for files still present."""
-    cfg = (header or {}).get("config") or {}
-    data = cfg.get("data")
-    if not data or (header or {}).get("modality") != "image":
+    if not header or header.get("modality") != "image":
         return {}
-    from genrekit.data.manifest import read_manifest
+    from genrekit.store import StoreHeader
 
-    for cand in (Path(data), base / data):
-        if cand.exists():
-            try:
-                m = read_manifest(cand, cfg.get("format", "auto"))
-            except Exception as e:  # a moved or edited manifest: no gallery, the rest of the report stands
-                log.warning("gallery: cannot read the manifest %s (%s)", cand, e)
-                return {}
-            return {s.id: s.image for s in m.samples if s.image and Path(s.image).is_file()}
-    return {}
+    try:
+        m = StoreHeader.from_json(header).manifest_source().read()
+    except Exception as e:  # a moved or edited manifest: no gallery, the rest of the report stands
+        log.warning("gallery: %s", e)
+        return {}
+    return {s.id: s.image for s in m.samples if s.image and Path(s.image).is_file()}
 
 
 def _thumb(path: str) -> str | None:
@@ -666,7 +653,7 @@ def build_report(run: str | Path, heads: Sequence[str] = (), progress: Callable[
     make = {"heads": _heads_sections, "fused": _fused_sections, "finetune": _finetune_sections}[kind]
     t0 = time.perf_counter()
     sections = make(run, results, list(heads), progress)
-    env = jinja2.Environment(loader=jinja2.PackageLoader("genrekit.inference", "templates"), autoescape=jinja2.select_autoescape(["html", "j2"]))
+    env = jinja2.Environment(loader=jinja2.PackageLoader("genrekit_cli.apps", "templates"), autoescape=jinja2.select_autoescape(["html", "j2"]))
     header = (results.get("features") or {}).get("store_header") or {}
     enc = header.get("encoder") or {}
     facts = {

@@ -8,21 +8,6 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from genrekit.atomic import refuse_overwrite
-from genrekit.data.clean import CleanConfig, clean_manifest
-from genrekit.data.demo import make_demo
-from genrekit.data.download import DownloadConfig, download_posters
-from genrekit.data.inspection import InspectReport, inspect_manifest
-from genrekit.data.manifest import write_manifest
-from genrekit.data.split import (
-    PARTS,
-    SPLIT_METHODS,
-    SplitConfig,
-    split_manifest,
-    write_split_file,
-)
-from genrekit.data.vocab import apply_vocabulary
-from genrekit.errors import ConfigError
 from genrekit_cli.main import app
 from genrekit_cli.options import (
     ColumnsOpt,
@@ -54,7 +39,7 @@ def _warn(lines: list[str]) -> None:
         err_console.print(f"[yellow]warning:[/] {w}", highlight=False, soft_wrap=True)
 
 
-def _render_inspect(r: InspectReport) -> None:
+def _render_inspect(r) -> None:
     console.print(f"[bold]{r.source}[/] ({r.format}): {r.rows:,} rows")
     t = Table(title="genres", show_lines=False)
     for col, just in (("genre", "left"), ("items", "right"), ("share", "right")):
@@ -102,6 +87,8 @@ def inspect_cmd(
 
     Example: genrekit data inspect data/labels.csv --deep
     """
+    from genrekit.data.inspection import inspect_manifest
+
     m = load_manifest(manifest, format, columns, genre_sep)
     with progress_bar("images") as progress:
         report = inspect_manifest(m, check_images=images, deep=deep, top_pairs=top_pairs, progress=progress)
@@ -137,6 +124,11 @@ def clean_cmd(
 
     Example: genrekit data clean MovieGenre.csv --out clean.csv --removed removed.csv --top-k 20 --other
     """
+    from genrekit.atomic import refuse_overwrite
+    from genrekit.data.clean import CleanConfig, clean_manifest
+    from genrekit.data.manifest import write_manifest
+    from genrekit.data.vocab import apply_vocabulary
+
     refuse_overwrite(out, {"the manifest": manifest}, "--out")
     if removed:
         refuse_overwrite(removed, {"the manifest": manifest, "--out": out}, "--removed")
@@ -174,7 +166,7 @@ def clean_cmd(
 def split_cmd(
     manifest: ManifestArg,
     out: Annotated[Path, typer.Option("--out", "-o", help="SPLIT.csv to write (id,split).")],
-    by: Annotated[str, typer.Option("--by", help=f"{', '.join(SPLIT_METHODS)}.")] = "stratified",
+    by: Annotated[str, typer.Option("--by", help="stratified, year or column (the manifest's split column).")] = "stratified",
     seed: Annotated[int, typer.Option("--seed", help="Random seed; the same seed gives the same split.")] = 0,
     ratios: Annotated[str, typer.Option("--ratios", help="train,val,test shares for --by stratified.")] = "0.7,0.15,0.15",
     test_from: Annotated[Optional[int], typer.Option("--test-from", help="First test year for --by year.")] = None,
@@ -189,6 +181,10 @@ def split_cmd(
     Example: genrekit data split labels.csv --out split.csv --seed 1
              genrekit data split labels.csv --out split.csv --by year --test-from 2010
     """
+    from genrekit.atomic import refuse_overwrite
+    from genrekit.data.split import PARTS, SplitConfig, split_manifest, write_split_file
+    from genrekit.errors import ConfigError
+
     try:
         r = tuple(float(x) for x in ratios.split(","))
     except ValueError:
@@ -225,6 +221,8 @@ def download_cmd(
 
     Example: genrekit data download MovieGenre.csv --out posters/
     """
+    from genrekit.data.download import DownloadConfig, download_posters
+
     m = load_manifest(manifest, format, columns, genre_sep)
     cfg = DownloadConfig(workers=workers, timeout=timeout, deadline=deadline, retries=retries, backoff=backoff,
                          max_retry_after=max_retry_after)
@@ -251,6 +249,8 @@ def demo_cmd(
 
     Example: genrekit data demo --out demo_out/data
     """
+    from genrekit.data.demo import make_demo
+
     with progress_bar("posters") as progress:
         labels = make_demo(out, n=n, seed=seed, progress=progress)
     console.print(f"{n} demo posters -> {labels}")

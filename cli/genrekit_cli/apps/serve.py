@@ -1,4 +1,4 @@
-"""Serve a run over HTTP: an upload page and a JSON API (the library half of ``genrekit serve``).
+"""Serve a run over HTTP: an upload page and a JSON API (the application behind ``genrekit serve``).
 
 The run is loaded once (:func:`genrekit.inference.loaded.load_run`, so every run kind works) and
 warmed up with one prediction before the first request. Each request goes through the same
@@ -54,6 +54,8 @@ MB = 1024 * 1024
 IMAGE_FIELD = "image"
 MAX_EXPLAIN = 6  # genres one /api/explain request may ask maps of
 MAX_SIMILAR = 24  # neighbours one /api/similar request may ask for
+# The upload page: one self-contained file (no CDN, no build step), edited as HTML, not as a string.
+PAGE = (Path(__file__).parent / "templates" / "page.html").read_text(encoding="utf-8")
 CONFIG_ENV = "GENREKIT_SERVE_CONFIG"  # how `--workers N` hands the config to each worker process
 
 
@@ -414,7 +416,7 @@ def create_app(run: LoadedRun, cfg: ServeConfig) -> FastAPI:
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def page() -> HTMLResponse:
-        return HTMLResponse(PAGE)
+        return HTMLResponse(PAGE)  # read once at import
 
     @app.get("/healthz", summary="Liveness: the run is loaded")
     async def healthz() -> dict:
@@ -533,137 +535,4 @@ def serve(cfg: ServeConfig, log_level: str = "info") -> None:
         return
     load_run(cfg.run, device=cfg.device)  # fail here, in one line, rather than in every worker
     os.environ[CONFIG_ENV] = json.dumps(asdict(cfg))
-    uvicorn.run("genrekit.inference.serve:app_from_env", factory=True, host=cfg.host, port=cfg.port, workers=cfg.workers, log_level=log_level)
-
-
-PAGE = """<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width,initial-scale=1">
-<title>genrekit</title>
-<style>
-:root{--fg:#1d2330;--muted:#6b7280;--line:#e5e7eb;--accent:#2563eb;--pred:#16a34a;--bg:#f8fafc}
-*{box-sizing:border-box}body{margin:0;font:15px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;color:var(--fg);background:var(--bg)}
-header{padding:14px 24px;border-bottom:1px solid var(--line);background:#fff;display:flex;gap:16px;align-items:baseline;flex-wrap:wrap}
-header h1{font-size:20px;margin:0}#run{color:var(--muted);font-size:13px}
-main{display:grid;grid-template-columns:minmax(260px,340px) 1fr;gap:24px;padding:24px;max-width:1200px}
-@media(max-width:800px){main{grid-template-columns:1fr}}
-section{background:#fff;border:1px solid var(--line);border-radius:10px;padding:16px}
-h2{font-size:15px;margin:0 0 10px}
-#drop{border:2px dashed #94a3b8;border-radius:10px;padding:18px;text-align:center;color:var(--muted);cursor:pointer}
-#drop.over{border-color:var(--accent);background:#eff6ff}
-#preview{width:100%;margin-top:12px;border-radius:6px;display:none}
-textarea{width:100%;min-height:70px;margin-top:8px;font:inherit;padding:6px;border:1px solid var(--line);border-radius:6px}
-button{margin-top:10px;padding:8px 16px;border:0;border-radius:6px;background:var(--accent);color:#fff;font:inherit;cursor:pointer}
-button:disabled{opacity:.5;cursor:default}
-#error{color:#b91c1c;margin-top:10px;white-space:pre-wrap}
-#summary{font-size:18px;margin-bottom:12px}#summary b.pred{color:var(--pred)}
-.row{display:grid;grid-template-columns:120px 1fr 56px;gap:8px;align-items:center;margin:3px 0}
-.row .g{white-space:nowrap;overflow:hidden;text-overflow:ellipsis}.row.pred .g{font-weight:600;color:var(--pred)}
-.bar{height:14px;background:#eef2f7;border-radius:4px;overflow:hidden}.bar i{display:block;height:100%;background:#93c5fd}
-.row.pred .bar i{background:var(--pred)}.p{text-align:right;font-variant-numeric:tabular-nums}
-.note{color:var(--muted);font-size:13px}.extra{margin-top:16px}
-#meta{color:var(--muted);font-size:12px;margin-top:10px}
-#maps{display:flex;flex-wrap:wrap;gap:12px}#maps figure{margin:0;width:150px}#maps img{width:100%;border-radius:6px}
-#maps figcaption,#near figcaption{font-size:12px;color:var(--muted)}#maps figcaption b,#near figcaption b{color:var(--fg)}
-#near{display:flex;flex-wrap:wrap;gap:12px}#near figure{margin:0;width:110px}#near img{width:100%;border-radius:6px}
-</style></head>
-<body>
-<header><h1>genrekit</h1><span id="run">loading run&hellip;</span></header>
-<main>
-<section>
-  <h2>Poster</h2>
-  <div id="drop" tabindex="0">Drop a poster here, or <u>pick a file</u>
-    <input id="poster" type="file" name="image" accept="image/*" hidden></div>
-  <img id="preview" alt="the poster">
-  <div id="texts"></div>
-  <button id="go" disabled>Predict</button>
-  <div id="error" role="alert"></div>
-</section>
-<section>
-  <h2>Genres</h2>
-  <div id="summary" class="note">Drop a poster to see its genres.</div>
-  <div id="genres"></div>
-  <div id="meta"></div>
-  <div class="extra" id="saliency"><h2>Saliency maps of the top genres</h2><p class="note" id="saliency-note"></p><div id="maps"></div></div>
-  <div class="extra" id="similar"><h2>Most similar training posters</h2><p class="note" id="similar-note"></p><div id="near"></div></div>
-</section>
-</main>
-<script>
-"use strict";
-const $ = (id) => document.getElementById(id);
-let info = null, file = null;
-function esc(s){return String(s).replace(/[&<>"']/g,c=>({"&":"&amp;","<":"&lt;",">":"&gt;",'"':"&quot;","'":"&#39;"}[c]));}
-function ready(){ $("go").disabled = !(file || [...document.querySelectorAll("#texts textarea")].some(t=>t.value.trim())); }
-function pick(f){ if(!f) return; file = f; const img = $("preview"); img.src = URL.createObjectURL(f); img.style.display = "block"; ready(); predict(); }
-fetch("/api/info").then(r=>r.json()).then(j=>{
-  info = j; const r = j.run;
-  $("run").textContent = `${r.kind} run \u201c${r.name}\u201d \u00b7 encoder ${r.encoder ?? "?"} \u00b7 ${j.genres.length} genres \u00b7 rule ${j.thresholds.rule}`;
-  if(!j.inputs.includes("image")) $("drop").style.display = "none";
-  for(const f of j.inputs.filter(x=>x!=="image")){
-    const t = document.createElement("textarea"); t.name = f; t.placeholder = `Paste the ${f} here`; t.addEventListener("input", ready); $("texts").appendChild(t);
-  }
-  const sal = j.features.saliency;
-  $("saliency-note").textContent = sal.available ? `Where the evidence for each genre lies (${sal.method}); drop a poster to see them.` : "Not shown: " + sal.reason + ".";
-  const sim = j.features.similar_posters;
-  $("similar-note").textContent = sim.available ? `The nearest of ${sim.training_items} training posters (knn index ${sim.index}).` : "Not shown: " + sim.reason + ".";
-}).catch(e=>{ $("error").textContent = "cannot reach the server: " + e; });
-const drop = $("drop");
-drop.addEventListener("click", ()=>$("poster").click());
-drop.addEventListener("keydown", e=>{ if(e.key==="Enter"||e.key===" ") $("poster").click(); });
-$("poster").addEventListener("change", e=>pick(e.target.files[0]));
-for(const ev of ["dragenter","dragover"]) drop.addEventListener(ev, e=>{ e.preventDefault(); drop.classList.add("over"); });
-for(const ev of ["dragleave","drop"]) drop.addEventListener(ev, e=>{ e.preventDefault(); drop.classList.remove("over"); });
-drop.addEventListener("drop", e=>pick(e.dataTransfer.files[0]));
-$("go").addEventListener("click", predict);
-async function predict(){
-  const fd = new FormData();
-  if(file) fd.append("image", file, file.name);
-  for(const t of document.querySelectorAll("#texts textarea")) if(t.value.trim()) fd.append(t.name, t.value);
-  $("error").textContent = ""; $("go").disabled = true; $("summary").textContent = "Predicting\u2026"; $("summary").className = "note";
-  try{
-    const r = await fetch("/api/predict", {method:"POST", body:fd});
-    const j = await r.json();
-    if(!r.ok) throw new Error(j.error || r.statusText);
-    show(j);
-    if(file && info && info.features.similar_posters.available) similar(file);
-    if(file && info && info.features.saliency.available) explain(file);
-  }catch(e){ $("error").textContent = "error: " + e.message; $("summary").textContent = ""; }
-  finally{ ready(); }
-}
-async function similar(f){
-  const fd = new FormData(); fd.append("image", f, f.name);
-  $("near").innerHTML = "";
-  try{
-    const r = await fetch("/api/similar?k=6", {method:"POST", body:fd});
-    const j = await r.json();
-    if(!r.ok) throw new Error(j.error || r.statusText);
-    $("near").innerHTML = j.neighbours.map(n => `<figure data-id="${esc(n.id)}">` + (n.poster ? `<img src="${n.poster}" alt="${esc(n.title || n.id)}">` : "") +
-      `<figcaption><b>${esc(n.title || n.id)}</b><br>${n.genres.map(esc).join(", ")}<br>cosine ${n.similarity.toFixed(3)}</figcaption></figure>`).join("");
-  }catch(e){ $("similar-note").textContent = "similar posters failed: " + e.message; }
-}
-async function explain(f){
-  const fd = new FormData(); fd.append("image", f, f.name);
-  $("maps").innerHTML = ""; $("saliency-note").textContent = "Computing the maps\u2026";
-  try{
-    const r = await fetch("/api/explain?top_k=3", {method:"POST", body:fd});
-    const j = await r.json();
-    if(!r.ok) throw new Error(j.error || r.statusText);
-    const rho = (v) => v === null ? "n/a" : v.toFixed(2);
-    $("maps").innerHTML = j.genres.map(g => `<figure data-genre="${esc(g.genre)}"><img src="${g.overlay}" alt="saliency map of ${esc(g.genre)}">` +
-      `<figcaption><b>${esc(g.genre)}</b>${g.predicted?" \u2713":""} ${(100*g.probability).toFixed(1)}%<br>vs random model: \u03c1 ${rho(g.sanity_spearman)}</figcaption></figure>`).join("");
-    $("saliency-note").textContent = `${j.method_detail}; genre maps alike: \u03c1 ${rho(j.distinctness.mean_pairwise_spearman)}; ` +
-      `${j.timing_ms.explain} ms. \u03c1 near 1 against a random model means a map shows the image more than what the model learnt.`;
-  }catch(e){ $("saliency-note").textContent = "maps failed: " + e.message; }
-}
-function show(j){
-  const top = j.genres[0];
-  $("summary").className = "";
-  $("summary").innerHTML = `Top genre: <b id="top-genre"${top.predicted?' class="pred"':""}>${esc(top.genre)}</b> (${(100*top.probability).toFixed(1)}%)` +
-    `<br><span class="note">predicted: <span id="predicted">${j.predicted.map(esc).join(", ") || "none"}</span></span>`;
-  $("genres").innerHTML = j.genres.map(g => `<div class="row${g.predicted?" pred":""}" data-genre="${esc(g.genre)}">` +
-    `<span class="g">${g.predicted?"\u2713 ":""}${esc(g.genre)}</span><span class="bar"><i style="width:${(100*g.probability).toFixed(1)}%"></i></span>` +
-    `<span class="p">${(100*g.probability).toFixed(1)}%</span></div>`).join("");
-  $("meta").textContent = `rule ${j.threshold_rule.rule} \u00b7 ${j.timing_ms.predict} ms model, ${j.timing_ms.total} ms in all \u00b7 \u2713 = predicted genre`;
-}
-</script>
-</body></html>
-"""
+    uvicorn.run("genrekit_cli.apps.serve:app_from_env", factory=True, host=cfg.host, port=cfg.port, workers=cfg.workers, log_level=log_level)

@@ -34,8 +34,8 @@ def serve(
     from genrekit.errors import MissingDependencyError
 
     try:
-        from genrekit.inference.serve import ServeConfig, is_loopback
-        from genrekit.inference.serve import serve as run_server
+        from genrekit_cli.apps.serve import ServeConfig, is_loopback
+        from genrekit_cli.apps.serve import serve as run_server
     except ImportError as e:
         raise MissingDependencyError(f"serving needs FastAPI and uvicorn ({e}); pip install 'genrekit[serve]'") from None
     cfg = ServeConfig(

@@ -1,4 +1,4 @@
-"""`genrekit report` (one HTML file with every figure of a run) and `genrekit explain` (saliency maps)."""
+"""`genrekit explain`: per-genre saliency maps of a run on posters, with sanity checks."""
 
 from __future__ import annotations
 
@@ -10,13 +10,6 @@ import typer
 from genrekit_cli.main import app
 from genrekit_cli.ui import console, err_console, print_json
 
-REPORT_EXAMPLES = """
-Examples:
-
-  genrekit report runs/                                # runs/report.html: leaderboard, curves, data, gallery
-  genrekit report runs/ --out report.html --head knn   # also detail the knn head
-"""
-
 EXPLAIN_EXAMPLES = """
 Examples:
 
@@ -24,24 +17,6 @@ Examples:
   genrekit explain --run runs/ a.jpg b.jpg --genres Horror,Comedy --out maps/
   genrekit explain --run runs/rf poster.jpg --method occlusion   # rf/svc/knn always use occlusion
 """
-
-
-@app.command(epilog=REPORT_EXAMPLES)
-def report(
-    run: Annotated[Path, typer.Argument(help="A run directory: `genrekit heads` output (RUNS/), a fused run or a fine-tune run.")],
-    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="HTML file to write.", show_default="RUN/report.html")] = None,
-    head: Annotated[Optional[list[str]], typer.Option("--head", help="Also detail this head (repeatable); the best head always is.")] = None,
-) -> None:
-    """One self-contained HTML report of a run: every figure embedded, opens from disk with no network."""
-    from genrekit.atomic import refuse_overwrite
-    from genrekit.inference.report import write_report
-
-    if out is not None:
-        refuse_overwrite(out, {"the run's results": run / "results.json"}, "--out")
-    with console.status("drawing the report") as status:
-        path = write_report(run, out, head or (), progress=lambda s: status.update(f"drawing: {s}"))
-    size = path.stat().st_size / 1e6
-    console.print(f"report: [bold]{path}[/] ({size:.1f} MB, self-contained; open it in a browser)", highlight=False)
 
 
 @app.command(epilog=EXPLAIN_EXAMPLES)

@@ -12,6 +12,7 @@ from rich.table import Table
 from genrekit_cli.main import app
 from genrekit_cli.options import DeviceOpt, JsonOpt
 from genrekit_cli.ui import console, err_console, print_json
+from genrekit_cli.ui import fmt as _fmt
 
 FINETUNE_EXAMPLES = """
 Examples:
@@ -21,10 +22,6 @@ Examples:
   genrekit predict --run ft/ poster.jpg
   genrekit extract --backbone mobilenet_v2 --weights ft/backbone.safetensors --data posters.csv --out ft.h5
 """
-
-
-def _fmt(v: Optional[float]) -> str:
-    return "-" if v is None or v != v else f"{v:.3f}"
 
 
 @app.command(epilog=FINETUNE_EXAMPLES)

@@ -1,0 +1,1 @@
+"""One module per command, named after it: `genrekit predict` is commands/predict.py."""
