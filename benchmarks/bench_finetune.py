@@ -85,7 +85,8 @@ def speed(rounds: int) -> None:
 
     from _common import MOBILENET, interleaved, median, spread
     from genrekit.backbones import create_encoder
-    from genrekit.runs.finetune import FinetuneNet, _amp, trainable_encoder
+    from genrekit.backbones.finetuned import FinetuneNet, trainable_encoder
+    from genrekit.runs.finetune import _amp
 
     weights = str(MOBILENET) if MOBILENET.is_file() else "none"
     frozen = create_encoder("mobilenet_v2", weights, "cpu", layers="last")

@@ -155,6 +155,11 @@ def _mismatch(path: Path, stored: StoreHeader, wanted: StoreHeader) -> StoreMism
             f"{path.name} has other genres than this run ({'; '.join(p for p in parts if p)}); "
             f"pass --genres {','.join(stored.genres)} to extract with the store's vocabulary, or write to another --out"
         )
+    if field == "encoder.precision":
+        return StoreMismatchError(
+            f"{path.name} was made with --precision {a}, but this run uses --precision {b}; pass --precision {a} "
+            "to extend it, or write to another --out"
+        )
     return StoreMismatchError(
         f"{path.name} was made with {field}={a!r}, but this run uses {field}={b!r}; "
         "write to another --out, or repeat the options that made it"

@@ -228,14 +228,14 @@ def test_layers_are_refused_where_they_do_not_apply(collection, tmp_path):
 
 
 def test_a_multi_layer_store_predicts_new_images_through_its_own_stages(collection, tmp_path):
-    from genrekit.extraction import embed_files, encoder_from_header
+    from genrekit.extraction import embed_images, encoder_from_header
 
     store = FeatureStore(extract(cfg(collection, tmp_path / "all.h5", layers="2")).store)
     data = store.load()
     encoder = encoder_from_header(store.header)
     assert encoder.identity["layers"] == "4"
     paths = [r["image"] for r in __import__("csv").DictReader(open(collection))][:3]
-    X, ok, failures = embed_files(encoder, store.header, [str(collection.parent / p) for p in paths])
+    X, ok, failures = embed_images(encoder, store.header, [str(collection.parent / p) for p in paths])
     assert not failures and X.shape == (3, 32)
     np.testing.assert_allclose(X, data.X[:3], rtol=1e-4, atol=1e-5)
 
@@ -250,15 +250,6 @@ def test_mobilenet_v2_extracts_every_stage_by_default_and_names_the_flag_for_old
     new = FeatureStore(extract(cfg(collection, tmp_path / "new.h5", **base)).store).header
     assert new.dim == 2 * (24 + 32 + 64 + 96 + 160 + 1280) and new.encoder["layer_stats"] == "mean,std"
     assert new.encoder["layers"].split(",")[0] == "features.3"
-
-
-def test_finetune_refuses_a_multi_layer_store_naming_the_flag(collection, tmp_path):
-    from genrekit.errors import StoreError
-    from genrekit.runs.finetune import FinetuneConfig, run_finetune
-
-    store = extract(cfg(collection, tmp_path / "all.h5", layers="all")).store
-    with pytest.raises(StoreError, match="--layers last"):
-        run_finetune(store, tmp_path / "ft", FinetuneConfig(epochs=1))
 
 
 def test_the_store_records_how_to_read_its_manifest_again(tmp_path, monkeypatch):

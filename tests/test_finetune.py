@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import random
 from dataclasses import replace
@@ -10,13 +11,15 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from conftest import SHARED
 from typer.testing import CliRunner
 
 from genrekit.backbones import create_encoder
 from genrekit.errors import ConfigError, ManifestError, StoreError
 from genrekit.extraction import ExtractConfig, extract
 from genrekit.inference.loaded import Item, load_run, predict_items
-from genrekit.runs.finetune import FinetuneConfig, FinetuneNet, interpolate, parse_grid, run_finetune
+from genrekit.backbones.finetuned import FinetuneNet
+from genrekit.runs.finetune import FinetuneConfig, interpolate, parse_grid, run_finetune
 from genrekit.store import FeatureStore
 from genrekit_cli.main import app
 
@@ -127,6 +130,36 @@ def test_resume_after_a_kill_equals_an_uninterrupted_run(store, tmp_path):
     assert (tmp_path / "a" / "backbone.safetensors").read_bytes() == (tmp_path / "b" / "backbone.safetensors").read_bytes()
 
 
+def test_finetune_trains_through_the_multi_layer_features_of_the_default_store(store, tmp_path):
+    """A `--layers all` store (mobilenet_v2's default) fine-tunes through the same pooled stage
+    statistics: at alpha 0 the network is the frozen multi-layer probe, and the saved backbone
+    extracts with `--layers all` to the network's own features."""
+    from genrekit.runs.leaderboard import HeadsConfig, run_heads
+
+    manifest = store.parent / "labels.csv"
+    multi = tmp_path / "all.h5"
+    extract(ExtractConfig(backbone="test-tiny-cnn", data=str(manifest), out=str(multi), layers="all"))
+    fs = FeatureStore(multi)
+    assert fs.header.encoder["layers"] == "2,4" and fs.header.dim == 2 * (8 + 16)
+    heads = run_heads(fs.load(), tmp_path / "runs", HeadsConfig(heads=("logreg",), baseline=False, jobs=1), header=fs.header)
+    res = run_finetune(multi, tmp_path / "ft", FinetuneConfig(epochs=2, **TINY), run=tmp_path / "runs")
+    assert res["features"]["dim"] == 48 and res["linear_probe"].startswith("logreg head of")
+    assert res["wise_ft"]["val_map"][0] == pytest.approx(heads["heads"]["logreg"]["val"]["map_macro"], abs=1e-4)
+    run = load_run(tmp_path / "ft")
+    assert run.identity()["layers"] == "2,4"
+    paths = [str(store.parent / "img" / f"{i}.png") for i in range(4)]
+    preds, failures = predict_items(run, [Item(p, image=p) for p in paths])
+    assert len(preds) == 4 and not failures
+    out = tmp_path / "ft.h5"
+    extract(ExtractConfig(backbone="test-tiny-cnn", weights=str(tmp_path / "ft" / "backbone.safetensors"), data=str(manifest),
+                          out=str(out), layers="all", limit=4))  # fmt: skip
+    x = torch.stack([run.encoder.load_image(p) for p in paths])
+    with torch.no_grad():
+        feats = run.network.features(x).numpy()
+    got = FeatureStore(out).load()
+    np.testing.assert_allclose(got.X[[list(got.ids).index(f"m{i}") for i in range(4)]], feats, rtol=1e-4, atol=1e-5)
+
+
 def test_wise_ft_at_alpha_0_gives_the_original_features_exactly():
     enc = create_encoder("test-tiny-cnn", precision="fp32")
     x = torch.randn(4, 3, 32, 32)
@@ -222,3 +255,71 @@ def test_finetune_on_gpu(store, tmp_path):
     res = run_finetune(store, tmp_path / "ft", FinetuneConfig(epochs=2, device="cuda", **TINY))
     assert res["device"].startswith("cuda") and res["peak_gpu_mb"] > 0
     assert load_run(tmp_path / "ft", device="cuda").kind == "finetune"
+
+
+POSTERS = SHARED / "data" / "movie_posters"
+
+
+def _real_poster_variants(root, n=18):
+    """Real posters as users send them: as collected (182x268 JPEG), upload-size (6x: 1092x1608,
+    re-encoded JPEG) and odd sizes (a landscape PNG, a greyscale JPEG of odd width); an id,split CSV."""
+    rows = [r for r in csv.DictReader((POSTERS / "labels.csv").open())][:n]
+    (root / "img").mkdir(parents=True, exist_ok=True)
+    lines, split = ["id,image,genres"], ["id,split"]
+    for k, r in enumerate(rows):
+        src = POSTERS / r["image"]
+        if k % 3 == 0:
+            path = src
+        else:
+            img = Image.open(src).convert("RGB")
+            if k % 3 == 1:
+                path = root / "img" / f"{k}.jpg"
+                img.resize((img.width * 6, img.height * 6), Image.Resampling.BICUBIC).save(path, quality=90)
+            elif k % 2:
+                path = root / "img" / f"{k}.png"
+                img.resize((301, 157), Image.Resampling.BICUBIC).save(path)
+            else:
+                path = root / "img" / f"{k}.jpg"
+                img.convert("L").resize((171, 253)).save(path, quality=85)
+        lines.append(f"p{k},{path},{'A' if k % 2 else 'B'}")
+        split.append(f"p{k},{'train' if k < 10 else 'val' if k < 14 else 'test'}")
+    (root / "labels.csv").write_text("\n".join(lines) + "\n")
+    (root / "split.csv").write_text("\n".join(split) + "\n")
+    return root / "labels.csv", root / "split.csv"
+
+
+@pytest.mark.skipif(not (POSTERS / "labels.csv").is_file(), reason="../shared/data/movie_posters is not here")
+def test_finetune_trains_on_the_pixels_prediction_feeds_the_network(tmp_path):
+    """Fine-tuning decodes its posters through the path every prediction takes: on real posters,
+    upload-size and odd-size ones included, the network's training input equals its prediction
+    input exactly (it used to differ by up to 33/255 per pixel on upload-size posters)."""
+    from genrekit.runs.finetune import prepare_data
+
+    manifest, split = _real_poster_variants(tmp_path)
+    store = tmp_path / "s.h5"
+    extract(ExtractConfig(backbone="test-tiny-cnn", data=str(manifest), out=str(store), split=str(split)))
+    cfg = FinetuneConfig(epochs=1, image_size=224, threads=1, wise_alphas=(0.0, 1.0), augment="none",
+                         min_train_positives=1, min_threshold_positives=1)  # fmt: skip
+    run_finetune(store, tmp_path / "ft", cfg)
+    run = load_run(tmp_path / "ft")
+    pre = run.encoder.preprocess
+    assert pre.size == 224 and pre.decoder == "torchvision"
+    data = prepare_data(FeatureStore(store), tmp_path / "ft", cfg, None, pre)  # what training holds, per part
+    paths = dict(row.split(",")[:2] for row in manifest.read_text().splitlines()[1:])
+    seen = []
+    hook = run.network.register_forward_pre_hook(lambda _m, args: seen.append(args[0].detach().clone()))
+    try:
+        for part in ("train", "val", "test"):
+            ids = data.ids[part]
+            trained = pre.normalise(data.images[part])
+            for source in ([paths[i] for i in ids], [open(paths[i], "rb").read() for i in ids]):  # paths, and bytes (uploads)
+                seen.clear()
+                _, ok, failures = run.predict_proba([Item(i, image=s) for i, s in zip(ids, source)])
+                assert not failures and ok == list(range(len(ids)))
+                predicted = torch.cat(seen).contiguous()
+                assert predicted.shape == trained.shape
+                std = torch.tensor(pre.std).view(1, 3, 1, 1)
+                diff = ((predicted - trained).abs() * std * 255).amax(dim=(1, 2, 3))  # per poster, in 1/255 steps
+                assert torch.equal(predicted, trained), f"{part}: training and prediction pixels differ by up to {diff.tolist()} /255"
+    finally:
+        hook.remove()

@@ -156,6 +156,35 @@ def test_missing_modality_falls_back_as_in_training_and_says_so(fused):
     assert res.exit_code == 0 and "fallback" in res.output
 
 
+def test_an_unreadable_poster_is_one_failure_keyed_by_its_item(fused, tmp_path):
+    """Every run kind names a failure by its item: a fused run used to report an unreadable poster
+    twice, once under its path and once under the item's name with a false reason."""
+    broken = tmp_path / "0.jpg"  # as serve stores an upload: a temporary name, not the item's
+    broken.write_bytes(b"not a jpeg")
+    reason = "not an image (unrecognised format)"
+    for part in ("", "early/logreg", "late/logreg"):
+        run = load_run(fused["runs"] / part)
+        items = [Item("broken.jpg", image=str(broken)), Item("bytes.jpg", image=b"not a jpeg"),
+                 Item("with a title", image=str(broken), texts={"title": "Blood 3"})]  # fmt: skip
+        preds, failures = predict_items(run, items)
+        assert [p.item for p in preds] == ["with a title"]
+        assert failures == [("broken.jpg", reason), ("bytes.jpg", reason), ("with a title", f"{reason} (predicted from its other inputs)")]
+    pytest.importorskip("fastapi")
+    pytest.importorskip("multipart")
+    from fastapi.testclient import TestClient
+
+    from genrekit_cli.apps.serve import ServeConfig, create_app
+
+    cfg = ServeConfig(run=str(fused["runs"]))
+    poster = fused["manifest"].parent / "img" / "000.jpg"
+    with TestClient(create_app(load_run(cfg.run), cfg)) as c:
+        files = [("image", ("broken.jpg", b"not a jpeg", "image/jpeg")), ("image", ("good.jpg", poster.read_bytes(), "image/jpeg"))]
+        r = c.post("/api/predict/batch", files=files, data={"title": ["", "Fury 9"]})
+        assert r.status_code == 200, r.text
+        assert [p["item"] for p in r.json()["predictions"]] == ["good.jpg"]
+        assert r.json()["failures"] == [{"item": "broken.jpg", "reason": reason}]
+
+
 def test_a_plot_store_in_place_of_the_title_store_is_refused_naming_the_field(fused, tmp_path):
     plots = tmp_path / "plots2.h5"
     extract(ExtractConfig(backbone="test-tiny-text", weights="none", data=str(fused["other"]), out=str(plots), device="cpu", modality="text"))

@@ -99,6 +99,19 @@ def test_bad_labels_are_one_clear_error(data):
         ChainHead(order=[0, 0, 1, 2]).fit(X, fs.Y[s["tr"]])
 
 
+def test_logreg_on_a_genre_of_one_class_predicts_that_class(data):
+    fs, s = data
+    X = fs.X[s["tr"]]
+    for value in (1, 0):  # an all-1 genre used to predict 0
+        Y = np.full((len(X), 1), value, np.uint8)
+        P = create_head("logreg", Cs=(1.0,)).fit(X, Y).predict_proba(X[:5])
+        np.testing.assert_array_equal(P, np.full((5, 1), float(value), np.float32))
+    Y = fs.Y[s["tr"]].copy()
+    Y[:, 1] = 1  # among other genres too
+    P = create_head("logreg", Cs=(1.0,)).fit(X, Y).predict_proba(X[:5])
+    np.testing.assert_array_equal(P[:, 1], np.ones(5, np.float32))
+
+
 def test_search_on_validation_records_every_candidate(data):
     fs, s = data
     h = create_head("logreg", Cs=(0.001, 0.1)).fit(fs.X[s["tr"]], fs.Y[s["tr"]], fs.X[s["va"]], fs.Y[s["va"]])

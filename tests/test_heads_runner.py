@@ -108,6 +108,16 @@ def test_genre_absent_from_validation_is_dropped_with_the_reason(tmp_path):
     assert any("Western" in w for w in res["split"]["warnings"])
 
 
+def test_genre_every_training_item_has_is_dropped_like_one_none_has(tmp_path):
+    fs = features()
+    split = np.array(["train"] * 350 + ["val"] * 75 + ["test"] * 75, dtype=object)
+    fs.split = split
+    fs.Y[split == "train", 0] = 1  # every training film is a Drama: nothing to tell Drama from
+    res = run(tmp_path, fs=fs, heads=("logreg", "chain"))
+    assert res["genres"] == GENRES[1:] and res["dropped_genres"]["Drama"].startswith("0 train / ")
+    assert "negatives" in res["dropped_genres"]["Drama"] and set(res["heads"]) >= {"logreg", "chain"}
+
+
 def test_store_without_labels_is_one_clear_error(tmp_path):
     fs = features()
     fs.Y = np.zeros((len(fs.X), 0), np.uint8)

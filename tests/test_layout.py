@@ -89,3 +89,20 @@ def test_the_cli_starts_without_the_heavy_libraries():
     code = "import sys, genrekit_cli.main; print(sorted(m for m in ('torch', 'sklearn', 'scipy', 'pandas', 'h5py', 'matplotlib', 'fastapi', 'numpy', 'PIL') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     assert out == "[]", f"importing the CLI loads {out}"
+
+
+def test_predictors_never_import_trainers():
+    """Nothing under genrekit/inference imports genrekit.runs, not even inside a function: using a
+    run (predict, evaluate, serve) must not load the code that trains one (what both need, such as
+    the fine-tuned network, lives a layer down)."""
+    found = []
+    for path in (ROOT / "genrekit" / "inference").rglob("*.py"):
+        for imported in _imports(path):
+            if imported == "genrekit.runs" or imported.startswith("genrekit.runs."):
+                found.append(f"{path.relative_to(ROOT)} imports {imported}")
+    for path in (ROOT / "genrekit" / "inference").rglob("*.py"):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        for node in ast.walk(tree):  # `from genrekit import runs`
+            if isinstance(node, ast.ImportFrom) and node.module == "genrekit" and any(a.name == "runs" for a in node.names):
+                found.append(f"{path.relative_to(ROOT)} imports genrekit.runs")
+    assert not found, "\n".join(found)

@@ -70,12 +70,15 @@ def plain_jpeg_bytes(path: str) -> bytes | None:
             data = f.read(MAX_FAST_BYTES + 1)
     except OSError:
         return None
-    if not data.startswith(b"\xff\xd8\xff"):
-        return None
+    return data if _plain_jpeg(data) else None
+
+
+def _plain_jpeg(data: bytes) -> bool:
+    """A 1- or 3-channel JPEG within the limits, for the fast decoder (else the PIL reader)."""
+    if len(data) > MAX_FAST_BYTES or not data.startswith(b"\xff\xd8\xff"):
+        return False
     head = jpeg_header(data)
-    if head is None or head[2] not in (1, 3) or head[0] * head[1] > images.MAX_PIXELS or 0 in head[:2]:
-        return None
-    return data
+    return not (head is None or head[2] not in (1, 3) or head[0] * head[1] > images.MAX_PIXELS or 0 in head[:2])
 
 
 def decode_jpeg_bytes(data: bytes, device: str | torch.device = "cpu") -> torch.Tensor:
@@ -110,19 +113,29 @@ def decode_jpegs(datas: list[bytes], device: str | torch.device) -> list[torch.T
         return out
 
 
-def read_rgb(path: str) -> torch.Tensor:
-    """Read one image as a (3, H, W) uint8 RGB tensor, upright.
+def read_rgb(source: str | os.PathLike | bytes) -> torch.Tensor:
+    """Read one image (a file, or its bytes held in memory) as a (3, H, W) uint8 RGB tensor, upright.
 
     Raises :class:`~genrekit.errors.UnreadableImageError` with the PIL reader's reason. The PIL
-    fallback decodes at full size (no JPEG draft), as libjpeg-turbo does, so both give the same pixels.
+    fallback decodes at full size (no JPEG draft), as libjpeg-turbo does, so both give the same
+    pixels; a file and its bytes give the same pixels too.
     """
-    data = plain_jpeg_bytes(path)
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        data: bytes | None = bytes(source)
+        name = "image bytes"
+        if not _plain_jpeg(data):
+            data = None
+    else:
+        name = os.fspath(source)
+        data = plain_jpeg_bytes(name)
     if data is not None:
         try:
             return decode_jpeg_bytes(data)
         except RuntimeError as e:
-            log.debug("%s: decode_jpeg refused it (%s); reading it with PIL", path, e)
-    return pil_to_uint8(images.load_image(path))
+            log.debug("%s: decode_jpeg refused it (%s); reading it with PIL", name, e)
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        return pil_to_uint8(images.decode_image_bytes(bytes(source))[0])
+    return pil_to_uint8(images.load_image(name))
 
 
 def pil_to_uint8(img) -> torch.Tensor:

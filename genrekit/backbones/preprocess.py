@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import asdict, dataclass, replace
 
 import numpy as np
@@ -9,7 +10,7 @@ import torch
 from PIL import Image
 
 from genrekit.backbones.decode import pil_to_uint8, read_rgb
-from genrekit.data.images import load_image
+from genrekit.data.images import decode_image_bytes, load_image
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -71,15 +72,21 @@ class Preprocess:
         return self if decoder is None else replace(self, decoder=decoder)
 
     # -- reading: file -> uint8 (3, size, size) --------------------------------------------------
-    def load(self, path: str) -> torch.Tensor:
-        """Read, orient and resize one image file to a (3, size, size) uint8 tensor.
+    def load(self, source: str | os.PathLike | bytes) -> torch.Tensor:
+        """Read, orient and resize one image (a file path, or the file's bytes) to a (3, size, size)
+        uint8 tensor: the one way posters become pixels, for extraction, fine-tuning and prediction.
 
         Raises UnreadableImageError with the reason.
         """
         if self.decoder == "pil":
             # JPEG draft decoding at >= 2x the input size keeps quality and skips most of the work.
-            return self._pil_uint8(self.resize_image(load_image(path, draft=2 * self.size)))
-        return self.resize_uint8(read_rgb(path))
+            draft = 2 * self.size
+            if isinstance(source, (bytes, bytearray, memoryview)):
+                img = decode_image_bytes(bytes(source), draft=draft)[0]
+            else:
+                img = load_image(os.fspath(source), draft=draft)
+            return self._pil_uint8(self.resize_image(img))
+        return self.resize_uint8(read_rgb(source))
 
     def resize_uint8(self, x: torch.Tensor) -> torch.Tensor:
         """(3, H, W) uint8 -> (3, size, size) uint8: squash, center-crop or letterbox."""

@@ -138,12 +138,14 @@ def load_image(path: str, draft: int | None = None) -> Image.Image:
     return _to_rgb(img)
 
 
-def decode_image_bytes(data: bytes) -> tuple[Image.Image, str | None]:
-    """Decode image bytes held in memory (a download) with the checks of :func:`load_image`.
+def decode_image_bytes(data: bytes, draft: int | None = None) -> tuple[Image.Image, str | None]:
+    """Decode image bytes held in memory (a download, an upload) with the checks of :func:`load_image`.
 
     Returns the upright RGB image and the file's own format (``"JPEG"``, ``"PNG"`` ...).
     """
     if not data:
         raise UnreadableImageError("empty body (0 bytes)")
-    img, fmt = _decode(io.BytesIO(data), None)
+    if len(data) > MAX_FILE_BYTES:
+        raise UnreadableImageError(f"too large ({len(data)} bytes > {MAX_FILE_BYTES})")
+    img, fmt = _decode(io.BytesIO(data), draft)
     return _to_rgb(img), fmt

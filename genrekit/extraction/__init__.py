@@ -4,10 +4,11 @@ from genrekit.extraction.core import (
     MODALITIES,
     ExtractConfig,
     ExtractReport,
-    embed_files,
+    embed_images,
     embed_texts,
     encoder_from_header,
     extract,
+    read_images,
     store_header,
 )
 
@@ -15,9 +16,10 @@ __all__ = [
     "MODALITIES",
     "ExtractConfig",
     "ExtractReport",
-    "embed_files",
+    "embed_images",
     "embed_texts",
     "encoder_from_header",
     "extract",
+    "read_images",
     "store_header",
 ]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -19,6 +20,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from genrekit.backbones import Encoder, Preprocess, create_encoder
+from genrekit.backbones.base import resolve_device, serving_precision
 from genrekit.backbones.decode import decode_jpegs, plain_jpeg_bytes
 from genrekit.backbones.preprocess import DECODERS
 from genrekit.data.manifest import TEXT_FIELDS, CsvColumns, Manifest, ManifestSource, Sample, sample_text
@@ -54,7 +56,7 @@ class ExtractConfig:
     genre_sep: str | None = None  # --genre-sep: genre separator of a generic CSV; None detects it
     batch_size: int | None = None  # None = the backbone's measured best for the device
     device: str = "auto"
-    precision: str = "auto"  # GPU autocast: bf16 where supported, else fp16
+    precision: str = "auto"  # auto | fp32 | bf16 | fp16 (GPU): auto is bf16 where the GPU or CPU has it natively, else fp16 on GPU, fp32 on CPU
     resize: str | None = None  # squash | center-crop | letterbox; None = squash (measured best on posters)
     decoder: str | None = None  # torchvision (libjpeg-turbo, uint8 resize) | pil (the older path); None = torchvision
     layers: str | None = None  # last | all | N,M: pooled stages of a CNN, concatenated; None = the backbone's (spec.layers)
@@ -162,11 +164,12 @@ class _ImageFiles(Dataset):
         return (i, *decode_item(self.paths[i], self.preprocess))
 
 
-def decode_item(path: str | None, preprocess: Preprocess) -> tuple[torch.Tensor | None, str | None]:
-    """One poster decoded and resized to a uint8 tensor, or the reason it cannot be: ``(tensor, None)`` or ``(None, reason)``.
+def decode_item(path: str | bytes | None, preprocess: Preprocess) -> tuple[torch.Tensor | None, str | None]:
+    """One poster (a path, or its bytes) decoded and resized to a uint8 tensor, or the reason it
+    cannot be: ``(tensor, None)`` or ``(None, reason)``.
 
-    The same function runs in local decode workers and in a cluster's decode tasks, so failures
-    are recorded with the same reasons everywhere.
+    The same function runs in local decode workers, in a cluster's decode tasks and for new items
+    (:func:`read_images`), so failures are recorded with the same reasons everywhere.
     """
     try:
         if path is None:
@@ -493,8 +496,12 @@ def _extract_here(config: ExtractConfig, progress: ProgressFn | None, manifest: 
 
 
 # -- using a store's encoder on new inputs (predict, zero-shot) --------------------------------
-def encoder_from_header(header: StoreHeader, device: str = "cpu") -> Encoder:
+def encoder_from_header(header: StoreHeader, device: str = "cpu", precision: str = "auto") -> Encoder:
     """Rebuild the encoder that made a store, refusing if its weights are not the same ones.
+
+    ``precision`` (``auto``, ``fp32``, ``bf16``): see :func:`~genrekit.backbones.base.serving_precision`;
+    ``auto`` is the store's own, in fp32 where this machine lacks it. The encoder's
+    ``precision`` attribute says which one is in use.
 
     Example:
         >>> store = FeatureStore("posters.h5")  # doctest: +SKIP
@@ -511,11 +518,10 @@ def encoder_from_header(header: StoreHeader, device: str = "cpu") -> Encoder:
     resize = header.preprocessing.get("resize") if header.modality == "image" else None
     # Stores made before the torchvision path recorded no decoder: they were made with PIL.
     decoder = header.preprocessing.get("decoder", "pil") if header.modality == "image" else None
-    # The store's precision where this device has it (a GPU's fp16 store is read in fp32 on CPU);
-    # predictions tolerate the ~0.999 cosine between precisions, extending a store does not.
-    precision = ident.get("precision", "fp32")
-    if precision == "fp16" and not device.startswith(("cuda", "auto")):
-        precision = "fp32"
+    # The store's precision where this device has it (a bf16 store is read in fp32 on a CPU without
+    # native bf16, a GPU's fp16 store in fp32 on CPU); predictions tolerate the ~0.999 cosine
+    # between precisions, extending a store does not.
+    precision = serving_precision(precision, resolve_device(device), ident.get("precision", "fp32"))
     encoder = create_encoder(ident["name"], weights, device, precision=precision, resize=resize, decoder=decoder,
                              layers=ident["layers"].split(",") if ident.get("layers") else "last",
                              layer_stats=ident.get("layer_stats"))
@@ -528,21 +534,56 @@ def encoder_from_header(header: StoreHeader, device: str = "cpu") -> Encoder:
     return encoder
 
 
-def embed_files(encoder: Encoder, header: StoreHeader, paths: Sequence[str], batch_size: int = 16):
-    """Embed image files exactly as the store with ``header`` was made.
+ImageSource = str | os.PathLike | bytes  # a poster file, or its bytes (an upload held in memory)
+
+
+def read_images(
+    preprocess: Preprocess, sources: Sequence[ImageSource | None], threads: int = 1
+) -> tuple[torch.Tensor, list[int], list[tuple[int, str]]]:
+    """Decode and resize new images exactly as a store's were (:func:`decode_item`).
+
+    The one input path for items no store holds: fine-tuning decodes its posters with it, and
+    every run kind predicting a poster (``predict``, ``serve``, ``evaluate --data``) too, so the
+    pixels a network trains on are the pixels it predicts from.
+
+    Args:
+        preprocess: the encoder's (or the fine-tuned network's) preprocessing.
+        sources: paths or bytes; ``None`` where an item has no image.
+        threads: decode in this many threads (decode_jpeg and the resize kernels release the GIL).
 
     Returns:
-        ``(X, ok_paths, failures)``: float32 embeddings of the readable files, their paths, and
-        ``(path, reason)`` for the others.
+        ``(pixels, ok, failures)``: uint8 ``(len(ok), 3, S, S)`` of the readable sources, their
+        indices into ``sources``, and ``(index, reason)`` for the others, in order.
     """
-    xs, ok, failures = [], [], []
-    for path in paths:
-        try:
-            xs.append(encoder.read_image(str(path)))
-            ok.append(str(path))
-        except UnreadableImageError as e:
-            failures.append((str(path), str(e)))
-    X = np.concatenate([encoder.encode_images(torch.stack(xs[i : i + batch_size])) for i in range(0, len(xs), batch_size)]) if xs else np.zeros((0, header.dim), np.float32)
+    def one(src):
+        return decode_item(src if isinstance(src, (bytes, bytearray, memoryview)) or src is None else os.fspath(src), preprocess)
+
+    if threads > 1 and len(sources) > 1:
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(threads, thread_name_prefix="genrekit-decode") as pool:
+            decoded = list(pool.map(one, sources))
+    else:
+        decoded = [one(s) for s in sources]
+    ok = [i for i, (x, _) in enumerate(decoded) if x is not None]
+    failures = [(i, reason) for i, (x, reason) in enumerate(decoded) if x is None]
+    s = preprocess.size
+    pixels = torch.stack([decoded[i][0] for i in ok]) if ok else torch.zeros((0, 3, s, s), dtype=torch.uint8)
+    return pixels, ok, failures
+
+
+def embed_images(
+    encoder: Encoder, header: StoreHeader, sources: Sequence[ImageSource | None], batch_size: int = 16
+) -> tuple[np.ndarray, list[int], list[tuple[int, str]]]:
+    """Embed new images (paths or bytes) exactly as the store with ``header`` was made.
+
+    Returns:
+        ``(X, ok, failures)``: float32 embeddings of the readable images, their indices into
+        ``sources``, and ``(index, reason)`` for the others; callers name failures by their item.
+    """
+    pixels, ok, failures = read_images(encoder.preprocess, sources)
+    chunks = [encoder.encode_images(pixels[i : i + batch_size]) for i in range(0, len(ok), batch_size)]
+    X = np.concatenate(chunks) if chunks else np.zeros((0, header.dim), np.float32)
     return (l2_normalise(X) if header.normalisation == "l2" else X), ok, failures
 
 

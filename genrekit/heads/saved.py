@@ -135,6 +135,11 @@ class SavedHead:
         if self.header is None or header is None:
             return
         for f, a, b in self.header.diff(header):
+            if f == "encoder.precision":
+                raise StoreMismatchError(
+                    f"the {self.name} head was trained on features made with --precision {a}, but {source} were made "
+                    f"with --precision {b}; extract them with --precision {a}"
+                )
             if f.split(".")[0] in _FEATURE_FIELDS:
                 raise StoreMismatchError(
                     f"the {self.name} head was trained on features with {f}={a!r}, but {source} have {f}={b!r}; "

@@ -133,6 +133,11 @@ class LogRegHead(MultiLabelHead):
 
     def predict_proba(self, X) -> np.ndarray:
         X = self._check_X(X)
+        classes = self.model_.classes_
+        if self.n_genres_ == 1 and len(classes) == 1:
+            # One genre of one class in training: scikit-learn's binariser maps its only class to
+            # 0 (an all-1 genre would predict 0); the genre is that constant.
+            return np.full((len(X), 1), float(classes[0]), np.float32)
         return positive_columns(self.model_.predict_proba(X), self.n_genres_)
 
 

@@ -20,7 +20,7 @@ from genrekit.data.manifest import sample_text
 from genrekit.errors import ConfigError
 from genrekit.evaluation.scorecard import score_collection
 from genrekit.features import join_stores
-from genrekit.inference.loaded import Item, LoadedRun
+from genrekit.inference.loaded import Item, LoadedRun, name_failures
 from genrekit.inference.predict import RunEvaluation, evaluate_run
 from genrekit.progress import ProgressFn, null_progress
 from genrekit.store import FeatureStore
@@ -133,7 +133,7 @@ def evaluate_manifest(
         P, ok, bad = run.predict_proba(chunk)
         P_parts.append(P)
         ok_all += [start + k for k in ok]
-        failures += bad
+        failures += name_failures(chunk, bad)
         progress("predict", min(start + batch_size, len(items)), len(items))
     if not ok_all:
         raise ConfigError(f"no item of {manifest} could be predicted ({failures[0][1] if failures else 'empty manifest'})")

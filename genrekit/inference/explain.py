@@ -492,8 +492,8 @@ def explain_poster(ex: Explainer, path: str, config: ExplainConfig = ExplainConf
         >>> e.maps["Drama"].shape == (e.size[1], e.size[0]), e.distinctness
     """
     config.validate()
-    img = ex.load_pil(path)
-    x = ex.preprocess(img).unsqueeze(0)
+    img = ex.load_pil(path)  # the poster the maps are drawn on (its size)
+    x = ex.preprocess.normalise(ex.preprocess.load(path)[None])  # the pixels predict feeds the network
     P = ex.network.probabilities(x)[0]
     if config.genres:
         unknown = [g for g in config.genres if g not in ex.genres]

@@ -8,19 +8,16 @@ preprocessing), which Grad-CAM and the server use.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from genrekit.backbones.base import sha256_path
-from genrekit.errors import StoreError, StoreMismatchError, UnreadableImageError
+from genrekit.backbones.finetuned import load_network, network_input
 from genrekit.evaluation.thresholds import Thresholds
 from genrekit.inference.loaded import Item, register_loader
-from genrekit.rundir import FINETUNE_FILE
-from genrekit.runs.finetune import FORMAT, FinetuneNet, trainable_encoder
+from genrekit.rundir import FINETUNE_FILE, read_json
 
 
 class FinetunedRun:
@@ -29,38 +26,16 @@ class FinetunedRun:
     kind = "finetune"
     inputs = ("image",)
 
-    def __init__(self, path: Path, device: str = "cpu", batch_size: int = 32):
-        from safetensors.torch import load_file
-
-        from genrekit.backbones.base import resolve_device
-
+    def __init__(self, path: Path, device: str = "cpu", batch_size: int = 32, precision: str = "auto"):
         self.path = Path(path)
-        rec = json.loads((self.path / FINETUNE_FILE).read_text())
-        if int(rec.get("format", 0)) > FORMAT:
-            raise StoreError(f"{self.path} was written in finetune format {rec.get('format')}; this genrekit reads up to {FORMAT}")
-        self.record = rec
-        backbone, head = self.path / "backbone.safetensors", self.path / "head.safetensors"
-        for f in (backbone, head):
-            if not f.is_file():
-                raise StoreError(f"{self.path} lacks {f.name}; re-run `genrekit finetune` to finish it")
-        if sha256_path(backbone) != rec["weights_sha256"]:
-            raise StoreMismatchError(f"{backbone} is not the file this run saved (weights_sha256 differs); re-run `genrekit finetune`")
-        if sha256_path(head) != rec["head_sha256"]:
-            raise StoreMismatchError(f"{head} is not the file this run saved (head_sha256 differs); re-run `genrekit finetune`")
+        loaded = self.loaded = load_network(self.path, read_json(self.path / FINETUNE_FILE), device, precision)
+        rec = self.record = loaded.record
         self.name = f"finetune:{rec['backbone']}"
         self.genres = list(rec["genres"])
         self.thresholds = Thresholds.from_json(rec["thresholds"])
-        self.device = resolve_device(device)
-        pre = rec["preprocessing"]
-        self.encoder = trainable_encoder(rec["backbone"], str(backbone), self.device, int(pre["size"]), pre.get("resize"))
-        if self.encoder.preprocess.to_dict() != pre:
-            raise StoreMismatchError(f"the rebuilt encoder's preprocessing differs from the run's: {self.encoder.preprocess.to_dict()} vs {pre}")
-        net = FinetuneNet(self.encoder, len(self.genres), l2=rec.get("normalisation") == "l2")
-        net.head.load_state_dict(load_file(str(head)))
-        self.network = net.to(self.device).eval()
-        self.channels_last = bool(rec.get("channels_last"))
-        if self.channels_last:
-            self.network.to(memory_format=torch.channels_last)
+        self.encoder, self.network, self.channels_last = loaded.encoder, loaded.network, loaded.channels_last
+        self.device = self.encoder.device
+        self.precision = loaded.precision
         self.batch_size = batch_size
 
     def identity(self) -> dict:
@@ -72,33 +47,27 @@ class FinetunedRun:
             "weights": "file:backbone.safetensors",
             "weights_sha256": self.record["weights_sha256"],
             "fine_tuned_from": {"weights": enc.get("weights"), "weights_sha256": enc.get("weights_sha256")},
+            "layers": enc.get("layers"),
             "wise_ft_alpha": self.record.get("wise_ft_alpha"),
             "modality": "image",
             "preprocessing": self.record["preprocessing"],
         }
 
     @torch.no_grad()
-    def predict_proba(self, items: Sequence[Item]) -> tuple[np.ndarray, list[int], list[tuple[str, str]]]:
-        failures: list[tuple[str, str]] = []
-        xs, idx = [], []
-        for k, it in enumerate(items):
-            if not it.image:
-                failures.append((it.name, "no poster given (this run reads posters)"))
-                continue
-            try:
-                xs.append(self.encoder.load_image(str(it.image)))
-                idx.append(k)
-            except UnreadableImageError as e:
-                failures.append((it.name, str(e)))
-        if not idx:
+    def predict_proba(self, items: Sequence[Item]) -> tuple[np.ndarray, list[int], list[tuple[int, str]]]:
+        from genrekit.extraction import read_images
+
+        failures = [(k, "no poster given (this run reads posters)") for k, it in enumerate(items) if not it.image]
+        idx = [k for k, it in enumerate(items) if it.image]
+        pixels, ok, bad = read_images(self.encoder.preprocess, [items[k].image for k in idx])
+        failures = sorted(failures + [(idx[i], reason) for i, reason in bad])
+        if not ok:
             return np.zeros((0, len(self.genres)), np.float32), [], failures
         out = []
-        for s in range(0, len(xs), self.batch_size):
-            x = torch.stack(xs[s : s + self.batch_size]).to(self.device)
-            if self.channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            out.append(torch.sigmoid(self.network(x).float()).cpu())
-        return torch.cat(out).numpy().astype(np.float32), idx, failures
+        for s in range(0, len(ok), self.batch_size):
+            x = network_input(self.encoder.preprocess, pixels[s : s + self.batch_size], self.device, self.channels_last)
+            out.append(torch.sigmoid(self.loaded.logits(x)).cpu())
+        return torch.cat(out).numpy().astype(np.float32), [idx[i] for i in ok], failures
 
 
-register_loader("finetune", lambda run, device: FinetunedRun(run.path, device))
+register_loader("finetune", lambda run, device, precision="auto": FinetunedRun(run.path, device, precision=precision))

@@ -26,7 +26,7 @@ from genrekit.errors import ConfigError, StoreError, StoreMismatchError
 from genrekit.evaluation.thresholds import Thresholds
 from genrekit.features import BlockScaling, combine
 from genrekit.heads.saved import _FEATURE_FIELDS, SavedHead, load_head
-from genrekit.inference.loaded import Item, header_field, register_loader
+from genrekit.inference.loaded import Item, has_input, header_field, register_loader
 from genrekit.rundir import LATE_FUSION_FILE, read_json
 from genrekit.store import StoreHeader
 
@@ -41,8 +41,8 @@ class FusedRun:
 
     kind = "fused"
 
-    def __init__(self, path: Path, part: str, entry: str, device: str = "cpu"):
-        self.path, self.part, self.entry, self.device = path, part, entry, device
+    def __init__(self, path: Path, part: str, entry: str, device: str = "cpu", precision: str = "auto"):
+        self.path, self.part, self.entry, self.device, self.requested_precision = path, part, entry, device, precision
         self.name = f"{part}/{entry}"
         self._encoders: dict[str, object] = {}
         if part == "early":
@@ -106,6 +106,9 @@ class FusedRun:
                 if near is None:
                     raise StoreMismatchError(f"the run's store {n} ({store_input(mine)}) has no counterpart among the stores given")
                 m, (f, a, b), _ = near
+                if f == "encoder.precision":
+                    raise StoreMismatchError(f"the run's store {n} was made with --precision {a}, but store {m} with --precision {b}; "
+                                             f"extract it with --precision {a}")  # fmt: skip
                 raise StoreMismatchError(
                     f"the run's store {n} was made with {f}={a!r}, but store {m} has {f}={b!r}; extract it as the run's store was"
                 )
@@ -116,8 +119,14 @@ class FusedRun:
         if name not in self._encoders:
             from genrekit.extraction import encoder_from_header
 
-            self._encoders[name] = encoder_from_header(self.headers[name], device=self.device)
+            self._encoders[name] = encoder_from_header(self.headers[name], device=self.device, precision=self.requested_precision)
         return self._encoders[name]
+
+    @property
+    def precision(self) -> str:
+        """The precision in use: one for all stores, else ``store=precision`` per store."""
+        each = {n: self.encoder(n).precision for n in self.store_order}
+        return next(iter(each.values())) if len(set(each.values())) == 1 else ", ".join(f"{n}={p}" for n, p in each.items())
 
     def predict_blocks(self, blocks: Mapping[str, np.ndarray], present: Mapping[str, np.ndarray]) -> np.ndarray:
         """(n, len(genres)) probabilities from each store's features (zeros and ``present`` False where missing)."""
@@ -140,48 +149,46 @@ class FusedRun:
         notes = []
         how = "a zero block (the training mean), as for training items without it" if self.part == "early" else "the other stores' probabilities"
         for it in items:
-            missing = [i for i in self.inputs if not self._has(it, i)]
+            missing = [i for i in self.inputs if not has_input(it, i)]
             if missing and len(missing) < len(self.inputs):
                 notes.append((it.name, f"no {' or '.join(missing)} given: {how}"))
         return notes
 
-    @staticmethod
-    def _has(item: Item, what: str) -> bool:
-        return bool(item.image) if what == "image" else bool((item.texts.get(what) or "").strip())
-
-    def predict_proba(self, items: Sequence[Item]) -> tuple[np.ndarray, list[int], list[tuple[str, str]]]:
-        from genrekit.extraction import embed_files, embed_texts
+    def predict_proba(self, items: Sequence[Item]) -> tuple[np.ndarray, list[int], list[tuple[int, str]]]:
+        from genrekit.extraction import embed_images, embed_texts
 
         n = len(items)
-        blocks, present, failures = {}, {}, []
+        blocks, present = {}, {}
+        unreadable: dict[int, str] = {}  # item index -> why its poster could not be read
         for name in self.store_order:
             h = self.headers[name]
             what = store_input(h)
-            idx = [k for k, it in enumerate(items) if self._has(it, what)]
+            idx = [k for k, it in enumerate(items) if has_input(it, what)]
             block = np.zeros((n, h.dim), np.float32)
             have = np.zeros(n, bool)
             if idx and what == "image":
-                X, ok_paths, bad = embed_files(self.encoder(name), h, [items[k].image for k in idx])
-                failures += bad
-                where = {p: r for r, p in enumerate(ok_paths)}
-                for k in idx:
-                    if items[k].image in where:
-                        block[k], have[k] = X[where[items[k].image]], True
+                X, ok, bad = embed_images(self.encoder(name), h, [items[k].image for k in idx])
+                unreadable.update((idx[i], reason) for i, reason in bad)
+                block[[idx[i] for i in ok]] = X
+                have[[idx[i] for i in ok]] = True
             elif idx:
                 block[idx] = embed_texts(self.encoder(name), h, [items[k].texts[what].strip() for k in idx])
                 have[idx] = True
             blocks[name], present[name] = block, have
-        usable = np.any([present[n] for n in self.store_order], axis=0)
-        ok = [int(k) for k in np.flatnonzero(usable)]
-        for k in np.flatnonzero(~usable):
-            if not any(f[0] == items[k].name for f in failures):
-                failures.append((items[k].name, f"none of {', '.join(self.inputs)} given (this run reads them)"))
-        okset = {items[k].name for k in ok}
-        failures = [(name, f"{why} (predicted from its other inputs)" if name in okset else why) for name, why in failures]
-        if not ok:
+        usable = np.any([present[m] for m in self.store_order], axis=0)
+        ok_items = [int(k) for k in np.flatnonzero(usable)]
+        # One entry per failed item: an unreadable poster says why (and, when the item's other
+        # inputs were predicted from, that they were); an item with nothing usable says what it lacked.
+        failures = []
+        for k in range(n):
+            if k in unreadable:
+                failures.append((k, f"{unreadable[k]} (predicted from its other inputs)" if usable[k] else unreadable[k]))
+            elif not usable[k]:
+                failures.append((k, f"none of {', '.join(self.inputs)} given (this run reads them)"))
+        if not ok_items:
             return np.zeros((0, len(self.genres)), np.float32), [], failures
-        P = self.predict_blocks({m: b[ok] for m, b in blocks.items()}, {m: p[ok] for m, p in present.items()})
-        return P, ok, failures
+        P = self.predict_blocks({m: b[ok_items] for m, b in blocks.items()}, {m: p[ok_items] for m, p in present.items()})
+        return P, ok_items, failures
 
 
-register_loader("fused", lambda root, part, entry, device: FusedRun(root, part, entry, device))
+register_loader("fused", lambda root, part, entry, device, precision="auto": FusedRun(root, part, entry, device, precision))

@@ -31,13 +31,13 @@ class Item:
     """One thing to predict: a poster, texts by field (``plot``, ``title``), or both.
 
     Attributes:
-        name: how the item is named in the output (the poster path, or the text).
-        image: path of the poster file, or ``None``.
+        name: how the item is named in the output (the poster path, an upload's file name, or the text).
+        image: the poster: a file path, or the file's bytes (an upload held in memory); ``None`` for none.
         texts: text field -> text (``{"title": "Alien", "plot": "..."}``).
     """
 
     name: str
-    image: str | None = None
+    image: str | bytes | None = None
     texts: Mapping[str, str] = field(default_factory=dict)
 
 
@@ -51,6 +51,8 @@ class LoadedRun(Protocol):
         genres: the output columns.
         thresholds: the decision rule tuned on validation.
         inputs: what an item may carry: ``"image"`` and/or text fields (``"plot"``, ``"title"``).
+        precision: the numeric precision the run predicts in (``fp32``, ``bf16`` ...; see
+            :func:`~genrekit.backbones.base.serving_precision`), once its encoders are built.
     """
 
     kind: str
@@ -59,20 +61,28 @@ class LoadedRun(Protocol):
     genres: list[str]
     thresholds: Thresholds
     inputs: tuple[str, ...]
+    precision: str
 
     def identity(self) -> dict:
         """What made the run: encoder(s), weights sha256, preprocessing, head; JSON-ready."""
 
-    def predict_proba(self, items: Sequence[Item]) -> tuple[np.ndarray, list[int], list[tuple[str, str]]]:
-        """(probabilities of the usable items, their indices into ``items``, (name, reason) of the others)."""
+    def predict_proba(self, items: Sequence[Item]) -> tuple[np.ndarray, list[int], list[tuple[int, str]]]:
+        """(probabilities of the usable items, their indices into ``items``, (index, reason) of the
+        others: one entry per item, keyed by its index, never by a path or a name)."""
+
+
+def name_failures(items: Sequence[Item], failures: Sequence[tuple[int, str]]) -> list[tuple[str, str]]:
+    """``(index, reason)`` failures of :meth:`LoadedRun.predict_proba` as ``(item name, reason)``."""
+    return [(items[k].name, reason) for k, reason in failures]
 
 
 def predict_items(run: LoadedRun, items: Sequence[Item]) -> tuple[list[Prediction], list[tuple[str, str]]]:
-    """Ranked genres of each usable item, and ``(name, reason)`` for the others."""
+    """Ranked genres of each usable item, and ``(item name, reason)`` for the others."""
     P, ok, failures = run.predict_proba(items)
+    named = name_failures(items, failures)
     if not ok:
-        return [], failures
-    return rank([items[i].name for i in ok], P, run.thresholds.apply(P), run.genres), failures
+        return [], named
+    return rank([items[i].name for i in ok], P, run.thresholds.apply(P), run.genres), named
 
 
 # -- the single-head run -------------------------------------------------------------------------
@@ -91,12 +101,12 @@ class HeadRun:
 
     kind = "head"
 
-    def __init__(self, saved: SavedHead, path: Path, device: str = "cpu"):
+    def __init__(self, saved: SavedHead, path: Path, device: str = "cpu", precision: str = "auto"):
         if saved.info.get("fusion"):
             raise ConfigError(f"{path}: this head was trained on fused features; load the fused run directory instead")
         if saved.header is None:
             raise ConfigError(f"{path}: this head was trained on features without a store header; predict from features instead")
-        self.saved, self.path, self.device = saved, path, device
+        self.saved, self.path, self.device, self.requested_precision = saved, path, device, precision
         self.name, self.genres, self.thresholds = saved.name, list(saved.genres), saved.thresholds
         self.modality = saved.header.modality
         self.inputs = ("image",) if self.modality == "image" else (text_field(saved),)
@@ -107,8 +117,12 @@ class HeadRun:
         if self._encoder is None:
             from genrekit.extraction import encoder_from_header
 
-            self._encoder = encoder_from_header(self.saved.header, device=self.device)
+            self._encoder = encoder_from_header(self.saved.header, device=self.device, precision=self.requested_precision)
         return self._encoder
+
+    @property
+    def precision(self) -> str:
+        return self.encoder.precision
 
     def identity(self) -> dict:
         enc = self.saved.header.encoder
@@ -122,41 +136,52 @@ class HeadRun:
             "preprocessing": self.saved.header.preprocessing,
         }
 
-    def predict_proba(self, items: Sequence[Item]) -> tuple[np.ndarray, list[int], list[tuple[str, str]]]:
-        from genrekit.extraction import embed_files, embed_texts
+    def predict_proba(self, items: Sequence[Item]) -> tuple[np.ndarray, list[int], list[tuple[int, str]]]:
+        from genrekit.extraction import embed_images, embed_texts
 
-        failures: list[tuple[str, str]] = []
+        what = self.inputs[0]
+        has = [k for k, it in enumerate(items) if has_input(it, what)]
+        named = "poster" if what == "image" else what
+        failures = [(k, f"no {named} given (this run reads {named}s)") for k in sorted(set(range(len(items))) - set(has))]
         if self.modality == "image":
-            idx = [k for k, it in enumerate(items) if it.image]
-            failures += [(it.name, "no poster given (this run reads posters)") for it in items if not it.image]
-            X, ok_paths, bad = embed_files(self.encoder, self.saved.header, [items[k].image for k in idx])
-            failures += bad
-            okset = set(ok_paths)
-            idx = [k for k in idx if items[k].image in okset]
+            X, ok, bad = embed_images(self.encoder, self.saved.header, [items[k].image for k in has])
+            failures += [(has[i], reason) for i, reason in bad]
+            idx = [has[i] for i in ok]
         else:
-            f = self.inputs[0]
-            idx = [k for k, it in enumerate(items) if (it.texts.get(f) or "").strip()]
-            failures += [(it.name, f"no {f} given (this run reads {f}s)") for k, it in enumerate(items) if k not in set(idx)]
-            X = embed_texts(self.encoder, self.saved.header, [items[k].texts[f] for k in idx]) if idx else None
+            idx = has
+            X = embed_texts(self.encoder, self.saved.header, [items[k].texts[what] for k in idx]) if idx else None
         if not idx:
-            return np.zeros((0, len(self.genres)), np.float32), [], failures
-        return self.saved.predict_proba(X), idx, failures
+            return np.zeros((0, len(self.genres)), np.float32), [], sorted(failures)
+        return self.saved.predict_proba(X), idx, sorted(failures)
+
+
+def has_input(item: Item, what: str) -> bool:
+    """Whether ``item`` carries ``what``: ``image`` (a path or bytes) or a non-blank text field."""
+    if what == "image":
+        return item.image is not None and len(item.image) > 0
+    return bool((item.texts.get(what) or "").strip())
 
 
 # -- loading by kind ------------------------------------------------------------------------------
 # What a directory is, and which of its heads predict uses, is decided in one place:
 # genrekit.rundir.open_run. A loader per kind turns it into a LoadedRun; fused and fine-tuned runs
 # register theirs when genrekit.inference is imported.
-LOADERS: dict[str, Callable[..., LoadedRun]] = {"head": lambda run, device: HeadRun(_as_saved(run.path), run.path, device)}
+LOADERS: dict[str, Callable[..., LoadedRun]] = {
+    "head": lambda run, device, precision="auto": HeadRun(_as_saved(run.path), run.path, device, precision)
+}
 
 
 def register_loader(kind: str, load: Callable[..., LoadedRun]) -> None:
-    """Add the loader of a run kind: ``load(run: RunDir, device)`` (``fused``: ``load(root, part, entry, device)``)."""
+    """Add the loader of a run kind: ``load(run: RunDir, device, precision)`` (``fused``:
+    ``load(root, part, entry, device, precision)``)."""
     LOADERS[kind] = load
 
 
-def load_run(path: str | Path, device: str = "cpu") -> LoadedRun:
+def load_run(path: str | Path, device: str = "cpu", precision: str = "auto") -> LoadedRun:
     """Load any run directory for prediction: a whole run means its best head.
+
+    ``precision`` (``--precision``: ``auto``, ``fp32``, ``bf16``) is what its encoders run in;
+    ``auto`` is the precision its features were made with, fp32 where bf16 is not native.
 
     Example:
         >>> run = load_run("runs/")  # doctest: +SKIP
@@ -165,5 +190,5 @@ def load_run(path: str | Path, device: str = "cpu") -> LoadedRun:
     run = open_run(path).best()
     fused = run.fused_part
     if fused is not None:
-        return LOADERS["fused"](*fused, device)
-    return LOADERS[run.kind](run, device)
+        return LOADERS["fused"](*fused, device, precision)
+    return LOADERS[run.kind](run, device, precision)

@@ -182,17 +182,19 @@ def zeroshot_files(
         top_k: how many genres to mark per poster (0: those above 1/G).
     """
     from genrekit.backbones import create_encoder
-    from genrekit.extraction import embed_files, store_header
+    from genrekit.extraction import embed_images, store_header
 
     genres = _zeroshot_genres(genres)
     encoder = create_encoder(backbone, weights, device)
     if not (encoder.has_image and encoder.has_text):
         raise ConfigError(f"{backbone} needs an image and a text tower for zero-shot; try ViT-B-32 or test-tiny-clip")
     header = store_header(encoder, "image", genres)
-    X, ok, failures = embed_files(encoder, header, [str(p) for p in paths])
+    names = [str(p) for p in paths]
+    X, ok, failures = embed_images(encoder, header, names)
+    failures = [(names[i], reason) for i, reason in failures]
     if not ok:
         return [], failures
-    return _rank_zeroshot(ok, X, encoder, genres, "image", top_k), failures
+    return _rank_zeroshot([names[i] for i in ok], X, encoder, genres, "image", top_k), failures
 
 
 def zeroshot_texts(

@@ -84,9 +84,9 @@ class SimilarIndex:
 
         Raises :class:`~genrekit.errors.UnreadableImageError` for a poster that cannot be read.
         """
-        from genrekit.extraction import embed_files
+        from genrekit.extraction import embed_images
 
-        X, _, failures = embed_files(self.encoder, self.saved.header, [path])
+        X, _, failures = embed_images(self.encoder, self.saved.header, [path])
         if failures:
             raise UnreadableImageError(failures[0][1])
         sims, idx = self.head.kneighbors(X, k)

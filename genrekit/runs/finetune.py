@@ -42,8 +42,7 @@ import resource
 import time
 import zlib
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -53,15 +52,22 @@ from torch import nn
 
 from genrekit import __version__
 from genrekit.atomic import atomic_open, atomic_write, atomic_write_json
-from genrekit.backbones import Encoder, create_encoder
-from genrekit.backbones.base import cpu_has_bf16, sha256_path
-from genrekit.data.images import load_image
+from genrekit.backbones.base import resolve_precision
+from genrekit.backbones.finetuned import (
+    FinetuneNet,
+    autocast_dtype,
+    network_input,
+    save_network,
+    save_weights,
+    trainable_encoder,
+)
 from genrekit.data.manifest import PARTS
 from genrekit.data.split import read_split_file, split_warnings
 from genrekit.errors import ConfigError, ManifestError, StoreError, UnreadableImageError
 from genrekit.evaluation.metrics import macro_average_precision
 from genrekit.evaluation.scorecard import score
 from genrekit.evaluation.thresholds import RULES, Thresholds
+from genrekit.extraction import read_images
 from genrekit.rundir import FINETUNE_FILE
 from genrekit.store import FeatureStore, StoreHeader
 from genrekit.system import cpu_count
@@ -73,7 +79,6 @@ LOSSES = ("bce", "softf1")
 GRID_KEYS = ("batch", "lr", "optimizer")
 # The grid of the CLIP-vs-CNN study: batch 16/32/64 x lr 1e-3/1e-4/1e-5 x optimizer (--grid study).
 STUDY_GRID: dict[str, tuple] = {"batch": (16, 32, 64), "lr": (1e-3, 1e-4, 1e-5), "optimizer": OPTIMIZERS}
-FORMAT = 1
 
 
 @dataclass(frozen=True)
@@ -230,37 +235,7 @@ class TrainEvent:
 ProgressCb = Callable[[TrainEvent], None]
 
 
-# -- the network ---------------------------------------------------------------------------------
-class FinetuneNet(nn.Module):
-    """Backbone (the registry encoder's module) -> pooled features -> [l2] -> linear genre logits."""
-
-    def __init__(self, encoder: Encoder, n_genres: int, l2: bool = False) -> None:
-        super().__init__()
-        if encoder.module is None:
-            raise ConfigError(f"{encoder.spec.name} has no trainable weights; fine-tune a CNN or ViT backbone")
-        self.backbone = encoder.module
-        self._forward = encoder._forward_images  # the encoder's own pooling (ViT: encode_image, CNN: module)
-        self.l2 = l2
-        self.head = nn.Linear(encoder.dim, n_genres)
-
-    def features(self, x: torch.Tensor) -> torch.Tensor:
-        f = self._forward(x).float()
-        return F.normalize(f, dim=1) if self.l2 else f
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(x))
-
-
-def trainable_encoder(name: str, weights: str | None, device: torch.device, image_size: int | None, resize: str | None) -> Encoder:
-    """A registry encoder with fp32 weights that require gradients, at ``image_size``."""
-    encoder = create_encoder(name, weights, str(device), precision="fp32", resize=resize, layers="last")
-    if image_size is not None and encoder.preprocess is not None and image_size != encoder.preprocess.size:
-        encoder.preprocess = replace(encoder.preprocess, size=int(image_size))
-    if encoder.module is not None:
-        encoder.module.requires_grad_(True)
-    return encoder
-
-
+# -- the network (FinetuneNet, trainable_encoder: genrekit.backbones.finetuned) -------------------
 def freeze_before_stages(backbone: nn.Module, stages: Sequence[str], n: int | None) -> int:
     """Freeze every parameter before the last ``n`` of ``stages`` (module names, shallow to deep).
 
@@ -339,20 +314,16 @@ def image_paths(header: StoreHeader, ids: Sequence[str]) -> list[str]:
 
 
 def decode_images(paths: Sequence[str], preprocess, threads: int) -> torch.Tensor:
-    """Read and resize every poster once, as uint8 (n, 3, S, S); augmentation works on these."""
+    """Read and resize every poster once, as uint8 (n, 3, S, S); augmentation works on these.
 
-    def one(p: str) -> np.ndarray:
-        try:
-            img = preprocess.resize_image(load_image(p, draft=2 * preprocess.size))
-        except UnreadableImageError as e:
-            raise UnreadableImageError(f"{p}: {e}") from None
-        return np.asarray(img, dtype=np.uint8).transpose(2, 0, 1)
-
-    # JPEG decoding and PIL resizing release the GIL, so threads use every core without copies.
-    with ThreadPoolExecutor(max(1, threads)) as pool:
-        arrays = list(pool.map(one, paths, chunksize=16))
-    s = preprocess.size
-    return torch.from_numpy(np.stack(arrays)) if arrays else torch.zeros((0, 3, s, s), dtype=torch.uint8)
+    Through :func:`genrekit.extraction.read_images`, the path every prediction takes, so the
+    network trains on the pixels it will predict from.
+    """
+    pixels, _, failures = read_images(preprocess, paths, threads)
+    if failures:
+        i, reason = failures[0]
+        raise UnreadableImageError(f"{paths[i]}: {reason}")
+    return pixels
 
 
 def prepare_data(store: FeatureStore, out: Path, config: FinetuneConfig, run: Path | None, preprocess) -> FinetuneData:
@@ -484,20 +455,10 @@ class _Augment:
         return torch.stack([self.t(x) for x in batch])  # per image: each poster its own draw
 
 
-def _normalise(u8: torch.Tensor, preprocess, device: torch.device, channels_last: bool) -> torch.Tensor:
-    x = u8.to(device, non_blocking=True).float().div_(255.0)
-    mean = torch.tensor(preprocess.mean, device=device).view(1, 3, 1, 1)
-    std = torch.tensor(preprocess.std, device=device).view(1, 3, 1, 1)
-    x = (x - mean) / std
-    return x.contiguous(memory_format=torch.channels_last) if channels_last else x
-
-
 def _amp(device: torch.device):
-    """bf16 autocast where the hardware has it (GPU, or a CPU with AVX512-BF16/AMX), else fp16 on
-    GPU; None means fp32."""
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.bfloat16 if cpu_has_bf16() else None
+    """The autocast dtype of training and its evaluation: bf16 where the hardware has it (GPU, or a
+    CPU with AVX512-BF16/AMX), else fp16 on GPU; None means fp32."""
+    return autocast_dtype(resolve_precision("auto", device))
 
 
 @torch.no_grad()
@@ -507,7 +468,7 @@ def predict_logits(net: FinetuneNet, images: torch.Tensor, preprocess, device: t
     amp = _amp(device)
     out = []
     for s in range(0, len(images), batch):
-        x = _normalise(images[s : s + batch], preprocess, device, channels_last)
+        x = network_input(preprocess, images[s : s + batch], device, channels_last)
         with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
             out.append(net(x).float().cpu())
     return torch.cat(out).numpy() if out else np.zeros((0, net.head.out_features), np.float32)
@@ -577,12 +538,6 @@ def load_checkpoint_into(path: Path, net: nn.Module, opt: torch.optim.Optimizer,
     return json.loads(meta["state"])
 
 
-def _save_weights(path: Path, tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str] | None = None) -> None:
-    from safetensors.torch import save
-
-    atomic_write(path, save({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, metadata=dict(metadata or {})))
-
-
 def _load_weights(path: Path) -> dict[str, torch.Tensor]:
     from safetensors.torch import load_file
 
@@ -638,7 +593,7 @@ def train_cell(
             perm = torch.randperm(n)
             for s in range(0, n, bs):
                 idx = perm[s : s + bs]
-                x = _normalise(aug(Xtr[idx]), preprocess, device, channels_last)
+                x = network_input(preprocess, aug(Xtr[idx]), device, channels_last)
                 y = Ytr[idx].to(device)
                 with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
                     logits = net(x)
@@ -659,7 +614,7 @@ def train_cell(
         lr = float(opt.param_groups[0]["lr"])
         if val_map > state["best_val_map"] + 1e-6:
             state.update(best_val_map=val_map, best_epoch=epoch, bad_epochs=0)
-            _save_weights(best_file, _state_tensors(net))
+            save_weights(best_file, _state_tensors(net))
         else:
             state["bad_epochs"] += 1
         sched.step(val_map)
@@ -777,9 +732,6 @@ def run_finetune(
     if header.modality != "image":
         image_paths(header, [])  # raises the text-store message
     enc = header.encoder
-    if enc.get("layers"):
-        raise StoreError(f"the store holds multi-layer features ({enc['layers']}); finetune trains the last layer: "
-                         f"pass a store made with --layers last")
     weights = enc.get("weights_path") or enc.get("weights")
     if str(weights).startswith("file:"):
         raise StoreError(f"the store's weights file {weights[5:]} is not known on this machine; re-extract with --weights PATH")
@@ -788,7 +740,12 @@ def run_finetune(
     device = resolve_device(config.device)
     if config.threads and device.type == "cpu":
         torch.set_num_threads(config.threads)
-    encoder = trainable_encoder(enc["name"], weights, device, config.image_size, header.preprocessing.get("resize"))
+    # A multi-layer store (`extract --layers`, mobilenet_v2's default) trains through the same pooled
+    # stage statistics it holds, so the linear probe fitted on the store fits the network's features.
+    layers = enc["layers"].split(",") if enc.get("layers") else None
+    encoder = trainable_encoder(enc["name"], weights, device, config.image_size, header.preprocessing.get("resize"), layers, enc.get("layer_stats"))
+    if encoder.dim != header.dim:
+        raise StoreError(f"the store's features are {header.dim}-d, but {enc['name']} rebuilt from its header gives {encoder.dim}-d; re-extract the store")
     if header.encoder.get("weights_sha256") and encoder.identity.get("weights_sha256") != header.encoder.get("weights_sha256"):
         raise StoreError(f"the weights file {weights} differs from the one the store was made with (weights_sha256)")
     preprocess = encoder.preprocess
@@ -798,7 +755,7 @@ def run_finetune(
     net = FinetuneNet(encoder, len(data.genres), l2=header.normalisation == "l2").to(device)
     if channels_last:
         net.to(memory_format=torch.channels_last)
-    frozen = freeze_before_stages(net.backbone, encoder.spec.options.get("stages") or (), config.train_stages)
+    frozen = freeze_before_stages(net.source, encoder.spec.options.get("stages") or (), config.train_stages)
     if frozen:
         log.info("training the last %d stages of %s; %d parameter tensors before them stay frozen", config.train_stages, enc["name"], frozen)
     with torch.no_grad():
@@ -849,17 +806,12 @@ def run_finetune(
     val, test, th, per_genre = _score(data.Y["val"], P_val, data.Y["test"], P_test, data.genres, config)
 
     # The saved backbone has the registry module's keys, so `extract --weights` loads it as is.
-    backbone_file, head_file = out / "backbone.safetensors", out / "head.safetensors"
-    _save_weights(backbone_file, {k[len("backbone."):]: v for k, v in final_state.items() if k.startswith("backbone.")})
-    _save_weights(head_file, {k[len("head."):]: v for k, v in final_state.items() if k.startswith("head.")})
-    record = {
-        "format": FORMAT,
+    atomic_write_json(out / FINETUNE_FILE, {
+        **save_network(out, net),
         "kind": "finetune",
         "genrekit_version": __version__,
         "backbone": enc["name"],
         "original_encoder": dict(enc),
-        "weights_sha256": sha256_path(backbone_file),
-        "head_sha256": sha256_path(head_file),
         "preprocessing": preprocess.to_dict(),
         "normalisation": header.normalisation,
         "genres": data.genres,
@@ -867,8 +819,8 @@ def run_finetune(
         "best_cell": best,
         "wise_ft_alpha": chosen,
         "channels_last": channels_last,
-    }
-    atomic_write_json(out / FINETUNE_FILE, record)
+        "precision": resolve_precision("auto", device),  # the autocast its validation and test scores were made in
+    })  # fmt: skip
     results = {
         "kind": "finetune",
         "genrekit_version": __version__,
@@ -882,7 +834,7 @@ def run_finetune(
         "dropped_genres": data.dropped,
         "linear_probe": probe_source,
         "device": str(device),
-        "precision": str(_amp(device) or "fp32").replace("torch.", ""),
+        "precision": resolve_precision("auto", device),
         "image_size": preprocess.size,
         "cells": entries,
         "best": best,

@@ -133,15 +133,21 @@ def resolve_split(fs: FeatureSet, config: HeadsConfig, out: Path) -> tuple[np.nd
 
 
 def select_genres(Y: np.ndarray, split: np.ndarray, genres: Sequence[str], config: HeadsConfig) -> tuple[list[int], dict[str, str]]:
-    """Columns with enough positives in every part, and why each other genre was dropped."""
+    """Columns with enough positives, and enough negatives, in every part, and why each other genre was dropped.
+
+    A genre nearly every item has is as unlearnable as one nearly none has (the heads refuse it,
+    or predict a constant), so negatives need the same counts as positives.
+    """
     counts = {p: Y[split == p].sum(axis=0) for p in PARTS}
+    sizes = {p: int((split == p).sum()) for p in PARTS}
     need = {"train": config.min_train_positives, "val": config.min_eval_positives, "test": config.min_eval_positives}
     keep, dropped = [], {}
     for j, g in enumerate(genres):
-        short = [p for p in PARTS if counts[p][j] < need[p]]
-        if short:
-            have = " / ".join(f"{int(counts[p][j])} {p}" for p in PARTS)
-            dropped[g] = f"{have} positives; needs at least {need['train']} train, {need['val']} val and {need['test']} test"
+        for kind, have in (("positives", {p: int(counts[p][j]) for p in PARTS}), ("negatives", {p: sizes[p] - int(counts[p][j]) for p in PARTS})):
+            if any(have[p] < need[p] for p in PARTS):
+                dropped[g] = (f"{' / '.join(f'{have[p]} {p}' for p in PARTS)} {kind}; "
+                              f"needs at least {need['train']} train, {need['val']} val and {need['test']} test")  # fmt: skip
+                break
         else:
             keep.append(j)
     return keep, dropped

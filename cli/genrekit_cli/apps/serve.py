@@ -434,9 +434,7 @@ def create_app(run: LoadedRun, cfg: ServeConfig) -> FastAPI:
                 _, status, reason = parsed.refused[0]
                 raise ApiError(status, reason)
             preds, failures, model_ms = await run_in_threadpool(server.predict, parsed.items) if parsed.items else ([], [], 0.0)
-        # Run kinds name an unreadable poster by its path, which here is a temporary file: give the upload's name back.
-        names = {it.image: it.name for it in parsed.items if it.image}
-        failures = [(n, r) for n, _, r in parsed.refused] + [(names.get(n, n), r) for n, r in failures]
+        failures = [(n, r) for n, _, r in parsed.refused] + failures  # every run kind names a failure by its item
         if not preds:
             raise ApiError(422, failures[0][1] if len(failures) == 1 else "; ".join(f"{n}: {r}" for n, r in failures[:5]))
         common = {

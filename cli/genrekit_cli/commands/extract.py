@@ -36,7 +36,7 @@ def extract(
     genre_sep: GenreSepOpt = None,
     batch_size: Annotated[Optional[int], typer.Option(help="Batch size.", show_default="fastest measured for the backbone")] = None,
     device: DeviceOpt = "auto",
-    precision: Annotated[str, typer.Option(help="GPU autocast: auto (bf16 where supported), fp16, bf16, fp32.")] = "auto",
+    precision: Annotated[str, typer.Option(help="Numeric precision of the encoder: auto (bf16 where the GPU or CPU runs it natively, else fp16 on GPU and fp32 on CPU), fp32, bf16, fp16 (GPU). Recorded in the store.")] = "auto",
     resize: Annotated[Optional[str], typer.Option(help="squash, center-crop or letterbox.", show_default="squash")] = None,
     decoder: Annotated[Optional[str], typer.Option(help="torchvision (libjpeg-turbo, uint8 resize), nvjpeg (decode and resize on the GPU) or pil (to extend stores made by the older PIL path).", show_default="torchvision")] = None,
     layers: Annotated[Optional[str], typer.Option(help="CNN stages to pool: last (the embedding), all, or stage numbers N,M counted from 1; the pooled stages are concatenated.", show_default="the backbone's: all for mobilenet_v2 (measured better with the heads), last for the others")] = None,

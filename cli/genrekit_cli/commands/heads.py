@@ -134,9 +134,9 @@ def _print_fused(res: dict) -> None:
 def _print_leaderboard(res: dict) -> None:
     dropped = res["dropped_genres"]
     if dropped:
-        counts = ", ".join(f"{g} ({why.split(' positives')[0]})" for g, why in dropped.items())
+        counts = ", ".join(f"{g} ({why.split('; ')[0]})" for g, why in dropped.items())
         need = next(iter(dropped.values())).split("; ")[-1]
-        err_console.print(f"[yellow]dropped {len(dropped)} genre(s)[/] with too few positives ({need}): {counts}", highlight=False)
+        err_console.print(f"[yellow]dropped {len(dropped)} genre(s)[/] with too few positives or negatives ({need}): {counts}", highlight=False)
     for h, why in res["skipped_heads"].items():
         err_console.print(f"[yellow]skipped head[/] {h}: {why}", highlight=False)
     split = res["split"]
