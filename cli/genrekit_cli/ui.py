@@ -99,10 +99,10 @@ def print_per_genre(entry: dict, title: str) -> None:
                       f"positives): {', '.join(fell_back)}", style="dim", highlight=False, markup=False)  # fmt: skip
 
 
-def print_predictions(preds, failures, json: bool, top: int | None = 8, notes=()) -> None:
-    """Ranked genres per item (or JSON); items that failed on stderr; exit 1 when nothing was predicted."""
+def print_predictions(preds, failures, json: bool, top: int | None = 8, notes=(), precision: str | None = None) -> None:
+    """Ranked genres per item (or JSON, with the encoders' ``precision``); failures on stderr; exit 1 when nothing was predicted."""
     if json:
-        print_json({"predictions": [p.to_json() for p in preds], "failures": [{"item": i, "reason": r} for i, r in failures],
+        print_json({"precision": precision, "predictions": [p.to_json() for p in preds], "failures": [{"item": i, "reason": r} for i, r in failures],
                     "fallbacks": [{"item": i, "note": n} for i, n in notes]})  # fmt: skip
     else:
         for p in preds:
