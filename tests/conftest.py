@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import os
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +12,17 @@ from PIL import Image
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 GENRES = ["Drama", "Comedy", "Horror", "Action"]
+
+
+@pytest.fixture(autouse=True)
+def _as_on_a_bf16_cpu(monkeypatch):
+    """``GENREKIT_TEST_AS_BF16_CPU=1 make test`` runs the suite as on a CPU with native bf16
+    (AVX512-BF16 / AMX): genrekit then picks bf16 for every encoder (emulated here, slower, same
+    code paths). Tests that need one kind of CPU set ``cpu_has_bf16`` themselves."""
+    if os.environ.get("GENREKIT_TEST_AS_BF16_CPU") == "1":
+        import genrekit.backbones.base as base
+
+        monkeypatch.setattr(base, "cpu_has_bf16", lambda: True)
 
 
 def write_manifest(path: Path, rows: list[dict]) -> Path:
