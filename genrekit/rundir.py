@@ -66,6 +66,26 @@ def _number(v) -> float | None:
     return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) else None
 
 
+def save_part_predictions(directory: str | Path, ids: Mapping[str, object], Y: Mapping[str, object], P_val, P_test) -> Path:
+    """``predictions.npz`` of a run: per-item validation and test probabilities and every part's labels.
+
+    Plain arrays ``ids_<part>`` and ``Y_<part>`` for train, val and test, ``P_val`` and ``P_test``,
+    columns in the run's genre order; ``genrekit report`` draws its curves and gallery from them.
+    """
+    import numpy as np
+
+    from genrekit.atomic import atomic_open
+
+    arrays = {}
+    for part in ("train", "val", "test"):
+        arrays[f"ids_{part}"] = np.asarray([str(i) for i in ids[part]])
+        arrays[f"Y_{part}"] = np.asarray(Y[part], np.uint8)
+    path = Path(directory) / PREDICTIONS_FILE
+    with atomic_open(path, "wb") as fh:
+        np.savez_compressed(fh, P_val=np.asarray(P_val, np.float32), P_test=np.asarray(P_test, np.float32), **arrays)
+    return path
+
+
 # -- typed results -------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class HeadResult:
