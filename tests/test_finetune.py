@@ -213,7 +213,7 @@ def test_cli_finetune_and_predict(learnt, store, tmp_path):
     preds = json.loads(res.stdout)["predictions"]
     assert len(preds) == 1 and preds[0]["item"] == str(poster)
     text = runner.invoke(app, ["predict", "--run", str(out), str(poster)])
-    assert text.exit_code == 0 and "* = predicted genre" in text.stdout
+    assert text.exit_code == 0 and "predicted: the genres at or above their threshold" in text.stdout
 
 
 def test_cli_finetune_prints_the_table_and_writes_the_run(store, tmp_path):

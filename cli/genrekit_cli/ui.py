@@ -99,16 +99,49 @@ def print_per_genre(entry: dict, title: str) -> None:
                       f"positives): {', '.join(fell_back)}", style="dim", highlight=False, markup=False)  # fmt: skip
 
 
+FALLBACK_MARK = "†"
+
+
+def prediction_table(p, top: int | None = 8) -> Table:
+    """One item's genres, most probable first, each with the threshold that decided it.
+
+    The predicted genres are always shown (even below ``top``); a threshold that is the global
+    fallback (too few validation positives to tune the genre's own) is marked with a dagger.
+    """
+    t = Table(title=Text(p.item, style="bold"), title_justify="left", box=None, header_style="dim", pad_edge=False)
+    t.add_column("genre")
+    t.add_column("probability", justify="right")
+    t.add_column(f"threshold ({p.rule})" if p.rule else "threshold", justify="right")
+    t.add_column("predicted")
+    chosen, fell = set(p.predicted), set(p.fallback)
+    n = max(top or len(p.ranked), len(p.predicted))
+    ths = p.thresholds or (None,) * len(p.ranked)
+    for (g, prob), thr in list(zip(p.ranked, ths))[:n]:
+        is_in = g in chosen
+        thr_s = "-" if thr is None else f"{thr:.2f}" + (f" {FALLBACK_MARK}" if g in fell else "  ")
+        mark = ("yes" if thr is None or prob >= thr else "yes (the top genre)") if is_in else ""
+        t.add_row(Text(g, style="bold green" if is_in else ""), f"{prob:.2f}", thr_s, Text(mark, style="green"))
+    if n < len(p.ranked):
+        t.caption = f"… and {len(p.ranked) - n} less probable genres (--top 0 shows all)"
+        t.caption_justify = "left"
+    return t
+
+
 def print_predictions(preds, failures, json: bool, top: int | None = 8, notes=()) -> None:
-    """Ranked genres per item (or JSON); items that failed on stderr; exit 1 when nothing was predicted."""
+    """Ranked genres per item with their thresholds (or JSON); items that failed on stderr; exit 1 when nothing was predicted."""
     if json:
         print_json({"predictions": [p.to_json() for p in preds], "failures": [{"item": i, "reason": r} for i, r in failures],
                     "fallbacks": [{"item": i, "note": n} for i, n in notes]})  # fmt: skip
     else:
-        for p in preds:
-            console.print(f"[bold]{escape(p.item)}[/]: {escape(p.line(max(top or 0, len(p.predicted)) or None))}", highlight=False)
+        for k, p in enumerate(preds):
+            if k:
+                console.print()
+            console.print(prediction_table(p, top or None))
         if preds:
-            console.print("* = predicted genre", style="dim")
+            fell = any(g in p.fallback for p in preds for g, _ in p.ranked)
+            console.print("predicted: the genres at or above their threshold, most probable first"
+                          + (f"; {FALLBACK_MARK} the global threshold, used where validation had too few positives to tune the genre's own" if fell else ""),
+                          style="dim", highlight=False)  # fmt: skip
         for item, note in notes:
             err_console.print(f"[yellow]fallback[/] {escape(item)}: {escape(note)}", highlight=False)
         done = {p.item for p in preds}

@@ -32,7 +32,7 @@ def evaluate(
     data: Annotated[Optional[Path], typer.Option("--data", "-d", help="Labelled manifest: every modality the run reads is embedded.")] = None,
     format: FormatOpt = "auto",
     json_out: Annotated[Optional[Path], typer.Option("--json", help="Write the scores to this JSON file.")] = None,
-    predictions: Annotated[Optional[Path], typer.Option(help="Write id + one probability column per genre (CSV).")] = None,
+    predictions: Annotated[Optional[Path], typer.Option(help="Write a CSV: id, true genres, predicted genres (most probable first), one probability column per genre.")] = None,
     split: Annotated[Optional[str], typer.Option(help="Score only train, val or test of the store's (or manifest's) split.", show_default="all")] = None,
     device: DeviceOpt = "cpu",
 ) -> None:
@@ -69,7 +69,7 @@ def evaluate(
     if json_out:
         atomic_write_json(json_out, res, default=_json_default)
     if predictions:
-        write_predictions(predictions, ev.ids, ev.genres, ev.P)
+        write_predictions(predictions, ev.ids, ev.genres, ev.P, ev.true, ev.predicted)
     t = Table(title=f"{res['head']} on {escape(source)} ({res['items']:,} items, {len(res['genres'])} shared genres)", title_justify="left")
     t.add_column("metric")
     t.add_column(f"tuned ({res['thresholds']['rule']})", justify="right")
