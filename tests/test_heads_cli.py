@@ -90,8 +90,10 @@ def test_zeroshot_runs_end_to_end_with_a_random_clip(tiny):
     res = runner.invoke(app, ["zeroshot", str(tiny["images"][0]), "--backbone", "test-tiny-clip", "--weights", "none",
                               "--genres", "Horror,Comedy,Drama", "--json"])  # fmt: skip
     assert res.exit_code == 0, res.output
-    p = json.loads(res.output)["predictions"][0]
+    p = json.loads(res.stdout)["predictions"][0]
     assert set(p["probabilities"]) == {"Horror", "Comedy", "Drama"}
+    # Random weights give noise, and the command says so before anything else (on stderr: --json stays JSON).
+    assert "warning: test-tiny-clip with random weights" in " ".join(res.stderr.split())
     assert sum(p["probabilities"].values()) == pytest.approx(1.0, abs=1e-4) and p["predicted"]
 
 

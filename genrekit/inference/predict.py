@@ -281,7 +281,11 @@ def zeroshot_texts(
 
     Each genre is the embedding of a one-sentence description of its typical story
     (:data:`~genrekit.heads.zeroshot.GENRE_DESCRIPTIONS`; genres without one use prompt templates).
-    Probabilities and the predicted set follow :func:`zeroshot_files`.
+    Probabilities are multi-label (each genre on its own, not a share of one): the standardised
+    similarity through a logistic map fitted once on labelled plots
+    (:data:`~genrekit.heads.zeroshot.TEXT_CALIBRATION`); the predicted set is every genre at or
+    above :data:`~genrekit.heads.zeroshot.TEXT_THRESHOLD` and at least the most probable one
+    (or the ``top_k`` genres).
 
     Args:
         texts: plots (long ones are windowed and pooled by the encoder, never truncated).
@@ -289,7 +293,7 @@ def zeroshot_texts(
         weights: its weights (tag, path or ``none``); ``None`` for the default tag.
         genres: genre labels to score (default: :data:`DEFAULT_GENRES`).
         device: where the encoder runs.
-        top_k: how many genres to mark per plot (0: those above 1/G).
+        top_k: how many genres to mark per plot (0: those at or above the threshold).
 
     Example:
         >>> zeroshot_texts(["A sheriff hunts an outlaw across the desert."])[0].predicted  # doctest: +SKIP
@@ -316,18 +320,25 @@ def _zeroshot_genres(genres: Sequence[str] | None) -> list[str]:
     return genres
 
 
-# Softmax temperatures: text-to-text cosines of a sentence encoder spread about three times wider
-# than CLIP's image-to-text ones, so 0.01 would put all of a plot's mass on one genre.
+# Softmax temperature of posters: CLIP's logit scale (100). Plots get a calibrated multi-label map
+# instead (:data:`~genrekit.heads.zeroshot.TEXT_CALIBRATION`).
 ZEROSHOT_TEMPERATURE = {"image": 0.01, "text": 0.03}
 
 
 def _rank_zeroshot(items: list[str], X: np.ndarray, encoder, genres: list[str], modality: str, top_k: int) -> list[Prediction]:
-    prompts = genre_prompt_embeddings(encoder.encode_texts, genres, modality)
-    P = softmax_probabilities(cosine_scores(X, prompts), ZEROSHOT_TEMPERATURE[modality])
-    if top_k:
-        from genrekit.evaluation.thresholds import top_k as mark_top_k
+    from genrekit.evaluation.thresholds import Thresholds
+    from genrekit.heads.zeroshot import TEXT_CALIBRATION, TEXT_THRESHOLD, standardised_logistic
 
-        Y = mark_top_k(P, top_k)
+    prompts = genre_prompt_embeddings(encoder.encode_texts, genres, modality)
+    S = cosine_scores(X, prompts)
+    G = len(genres)
+    if modality == "text":
+        ref = S if list(genres) == list(DEFAULT_GENRES) else cosine_scores(X, genre_prompt_embeddings(encoder.encode_texts, DEFAULT_GENRES, "text"))
+        P = standardised_logistic(S, ref, *TEXT_CALIBRATION)
+        rule = Thresholds("at-least-one", (TEXT_THRESHOLD,) * G)
     else:
-        Y = (P > 1.0 / len(genres)).astype(np.uint8)
-    return rank(items, P, Y, genres)
+        P = softmax_probabilities(S, ZEROSHOT_TEMPERATURE[modality])
+        rule = Thresholds("global", (1.0 / G,) * G)  # above the uniform share
+    if top_k:
+        rule = Thresholds("top-k", (0.5,) * G, k=top_k)
+    return rank(items, P, rule.apply(P), genres, rule)
