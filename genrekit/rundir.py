@@ -191,6 +191,35 @@ class Results:
         return cls(kind, best, [str(g) for g in rec.get("genres") or []], {n: HeadResult.from_json(n, e, path) for n, e in heads.items()}, rec)
 
 
+def leaderboard_rows(run: str | Path) -> tuple[Results, list[HeadResult]]:
+    """Every scored entry of a run, in the run's order: what ``genrekit leaderboard`` prints.
+
+    A ``heads`` run: its heads, then the scikit-learn-defaults baseline (scored at 0.5). A fused
+    run: each store's heads (``<store>/<head>``), the early-fusion heads (``early/<head>``) and the
+    late-fusion ones (``late/<head>``). A fine-tune run: the final network.
+    """
+    results = open_run(run).results()  # a head directory or a stray folder is named as such
+    path = Path(run) / RESULTS_FILE
+    raw = results.raw
+    if results.kind == "heads":
+        rows = list(results.heads.values())
+        base = raw.get("baseline")
+        if isinstance(base, Mapping):
+            at05 = {k: _number(v) for k, v in ((base.get("test") or {}).get("at_0.5") or {}).items()}
+            val = base.get("val") or {}
+            rows.append(HeadResult("baseline", "baseline", "-", _number(val.get("map_macro")), at05, at05, None,
+                                   notes=("one-vs-rest LogisticRegression, scikit-learn defaults, at 0.5",), fit_seconds=_number(base.get("fit_seconds"))))  # fmt: skip
+        return results, rows
+    if results.kind == "fused":
+        rows = []
+        parts = [(f"{store}/", rec) for store, rec in (raw.get("single") or {}).items()] + [("early/", raw.get("early")), ("late/", raw.get("late"))]
+        for prefix, rec in parts:
+            for name, entry in ((rec or {}).get("heads") or {}).items():
+                rows.append(HeadResult.from_json(prefix + name, entry, path))
+        return results, rows
+    return results, list(results.heads.values())
+
+
 def results_kind(rec: Mapping, path: Path | str = RESULTS_FILE) -> str:
     """``heads``, ``fused`` or ``finetune``: what a results.json record is."""
     if rec.get("kind") == "finetune":
