@@ -59,6 +59,8 @@ def test_predict_shows_each_genres_threshold_beside_its_probability(tiny):
     assert f"threshold ({p['rule']})" in text.output
     for r in rows:  # every genre's row: name, probability, threshold
         assert re.search(rf"{re.escape(r['genre'])}\s+{r['probability']:.2f}\s+{r['threshold']:.2f}", text.output), (r, text.output)
+    short = runner.invoke(app, ["predict", "--run", str(tiny["runs"] / "logreg"), str(tiny["images"][0]), "--top", "1"])
+    assert all(g in short.output for g in p["predicted"])  # the predicted set is always shown, whatever --top
 
 
 def test_evaluate_writes_scores_and_predictions(tiny, tmp_path):

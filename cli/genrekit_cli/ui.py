@@ -114,9 +114,11 @@ def prediction_table(p, top: int | None = 8) -> Table:
     t.add_column(f"threshold ({p.rule})" if p.rule else "threshold", justify="right")
     t.add_column("predicted")
     chosen, fell = set(p.predicted), set(p.fallback)
-    n = max(top or len(p.ranked), len(p.predicted))
     ths = p.thresholds or (None,) * len(p.ranked)
-    for (g, prob), thr in list(zip(p.ranked, ths))[:n]:
+    limit = top or len(p.ranked)
+    rows = [(g, prob, thr) for i, ((g, prob), thr) in enumerate(zip(p.ranked, ths)) if i < limit or g in chosen]
+    n = len(rows)
+    for g, prob, thr in rows:
         is_in = g in chosen
         thr_s = "-" if thr is None else f"{thr:.2f}" + (f" {FALLBACK_MARK}" if g in fell else "  ")
         mark = ("yes" if thr is None or prob >= thr else "yes (the top genre)") if is_in else ""
