@@ -28,8 +28,29 @@ err_console = Console(stderr=True)
 
 
 @contextlib.contextmanager
-def progress_bar(unit: str = "items") -> Iterator[Any]:
-    """A rich progress bar, yielded as a library ``ProgressFn`` (one bar per stage name)."""
+def loading(what: str) -> Iterator[Any]:
+    """A spinner on stderr saying what a command is doing before its first output (importing torch,
+    loading a model): visible at once, gone when the block ends. Yields the status (``.update(text)``).
+
+    Commands import the library inside their function, so this is the first thing they do.
+    """
+    with err_console.status(Text(what), spinner="dots") as status:
+
+        class _Status:
+            @staticmethod
+            def update(text: str) -> None:
+                status.update(Text(text))
+
+        yield _Status()
+
+
+@contextlib.contextmanager
+def progress_bar(unit: str = "items", waiting: str | None = None) -> Iterator[Any]:
+    """A rich progress bar, yielded as a library ``ProgressFn`` (one bar per stage name).
+
+    ``waiting`` is shown with a pulsing bar until the first stage reports (reading a manifest,
+    building an encoder), so the command is never silent.
+    """
     columns = [
         TextColumn("[bold]{task.description}"),
         BarColumn(),
@@ -41,11 +62,16 @@ def progress_bar(unit: str = "items") -> Iterator[Any]:
     ]
     tasks: dict[str, TaskID] = {}
     with Progress(*columns, console=err_console, transient=False) as bar:
+        wait = bar.add_task(waiting, total=None, rate="") if waiting else None
 
         def update(stage: str, done: int, total: int | None) -> None:
+            nonlocal wait
+            if wait is not None:
+                bar.remove_task(wait)
+                wait = None
             if stage not in tasks:
                 tasks[stage] = bar.add_task(stage, total=total, rate="")
-            task = bar.tasks[tasks[stage]]
+            task = next(t for t in bar.tasks if t.id == tasks[stage])  # ids are not list positions once one is removed
             speed = task.speed
             rate = f"{speed:,.1f} {unit}/s" if speed else ""
             bar.update(tasks[stage], completed=done, total=total, rate=rate)

@@ -11,7 +11,7 @@ from rich.table import Table
 
 from genrekit_cli.main import app
 from genrekit_cli.options import DeviceOpt, FormatOpt
-from genrekit_cli.ui import console, err_console, fmt as _fmt, print_per_genre as _print_per_genre, progress_bar
+from genrekit_cli.ui import console, err_console, fmt as _fmt, loading, print_per_genre as _print_per_genre, progress_bar
 
 
 EVALUATE_EXAMPLES = """
@@ -37,11 +37,12 @@ def evaluate(
     device: DeviceOpt = "cpu",
 ) -> None:
     """Score a saved run on another collection's stores or manifest (genres aligned by name)."""
-    from genrekit.atomic import atomic_write_json, refuse_overwrite
-    from genrekit.errors import ConfigError, GenrekitError
-    from genrekit.heads.saved import _json_default
-    from genrekit.inference import evaluate_manifest, evaluate_stores, load_run, write_predictions
-    from genrekit.store import FeatureStore
+    with loading("starting: importing torch and scikit-learn"):
+        from genrekit.atomic import atomic_write_json, refuse_overwrite
+        from genrekit.errors import ConfigError, GenrekitError
+        from genrekit.heads.saved import _json_default
+        from genrekit.inference import evaluate_manifest, evaluate_stores, load_run, write_predictions
+        from genrekit.store import FeatureStore
 
     if bool(store) == bool(data):  # a usage error: exit 2 with the usage, like a missing option
         raise typer.BadParameter("give the collection's stores (one per store of the run), or its manifest", param_hint="'--store' or '--data'")
@@ -52,18 +53,20 @@ def evaluate(
             refuse_overwrite(out, {"the manifest": data, "the run": run}, flag)
     if json_out and predictions and json_out.resolve() == predictions.resolve():
         raise ConfigError(f"--json and --predictions both name {json_out}; give them different files")
-    try:
-        loaded = load_run(run, device=device)
-    except GenrekitError:
-        for s in store or []:  # when both are wrong, a damaged store is the first thing to name
-            FeatureStore(s).load()
-        raise
+    with loading(f"loading the run {run}"):
+        try:
+            loaded = load_run(run, device=device)
+        except GenrekitError:
+            for s in store or []:  # when both are wrong, a damaged store is the first thing to name
+                FeatureStore(s).load()
+            raise
     if data:
-        with progress_bar("items") as progress:
+        with progress_bar("items", waiting=f"reading {data.name}, building the run's encoder") as progress:
             ev = evaluate_manifest(loaded, data, split=split, format=format, progress=progress)
         source = str(data)
     else:
-        ev = evaluate_stores(loaded, store, split=split)
+        with loading(f"scoring {len(store)} store(s)"):
+            ev = evaluate_stores(loaded, store, split=split)
         source = " + ".join(map(str, store))
     res = ev.results
     if json_out:
