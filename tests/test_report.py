@@ -36,7 +36,12 @@ def drawn(monkeypatch):
             leg = ax.get_legend()
             if leg is not None:
                 legends.append((ax.get_window_extent(renderer), leg.get_window_extent(renderer)))
+        box = fig.bbox
+        ticks = {id(t) for ax in fig.axes for t in (*ax.get_xticklabels(), *ax.get_yticklabels())}  # those beyond the limits are not drawn
+        outside = [t.get_text() for t in texts if id(t) not in ticks
+                   if not (t.get_window_extent(renderer).x0 >= box.x0 - 1 and t.get_window_extent(renderer).x1 <= box.x1 + 1)]  # fmt: skip
         seen.append({
+            "outside": outside,
             "width_px": fig.get_figwidth() * fig.dpi,
             "min_px": min(t.get_fontsize() * fig.dpi / 72 for t in texts),
             "smallest": min(texts, key=lambda t: t.get_fontsize()).get_text(),
@@ -54,6 +59,7 @@ def _assert_legible(seen: list[dict]) -> None:
     for f in seen:
         assert f["width_px"] == pytest.approx(report.WIDTH * report.DPI), f["texts"][:3]
         assert f["min_px"] >= report.MIN_TEXT_PX, f"text {f['smallest']!r} is {f['min_px']:.1f} px high in {f['texts'][:2]}"
+        assert not f["outside"], f"text cut off at the figure's edge: {f['outside']}"
         for ax_box, leg_box in f["legends"]:
             assert not ax_box.overlaps(leg_box), f"a legend lies over the data of {f['texts'][:2]}"
 

@@ -76,7 +76,11 @@ def progress_bar(unit: str = "items", waiting: str | None = None) -> Iterator[An
             rate = f"{speed:,.1f} {unit}/s" if speed else ""
             bar.update(tasks[stage], completed=done, total=total, rate=rate)
 
-        yield update
+        try:
+            yield update
+        finally:  # failed (or finished) before the first stage: no waiting line left behind
+            if wait is not None:
+                bar.remove_task(wait)
 
 
 def print_json(obj: Any) -> None:

@@ -262,7 +262,7 @@ def fig_threshold_per_genre(Yv, Pv, Yt, Pt, genres: list[str], per_genre: Sequen
         if per_genre is not None:
             fell = g in fallback
             ax.axvline(per_genre[j], color="C3" if fell else "k", ls="--", lw=1)
-            title = f"{g}  t {per_genre[j]:.2f}" + (" (global fallback)" if fell else "")
+            title = f"{g}  t {per_genre[j]:.2f}" + ("\n(global fallback)" if fell else "")
         ax.set_title(title, fontsize=10, color="C3" if g in fallback else "k")
         ax.set_xlim(0, 1)
         ax.set_ylim(0, 1)
@@ -273,7 +273,7 @@ def fig_threshold_per_genre(Yv, Pv, Yt, Pt, genres: list[str], per_genre: Sequen
         ax.set_ylabel("F1", fontsize=10)
     handles, labels = axes[0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="outside upper right", ncols=2, frameon=False)
-    note = "; red: too few validation positives, the global threshold is used (fallback)" if fallback else ""
+    note = "; red: the global threshold, a fallback" if fallback else ""
     fig.suptitle(f"{head}: F1 against each genre's threshold (dashed: the threshold used{note})")
     return fig
 

@@ -84,7 +84,11 @@ def finetune(
                 info += f"  val mAP {ev.val_map:.4f}  lr {ev.lr:.2g}"
             bar.update(tasks[key], completed=ev.done, info=info)
 
-        res = run_finetune(store, out, config, run=run, progress=progress)
+        try:
+            res = run_finetune(store, out, config, run=run, progress=progress)
+        finally:  # failed before the first epoch: no waiting line left behind
+            if wait:
+                bar.remove_task(wait.pop())
     if json:
         print_json(res)
         return
