@@ -144,6 +144,7 @@ def fig_leaderboard(entries: dict[str, dict], baseline: dict | None, title: str 
     if baseline:
         ax.axhline(baseline.get("map_macro") or 0, color="k", ls="--", lw=1, label="baseline mAP (sklearn defaults, 0.5)")
     ax.set_xticks(x, names, rotation=20 if len(names) > 6 else 0, ha="right" if len(names) > 6 else "center")
+    ax.set_xlim(-0.6, max(len(names), 4) - 0.4)  # a run of one or two entries keeps bars of a readable width
     ax.set_ylabel("test score (tuned thresholds)")
     ax.set_ylim(0, 1.05)
     ax.set_title(title)
@@ -615,7 +616,7 @@ def _gallery_sections(entry: str, pred: dict, th, genres: list[str], posters: di
     if not posters:
         g.notes.append("no gallery: the posters of the store's manifest are not on this machine (or the run read no posters)")
         return [g]
-    g.notes.append("Predicted: the genres above their thresholds, most probable first, with their probabilities.")
+    g.notes.append("Predicted: the genres at or above their thresholds, most probable first, with their probabilities.")
     g.gallery = gallery(pred, th, genres, posters)
     return [g]
 
