@@ -143,13 +143,16 @@ def build_store(
     return out
 
 
-def poster_store(path: str | None) -> Path:
-    """``--store`` when given, else the real MobileNetV2 store of the shared posters, cached."""
+def poster_store(path: str | None, layers: str = "last") -> Path:
+    """``--store`` when given, else the real MobileNetV2 store of the shared posters, cached:
+    ``layers="all"`` is what ``genrekit extract --backbone mobilenet_v2`` writes by default (six
+    stages, mean + std), ``"last"`` the pooled embedding."""
     if path:
         return Path(path)
     if not POSTERS.is_file() or not MOBILENET.is_file():
         sys.exit(f"no --store given and the shared posters/weights are missing ({POSTERS}, {MOBILENET})")
-    return build_store("posters_mobilenet_v2", "mobilenet_v2", POSTERS, weights=str(MOBILENET))
+    name = "posters_mobilenet_v2" if layers == "last" else f"posters_mobilenet_v2_{'layers' if layers == 'all' else layers.replace(',', '-')}"
+    return build_store(name, "mobilenet_v2", POSTERS, weights=str(MOBILENET), layers=layers)
 
 
 # -- heads: the leaderboard columns every accuracy table shows ---------------------------------

@@ -23,7 +23,7 @@ from _common import CACHE, HEAD_COLUMNS, HEAD_KEYS, fmt, md_table, poster_store,
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--store", help="poster store [the cached MobileNetV2 store of the shared posters]")
+    ap.add_argument("--store", help="poster store [the cached default MobileNetV2 store of the shared posters: six stages]")
     ap.add_argument("--run", help="a `genrekit heads --all` run on the store [trained here]")
     ap.add_argument("--out", default=str(CACHE / "finetune"), help="fine-tune run directory (resumed if it exists)")
     ap.add_argument("--epochs", type=int, default=None, help="override the default epochs")
@@ -39,8 +39,8 @@ def main() -> None:
     from genrekit.store import FeatureStore
 
     quiet_baseline()
-    store = poster_store(args.store)
-    run = Path(args.run) if args.run else CACHE / "finetune_heads"
+    store = poster_store(args.store, layers="all")  # what `genrekit extract` writes by default
+    run = Path(args.run) if args.run else CACHE / f"finetune_heads_{store.stem}"
     if not (run / "results.json").is_file():
         fs = FeatureStore(store)
         run_heads(fs.load(), run, HeadsConfig(), header=fs.header)

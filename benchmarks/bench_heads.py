@@ -41,6 +41,7 @@ PUBLISHED = {"roc_auc_macro": 0.68, "map_macro": 0.24}  # movie_posters/SOURCE.m
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--store", help="feature store (default: build the MobileNetV2 poster store in benchmarks/.cache)")
+    ap.add_argument("--layers", default="all", help="layers of the cached MobileNetV2 store: all (extract's default, 3,312-d) or last")
     ap.add_argument("--heads", nargs="+", default=None, help=f"heads to run (default: all of {', '.join(list_heads())})")
     ap.add_argument("--jobs", type=int, default=1, help="heads trained at once (1: clean per-head seconds)")
     ap.add_argument("--threshold", default="per-genre")
@@ -50,7 +51,7 @@ def main() -> None:
     args = ap.parse_args()
     quiet_baseline()
     heads = tuple(args.heads or (("logreg", "knn", "mlp") if args.quick else ()))
-    path = poster_store(args.store)
+    path = poster_store(args.store, layers=args.layers)
     store = FeatureStore(path)
     fs = store.load()
     print_header("bench_heads", f"{path.name}: {len(fs.X):,} x {fs.X.shape[1]} {store.header.encoder.get('name')} "

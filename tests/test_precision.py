@@ -118,3 +118,43 @@ def test_refusals_of_a_precision_mismatch_name_the_flag(collection, tmp_path, mo
 
     with pytest.raises(StoreMismatchError, match="--precision fp32"):
         load_head(tmp_path / "runs" / "logreg").check_features(other.header, "the store")
+
+
+def test_predict_and_evaluate_take_precision_and_report_the_one_in_use(collection, tmp_path, monkeypatch, caplog):
+    """A bf16 run on a CPU without native bf16 predicts in fp32 and says so (`--precision bf16` too,
+    rather than emulate); the precision in use is in `predict --json` and `evaluate --data --json`."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from genrekit_cli.main import app
+
+    monkeypatch.setattr(base, "cpu_has_bf16", lambda: True)
+    store = FeatureStore(extract(ExtractConfig(backbone="test-tiny-cnn", data=str(collection), out=str(tmp_path / "s.h5"))).store)
+    run_heads(store.load(), tmp_path / "runs", HeadsConfig(heads=("logreg",), baseline=False, jobs=1, min_train_positives=3), header=store.header)
+    monkeypatch.setattr(base, "cpu_has_bf16", lambda: False)
+    poster = _posters(collection)[0]
+    runner = CliRunner()
+    for asked in ("auto", "fp32", "bf16"):
+        caplog.clear()
+        res = runner.invoke(app, ["predict", "--run", str(tmp_path / "runs"), poster, "--json", "--precision", asked])
+        assert res.exit_code == 0, res.output
+        assert json.loads(res.stdout)["precision"] == "fp32"
+        assert any("not native" in r.getMessage() for r in caplog.records) == (asked != "fp32")
+    monkeypatch.setattr(base, "cpu_has_bf16", lambda: True)
+    res = runner.invoke(app, ["predict", "--run", str(tmp_path / "runs"), poster, "--json"])
+    assert json.loads(res.stdout)["precision"] == "bf16"  # on a bf16 CPU the run keeps its own
+    out = tmp_path / "ev.json"
+    res = runner.invoke(app, ["evaluate", "--run", str(tmp_path / "runs"), "--data", str(collection), "--json", str(out), "--precision", "fp32"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(out.read_text())["precision"] == "fp32" and "encoder precision: fp32" in res.stdout
+    res = runner.invoke(app, ["predict", "--run", str(tmp_path / "runs"), poster, "--precision", "fp8"])
+    assert res.exit_code == 2 and "precision" in res.output
+
+
+def test_the_cli_offers_the_precisions_the_library_knows():
+    from typing import get_args
+
+    from genrekit_cli.options import PrecisionOpt
+
+    assert set(get_args(get_args(PrecisionOpt)[0])) == set(base.PRECISIONS)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Literal, Optional
 
 import typer
 
@@ -34,6 +34,13 @@ SynonymOpt = Annotated[Optional[list[str]], typer.Option("--synonym", help="Extr
 NoSynonymsOpt = Annotated[bool, typer.Option("--no-synonyms", help="Do not apply the built-in synonyms (Science Fiction -> Sci-Fi ...).")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON instead of tables.")]
 DeviceOpt = Annotated[str, typer.Option("--device", help="Where the encoder runs: auto, cpu, cuda or cuda:N.")]
+PrecisionOpt = Annotated[
+    Literal["auto", "fp32", "fp16", "bf16"],  # genrekit.backbones.base.PRECISIONS, without importing torch
+    typer.Option(
+        "--precision",
+        help="Precision of the run's encoders: auto (the run's own; fp32 with a warning where bf16 is not native), fp32 or bf16.",
+    ),
+]
 TopOpt = Annotated[int, typer.Option("--top", help="Genres shown per item (the predicted ones always are); 0: all.")]
 WeightsOpt = Annotated[
     Optional[str], typer.Option("--weights", help="Weights tag, local checkpoint file/folder, or none (random init).", show_default="the backbone's default tag")

@@ -159,10 +159,10 @@ def prediction_table(p, top: int | None = 8) -> Table:
     return t
 
 
-def print_predictions(preds, failures, json: bool, top: int | None = 8, notes=()) -> None:
-    """Ranked genres per item with their thresholds (or JSON); items that failed on stderr; exit 1 when nothing was predicted."""
+def print_predictions(preds, failures, json: bool, top: int | None = 8, notes=(), precision: str | None = None) -> None:
+    """Ranked genres per item with their thresholds (or JSON, with the encoders' ``precision``); failures on stderr; exit 1 when nothing was predicted."""
     if json:
-        print_json({"predictions": [p.to_json() for p in preds], "failures": [{"item": i, "reason": r} for i, r in failures],
+        print_json({"precision": precision, "predictions": [p.to_json() for p in preds], "failures": [{"item": i, "reason": r} for i, r in failures],
                     "fallbacks": [{"item": i, "note": n} for i, n in notes]})  # fmt: skip
     else:
         for k, p in enumerate(preds):

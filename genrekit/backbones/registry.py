@@ -74,6 +74,7 @@ for _spec in (
     ),
     colorstats.COLORSTATS,
     testing.TINY_CNN,
+    testing.TINY_CNN_STAGES,
     _clip("test-tiny-clip", 16, 32, "tiny random open_clip model for tests (image + text, 16-d)", weights=()),
     text.hf_text_spec(
         "test-tiny-text", 32, (), "tiny random BERT with MiniLM's vocabulary, for tests (32-d)",

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 from torch import nn
 
@@ -42,4 +44,10 @@ TINY_CNN = BackboneSpec(
     cpu_batch_size=32,
     description="tiny seeded CNN for tests (32-d)",
     options={"stages": ("2", "4")},  # the two ReLU outputs (8 and 16 channels)
+)
+
+# The same network whose `extract` default is its stages pooled (mean + std), as mobilenet_v2's is:
+# tests of the default path (extract -> heads -> finetune -> predict / serve / report) use it.
+TINY_CNN_STAGES = dataclasses.replace(
+    TINY_CNN, name="test-tiny-cnn-stages", layers="all", description="tiny seeded CNN whose default features are its two stages (48-d)"
 )

@@ -10,7 +10,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from genrekit_cli.main import app
-from genrekit_cli.options import DeviceOpt, FormatOpt
+from genrekit_cli.options import DeviceOpt, FormatOpt, PrecisionOpt
 from genrekit_cli.ui import console, err_console, fmt as _fmt, loading, print_per_genre as _print_per_genre, progress_bar
 
 
@@ -35,6 +35,7 @@ def evaluate(
     predictions: Annotated[Optional[Path], typer.Option(help="Write a CSV: id, true genres, predicted genres (most probable first), one probability column per genre.")] = None,
     split: Annotated[Optional[str], typer.Option(help="Score only train, val or test of the store's (or manifest's) split.", show_default="all")] = None,
     device: DeviceOpt = "cpu",
+    precision: PrecisionOpt = "auto",
 ) -> None:
     """Score a saved run on another collection's stores or manifest (genres aligned by name)."""
     with loading("starting: importing torch and scikit-learn"):
@@ -55,7 +56,7 @@ def evaluate(
         raise ConfigError(f"--json and --predictions both name {json_out}; give them different files")
     with loading(f"loading the run {run}"):
         try:
-            loaded = load_run(run, device=device)
+            loaded = load_run(run, device=device, precision=precision)
         except GenrekitError:
             for s in store or []:  # when both are wrong, a damaged store is the first thing to name
                 FeatureStore(s).load()
@@ -69,6 +70,8 @@ def evaluate(
             ev = evaluate_stores(loaded, store, split=split)
         source = " + ".join(map(str, store))
     res = ev.results
+    if data:  # the encoders ran on the items: say in which precision
+        res["precision"] = loaded.precision
     if json_out:
         atomic_write_json(json_out, res, default=_json_default)
     if predictions:
@@ -87,6 +90,8 @@ def evaluate(
         console.print(f"left out of AUC/AP averages (no positives or no negatives): {', '.join(res['skipped_for_ranking'])}", style="dim")
     if res.get("items_with_store"):
         console.print("items with each store: " + ", ".join(f"{n} {c:,}" for n, c in res["items_with_store"].items()), style="dim")
+    if res.get("precision"):
+        console.print(f"encoder precision: {res['precision']}", style="dim")
     if res.get("fallbacks"):
         console.print(f"{res['fallbacks']:,} item(s) predicted without some modality (fallback as in training)", style="dim")
     if res.get("failures"):

@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from genrekit_cli.main import app
-from genrekit_cli.options import DeviceOpt, JsonOpt, TopOpt
+from genrekit_cli.options import DeviceOpt, JsonOpt, PrecisionOpt, TopOpt
 from genrekit_cli.ui import loading, print_predictions as _print_predictions
 
 
@@ -30,6 +30,7 @@ def predict(
     title: Annotated[Optional[list[str]], typer.Option("--title", help="A title, one per poster (or alone); for runs that read titles.")] = None,
     plot: Annotated[Optional[list[str]], typer.Option("--plot", help="A plot, one per poster (or alone); for runs that read plots.")] = None,
     device: DeviceOpt = "cpu",
+    precision: PrecisionOpt = "auto",
     top: TopOpt = 8,
     json: JsonOpt = False,
 ) -> None:
@@ -43,7 +44,7 @@ def predict(
         if not (posters or text or title or plot):
             raise ConfigError("give poster files, and/or texts with --title / --plot (or --text)")
         status.update(f"loading the run {run}")
-        loaded = load_run(run, device=device)
+        loaded = load_run(run, device=device, precision=precision)
         if text:
             if posters:
                 raise ConfigError("give poster files, or texts with --text (one of them); a fused run takes --title / --plot beside posters")
@@ -70,4 +71,4 @@ def predict(
         status.update(f"predicting {len(items)} item(s) (the encoder is built on first use)")
         preds, failures = predict_items(loaded, items)
         notes = loaded.fallbacks([it for it in items if it.name in {p.item for p in preds}]) if hasattr(loaded, "fallbacks") else []
-    _print_predictions(preds, failures, json, top, notes)
+    _print_predictions(preds, failures, json, top, notes, precision=loaded.precision if preds else None)
