@@ -36,6 +36,10 @@ def drawn(monkeypatch):
             leg = ax.get_legend()
             if leg is not None:
                 legends.append((ax.get_window_extent(renderer), leg.get_window_extent(renderer)))
+        title = fig._suptitle
+        for leg in fig.legends:  # a figure's legend must not sit on its title either
+            if title is not None:
+                legends.append((title.get_window_extent(renderer), leg.get_window_extent(renderer)))
         box = fig.bbox
         ticks = {id(t) for ax in fig.axes for t in (*ax.get_xticklabels(), *ax.get_yticklabels())}  # those beyond the limits are not drawn
         outside = [t.get_text() for t in texts if id(t) not in ticks
@@ -83,7 +87,7 @@ def test_user_text_is_drawn_literally_never_parsed_as_mathtext_or_markup(tmp_pat
     assert "&lt;b&gt;Noir&lt;/b&gt;" in page and "<b>Noir</b>" not in page  # escaped in the HTML too
 
 
-def test_fallback_thresholds_are_named_as_such(tmp_path):
+def test_fallback_thresholds_are_named_as_such(tmp_path, drawn):
     # Western is rare: too few validation positives for a threshold of its own.
     fs = synthetic_features(n=300, dim=12, prevalence={"Drama": 0.45, "Comedy": 0.35, "Western": 0.06}, seed=3)
     res = run_heads(fs, tmp_path / "runs", HeadsConfig(heads=("logreg",), jobs=1, head_params=FAST, min_train_positives=3,
@@ -94,6 +98,7 @@ def test_fallback_thresholds_are_named_as_such(tmp_path):
     for g in fell:
         assert re.search(rf"<td>{re.escape(g)}</td>(<td>[^<]*</td>)+<td>[0-9.]+ \(global fallback\)</td>", page), g
     assert "use the global threshold instead (global fallback)" in page
+    _assert_legible(drawn)  # the longer titles and notes of a run with fallbacks fit too
 
 
 def test_a_fused_report_names_its_encoders_and_genres(tmp_path, drawn):

@@ -273,7 +273,7 @@ def fig_threshold_per_genre(Yv, Pv, Yt, Pt, genres: list[str], per_genre: Sequen
         ax.set_xlabel("threshold", fontsize=10)
         ax.set_ylabel("F1", fontsize=10)
     handles, labels = axes[0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="outside upper right", ncols=2, frameon=False)
+    fig.legend(handles, labels, loc="outside lower center", ncols=2, frameon=False)  # below the panels, clear of the title
     note = "; red: the global threshold, a fallback" if fallback else ""
     fig.suptitle(f"{head}: F1 against each genre's threshold (dashed: the threshold used{note})")
     return fig
