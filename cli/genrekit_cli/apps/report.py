@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import base64
 import io
-import json
 import logging
 import time
 from collections.abc import Callable, Sequence
