@@ -66,6 +66,26 @@ def _number(v) -> float | None:
     return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) else None
 
 
+def save_part_predictions(directory: str | Path, ids: Mapping[str, object], Y: Mapping[str, object], P_val, P_test) -> Path:
+    """``predictions.npz`` of a run: per-item validation and test probabilities and every part's labels.
+
+    Plain arrays ``ids_<part>`` and ``Y_<part>`` for train, val and test, ``P_val`` and ``P_test``,
+    columns in the run's genre order; ``genrekit report`` draws its curves and gallery from them.
+    """
+    import numpy as np
+
+    from genrekit.atomic import atomic_open
+
+    arrays = {}
+    for part in ("train", "val", "test"):
+        arrays[f"ids_{part}"] = np.asarray([str(i) for i in ids[part]])
+        arrays[f"Y_{part}"] = np.asarray(Y[part], np.uint8)
+    path = Path(directory) / PREDICTIONS_FILE
+    with atomic_open(path, "wb") as fh:
+        np.savez_compressed(fh, P_val=np.asarray(P_val, np.float32), P_test=np.asarray(P_test, np.float32), **arrays)
+    return path
+
+
 # -- typed results -------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class HeadResult:
@@ -169,6 +189,35 @@ class Results:
         if best is not None and (not isinstance(best, str) or Path(best).name != best or best in (".", "..")):
             raise _bad(path, f"the field 'best' is {best!r}, not the name of a head directory")
         return cls(kind, best, [str(g) for g in rec.get("genres") or []], {n: HeadResult.from_json(n, e, path) for n, e in heads.items()}, rec)
+
+
+def leaderboard_rows(run: str | Path) -> tuple[Results, list[HeadResult]]:
+    """Every scored entry of a run, in the run's order: what ``genrekit leaderboard`` prints.
+
+    A ``heads`` run: its heads, then the scikit-learn-defaults baseline (scored at 0.5). A fused
+    run: each store's heads (``<store>/<head>``), the early-fusion heads (``early/<head>``) and the
+    late-fusion ones (``late/<head>``). A fine-tune run: the final network.
+    """
+    results = open_run(run).results()  # a head directory or a stray folder is named as such
+    path = Path(run) / RESULTS_FILE
+    raw = results.raw
+    if results.kind == "heads":
+        rows = list(results.heads.values())
+        base = raw.get("baseline")
+        if isinstance(base, Mapping):
+            at05 = {k: _number(v) for k, v in ((base.get("test") or {}).get("at_0.5") or {}).items()}
+            val = base.get("val") or {}
+            rows.append(HeadResult("baseline", "baseline", "-", _number(val.get("map_macro")), at05, at05, None,
+                                   notes=("one-vs-rest LogisticRegression, scikit-learn defaults, at 0.5",), fit_seconds=_number(base.get("fit_seconds"))))  # fmt: skip
+        return results, rows
+    if results.kind == "fused":
+        rows = []
+        parts = [(f"{store}/", rec) for store, rec in (raw.get("single") or {}).items()] + [("early/", raw.get("early")), ("late/", raw.get("late"))]
+        for prefix, rec in parts:
+            for name, entry in ((rec or {}).get("heads") or {}).items():
+                rows.append(HeadResult.from_json(prefix + name, entry, path))
+        return results, rows
+    return results, list(results.heads.values())
 
 
 def results_kind(rec: Mapping, path: Path | str = RESULTS_FILE) -> str:

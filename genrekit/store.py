@@ -468,6 +468,10 @@ def _write_error(path: Path, e: OSError) -> StoreError:
 def store_lock(path: str | Path) -> Iterator[None]:
     """Hold ``STORE.h5.lock`` (``flock``) while writing a store; refuse if another process holds it.
 
+    The lock file is removed when the write succeeds (while still locked, so a process waiting
+    on it sees that its file is gone and locks a fresh one); after a failure it stays beside the
+    parts, naming the pid that wrote them.
+
     Example:
         >>> with store_lock("posters.h5"):  # doctest: +SKIP
         ...     StoreWriter("posters.h5", header).finalize()
@@ -475,26 +479,57 @@ def store_lock(path: str | Path) -> Iterator[None]:
     path = Path(path)
     lock = path.with_name(path.name + ".lock")
     lock.parent.mkdir(parents=True, exist_ok=True)
+    for _attempt in range(20):
+        fd = _open_lock(lock)
+        locked = _flock(fd, path, lock)
+        # The holder before us may have removed the file after we opened it: a lock on an unlinked
+        # file excludes nobody, so lock the file now at that name instead.
+        if not locked or _same_file(fd, lock):
+            break
+        os.close(fd)
+    else:
+        raise StoreError(f"cannot take the lock file {lock}: it keeps being replaced; is another process writing {path}?")
     try:
-        fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
-    except OSError as e:
-        raise StoreError(f"cannot create the lock file {lock}: {e.strerror or e}") from None
-    try:
-        if fcntl is not None:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                pid = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
-                raise StoreError(
-                    f"{path} is being written by another process (pid {pid}); wait for it to finish, or write to another --out"
-                ) from None
-            except OSError as e:  # a file system without locks (some network mounts): warn, go on
-                log.warning("cannot lock %s (%s); make sure no other process writes this store", lock, e.strerror)
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         yield
+        if locked:
+            with contextlib.suppress(OSError):
+                lock.unlink()
     finally:
-        os.close(fd)  # releases the lock; the file stays (removing it would let two lockers in)
+        os.close(fd)  # releases the lock
+
+
+def _open_lock(lock: Path) -> int:
+    try:
+        return os.open(lock, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+    except OSError as e:
+        raise StoreError(f"cannot create the lock file {lock}: {e.strerror or e}") from None
+
+
+def _flock(fd: int, path: Path, lock: Path) -> bool:
+    """Lock ``fd`` or refuse naming the holder's pid; ``False`` where the file system has no locks."""
+    if fcntl is None:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except BlockingIOError:
+        pid = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+        os.close(fd)
+        raise StoreError(f"{path} is being written by another process (pid {pid}); wait for it to finish, or write to another --out") from None
+    except OSError as e:  # a file system without locks (some network mounts): warn, go on
+        log.warning("cannot lock %s (%s); make sure no other process writes this store", lock, e.strerror)
+        return False
+
+
+def _same_file(fd: int, lock: Path) -> bool:
+    try:
+        st = os.stat(lock, follow_symlinks=False)
+    except FileNotFoundError:
+        return False
+    mine = os.fstat(fd)
+    return (st.st_dev, st.st_ino) == (mine.st_dev, mine.st_ino)
 
 
 def _parts_dir(path: Path) -> Path:

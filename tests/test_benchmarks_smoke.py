@@ -63,3 +63,14 @@ def test_bench_knn_quick_prints_its_table():
     assert "| sklearn brute | " in res.stdout and "recall@10" in res.stdout
     flat = next(line for line in res.stdout.splitlines() if line.startswith("| genrekit Flat |"))
     assert flat.split("|")[5].strip() == "1.000"  # exact FAISS search finds the exact neighbours
+
+
+def test_bench_startup_times_the_first_byte_and_the_answer_in_a_terminal():
+    import bench_startup
+
+    script = "import sys, time; print('tty' if sys.stdout.isatty() else 'pipe', flush=True); time.sleep(0.3); print('answer')"
+    first, seen, code = bench_startup.first_output([sys.executable, "-c", script], b"answer")
+    assert code == 0 and first is not None and seen is not None
+    assert seen - first >= 0.25  # the answer came after the first byte, by the sleep
+    first, seen, code = bench_startup.first_output([sys.executable, "-c", "import sys; sys.exit(3)"], b"answer")
+    assert code == 3 and seen is None

@@ -259,6 +259,32 @@ def test_the_lock_is_released_when_an_extraction_fails(collection, tmp_path):
 
 
 # -- extending a store ------------------------------------------------------------------------------
+def test_a_successful_extract_leaves_no_lock_file(collection, tmp_path):
+    out = tmp_path / "s.h5"
+    assert _extract(collection, out, "--limit", "12").exit_code == 0
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("s.h5")) == ["s.h5"]
+    assert _extract(collection, out).exit_code == 0  # and the next writer takes a fresh one
+    assert not (tmp_path / "s.h5.lock").exists()
+
+
+def test_extending_without_weights_uses_the_stores_recorded_checkpoint(collection, tmp_path):
+    import torch
+
+    from genrekit.backbones.testing import tiny_cnn
+
+    ckpt = tmp_path / "tiny.pt"
+    torch.manual_seed(7)
+    torch.save(tiny_cnn().state_dict(), ckpt)
+    out = tmp_path / "s.h5"
+    assert _extract(collection, out, "--weights", ckpt, "--limit", "12").exit_code == 0
+    res = _extract(collection, out)  # no --weights: the store's checkpoint, not the backbone's default
+    assert res.exit_code == 0 and "24 rows (12 encoded now, 12 already done)" in flat(res), res.output
+    assert FeatureStore(out).header.encoder["weights_sha256"]
+    ckpt.rename(tmp_path / "moved.pt")  # the checkpoint gone: say which file, and how to pass it
+    line = one_line_error(_extract(collection, tmp_path / "s.h5", "--limit", "30"))
+    assert "tiny.pt" in line and "--weights PATH" in line
+
+
 def test_extending_with_the_same_genres_in_another_order_aligns_by_name(tmp_path):
     a = make_collection(tmp_path / "a", n=24, seed=0)
     out = tmp_path / "s.h5"

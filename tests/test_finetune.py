@@ -213,7 +213,7 @@ def test_cli_finetune_and_predict(learnt, store, tmp_path):
     preds = json.loads(res.stdout)["predictions"]
     assert len(preds) == 1 and preds[0]["item"] == str(poster)
     text = runner.invoke(app, ["predict", "--run", str(out), str(poster)])
-    assert text.exit_code == 0 and "* = predicted genre" in text.stdout
+    assert text.exit_code == 0 and "predicted: the genres at or above their threshold" in text.stdout
 
 
 def test_cli_finetune_prints_the_table_and_writes_the_run(store, tmp_path):
@@ -323,3 +323,22 @@ def test_finetune_trains_on_the_pixels_prediction_feeds_the_network(tmp_path):
                 assert torch.equal(predicted, trained), f"{part}: training and prediction pixels differ by up to {diff.tolist()} /255"
     finally:
         hook.remove()
+
+
+def test_a_finetune_run_saves_per_item_probabilities_and_reports_like_a_heads_run(learnt):
+    import re
+
+    from genrekit_cli.apps.report import build_report
+
+    out, res = learnt
+    with np.load(out / "predictions.npz") as z:
+        assert z["P_test"].shape == z["Y_test"].shape == (res["split"]["counts"]["test"], len(res["genres"]))
+        assert len(z["ids_train"]) == len(z["Y_train"]) == res["split"]["counts"]["train"]
+    page = build_report(out)
+    facts = dict(re.findall(r"<tr><th>([^<]+)</th><td>([^<]*)</td></tr>", page))
+    assert facts["encoder"].startswith("test-tiny-cnn") and "fine-tuned" in facts["encoder"]
+    assert facts["genres (order used everywhere)"] != "-"
+    best = res["best"]
+    found = set(re.findall(r'data-figure="([^"]+)"', page))
+    assert {f"pr-{best}", f"threshold-genre-{best}", f"confusion-{best}", "counts", "cooccurrence"} <= found, found
+    assert "data-gallery=" in page  # the store's posters are on disk: the gallery is there

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 
 import numpy as np
 import pytest
@@ -39,7 +40,27 @@ def test_predict_sorts_genres_and_marks_the_predicted_set(tiny):
     assert probs == sorted(probs, reverse=True)
     assert set(preds[0]["predicted"]) <= set(preds[0]["probabilities"])
     text = runner.invoke(app, ["predict", "--run", str(tiny["runs"] / "knn"), str(tiny["images"][0]), str(tiny["root"] / "missing.jpg")])
-    assert text.exit_code == 0 and "missing file" in text.output and "* = predicted" in text.output
+    assert text.exit_code == 0 and "missing file" in text.output and "predicted: the genres at or above their threshold" in text.output
+
+
+def test_predict_shows_each_genres_threshold_beside_its_probability(tiny):
+    saved = json.loads((tiny["runs"] / "logreg" / "run.json").read_text())
+    th = dict(zip(saved["genres"], saved["thresholds"]["values"]))
+    res = runner.invoke(app, ["predict", "--run", str(tiny["runs"] / "logreg"), str(tiny["images"][0]), "--json", "--top", "0"])
+    p = json.loads(res.output)["predictions"][0]
+    rows = p["genres"]
+    assert [r["genre"] for r in rows] == list(p["probabilities"])  # most probable first
+    assert [r["probability"] for r in rows] == sorted((r["probability"] for r in rows), reverse=True)
+    assert all(r["threshold"] == pytest.approx(th[r["genre"]], abs=1e-6) for r in rows)
+    assert [r["genre"] for r in rows if r["predicted"]] == p["predicted"]  # the predicted set in probability order
+    assert all(r["predicted"] == (r["probability"] >= r["threshold"]) for r in rows) and p["rule"] == saved["thresholds"]["rule"]
+    assert {r["genre"] for r in rows if r["threshold_is_global_fallback"]} == set(saved["thresholds"]["fallback"])
+    text = runner.invoke(app, ["predict", "--run", str(tiny["runs"] / "logreg"), str(tiny["images"][0]), "--top", "0"])
+    assert f"threshold ({p['rule']})" in text.output
+    for r in rows:  # every genre's row: name, probability, threshold
+        assert re.search(rf"{re.escape(r['genre'])}\s+{r['probability']:.2f}\s+{r['threshold']:.2f}", text.output), (r, text.output)
+    short = runner.invoke(app, ["predict", "--run", str(tiny["runs"] / "logreg"), str(tiny["images"][0]), "--top", "1"])
+    assert all(g in short.output for g in p["predicted"])  # the predicted set is always shown, whatever --top
 
 
 def test_evaluate_writes_scores_and_predictions(tiny, tmp_path):
@@ -50,16 +71,31 @@ def test_evaluate_writes_scores_and_predictions(tiny, tmp_path):
     scores = json.loads(js.read_text())
     assert "f1_micro" in scores["metrics"] and scores["items"] == 160
     rows = list(csv.reader(preds.open()))
-    assert rows[0] == ["id", *json.loads((tiny["runs"] / "logreg" / "run.json").read_text())["genres"]]
+    saved = json.loads((tiny["runs"] / "logreg" / "run.json").read_text())
+    genres = saved["genres"]
+    assert rows[0] == ["id", "true_genres", "predicted_genres", *genres]
     assert len(rows) == 161
+    from genrekit.evaluation.thresholds import Thresholds
+    from genrekit.store import FeatureStore
+
+    fs = FeatureStore(tiny["store"]).load()
+    true = {i: {g for g, v in zip(fs.genres, y) if v} for i, y in zip(fs.ids, fs.Y)}
+    th = Thresholds.from_json(saved["thresholds"])
+    for row in rows[1:]:
+        probs = np.array([float(v) for v in row[3:]])
+        assert set(filter(None, row[1].split("|"))) == true[row[0]]  # the item's own labels
+        chosen = [g for g, d in zip(genres, th.apply(probs[None])[0]) if d]
+        assert (row[2].split("|") if row[2] else []) == sorted(chosen, key=lambda g: -probs[genres.index(g)])  # probability order
 
 
 def test_zeroshot_runs_end_to_end_with_a_random_clip(tiny):
     res = runner.invoke(app, ["zeroshot", str(tiny["images"][0]), "--backbone", "test-tiny-clip", "--weights", "none",
                               "--genres", "Horror,Comedy,Drama", "--json"])  # fmt: skip
     assert res.exit_code == 0, res.output
-    p = json.loads(res.output)["predictions"][0]
+    p = json.loads(res.stdout)["predictions"][0]
     assert set(p["probabilities"]) == {"Horror", "Comedy", "Drama"}
+    # Random weights give noise, and the command says so before anything else (on stderr: --json stays JSON).
+    assert "warning: test-tiny-clip with random weights" in " ".join(res.stderr.split())
     assert sum(p["probabilities"].values()) == pytest.approx(1.0, abs=1e-4) and p["predicted"]
 
 

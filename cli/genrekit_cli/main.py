@@ -74,7 +74,7 @@ def _root(
 # Each module adds its commands to `app` when imported; import order is the order in --help. Command
 # modules import the library inside the command functions, so `--help` loads neither torch nor sklearn.
 from genrekit_cli.commands import data, backbones, extract, store, heads, predict, evaluate, zeroshot  # noqa: E402, F401
-from genrekit_cli.commands import finetune, serve, report, explain  # noqa: E402, F401
+from genrekit_cli.commands import finetune, serve, report, explain, leaderboard  # noqa: E402, F401
 
 
 def main() -> None:

@@ -28,8 +28,29 @@ err_console = Console(stderr=True)
 
 
 @contextlib.contextmanager
-def progress_bar(unit: str = "items") -> Iterator[Any]:
-    """A rich progress bar, yielded as a library ``ProgressFn`` (one bar per stage name)."""
+def loading(what: str) -> Iterator[Any]:
+    """A spinner on stderr saying what a command is doing before its first output (importing torch,
+    loading a model): visible at once, gone when the block ends. Yields the status (``.update(text)``).
+
+    Commands import the library inside their function, so this is the first thing they do.
+    """
+    with err_console.status(Text(what), spinner="dots") as status:
+
+        class _Status:
+            @staticmethod
+            def update(text: str) -> None:
+                status.update(Text(text))
+
+        yield _Status()
+
+
+@contextlib.contextmanager
+def progress_bar(unit: str = "items", waiting: str | None = None) -> Iterator[Any]:
+    """A rich progress bar, yielded as a library ``ProgressFn`` (one bar per stage name).
+
+    ``waiting`` is shown with a pulsing bar until the first stage reports (reading a manifest,
+    building an encoder), so the command is never silent.
+    """
     columns = [
         TextColumn("[bold]{task.description}"),
         BarColumn(),
@@ -41,16 +62,25 @@ def progress_bar(unit: str = "items") -> Iterator[Any]:
     ]
     tasks: dict[str, TaskID] = {}
     with Progress(*columns, console=err_console, transient=False) as bar:
+        wait = bar.add_task(waiting, total=None, rate="") if waiting else None
 
         def update(stage: str, done: int, total: int | None) -> None:
+            nonlocal wait
+            if wait is not None:
+                bar.remove_task(wait)
+                wait = None
             if stage not in tasks:
                 tasks[stage] = bar.add_task(stage, total=total, rate="")
-            task = bar.tasks[tasks[stage]]
+            task = next(t for t in bar.tasks if t.id == tasks[stage])  # ids are not list positions once one is removed
             speed = task.speed
             rate = f"{speed:,.1f} {unit}/s" if speed else ""
             bar.update(tasks[stage], completed=done, total=total, rate=rate)
 
-        yield update
+        try:
+            yield update
+        finally:  # failed (or finished) before the first stage: no waiting line left behind
+            if wait is not None:
+                bar.remove_task(wait)
 
 
 def print_json(obj: Any) -> None:
@@ -99,16 +129,51 @@ def print_per_genre(entry: dict, title: str) -> None:
                       f"positives): {', '.join(fell_back)}", style="dim", highlight=False, markup=False)  # fmt: skip
 
 
+FALLBACK_MARK = "†"
+
+
+def prediction_table(p, top: int | None = 8) -> Table:
+    """One item's genres, most probable first, each with the threshold that decided it.
+
+    The predicted genres are always shown (even below ``top``); a threshold that is the global
+    fallback (too few validation positives to tune the genre's own) is marked with a dagger.
+    """
+    t = Table(title=Text(p.item, style="bold"), title_justify="left", box=None, header_style="dim", pad_edge=False)
+    t.add_column("genre")
+    t.add_column("probability", justify="right")
+    t.add_column(f"threshold ({p.rule})" if p.rule else "threshold", justify="right")
+    t.add_column("predicted")
+    chosen, fell = set(p.predicted), set(p.fallback)
+    ths = p.thresholds or (None,) * len(p.ranked)
+    limit = top or len(p.ranked)
+    rows = [(g, prob, thr) for i, ((g, prob), thr) in enumerate(zip(p.ranked, ths)) if i < limit or g in chosen]
+    n = len(rows)
+    for g, prob, thr in rows:
+        is_in = g in chosen
+        thr_s = "-" if thr is None else f"{thr:.2f}" + (f" {FALLBACK_MARK}" if g in fell else "  ")
+        mark = ("yes" if thr is None or prob >= thr else "yes (the top genre)") if is_in else ""
+        t.add_row(Text(g, style="bold green" if is_in else ""), f"{prob:.2f}", thr_s, Text(mark, style="green"))
+    if n < len(p.ranked):
+        t.caption = f"… and {len(p.ranked) - n} less probable genres (--top 0 shows all)"
+        t.caption_justify = "left"
+    return t
+
+
 def print_predictions(preds, failures, json: bool, top: int | None = 8, notes=(), precision: str | None = None) -> None:
-    """Ranked genres per item (or JSON, with the encoders' ``precision``); failures on stderr; exit 1 when nothing was predicted."""
+    """Ranked genres per item with their thresholds (or JSON, with the encoders' ``precision``); failures on stderr; exit 1 when nothing was predicted."""
     if json:
         print_json({"precision": precision, "predictions": [p.to_json() for p in preds], "failures": [{"item": i, "reason": r} for i, r in failures],
                     "fallbacks": [{"item": i, "note": n} for i, n in notes]})  # fmt: skip
     else:
-        for p in preds:
-            console.print(f"[bold]{escape(p.item)}[/]: {escape(p.line(max(top or 0, len(p.predicted)) or None))}", highlight=False)
+        for k, p in enumerate(preds):
+            if k:
+                console.print()
+            console.print(prediction_table(p, top or None))
         if preds:
-            console.print("* = predicted genre", style="dim")
+            fell = any(g in p.fallback for p in preds for g, _ in p.ranked)
+            console.print("predicted: the genres at or above their threshold, most probable first"
+                          + (f"; {FALLBACK_MARK} the global threshold, used where validation had too few positives to tune the genre's own" if fell else ""),
+                          style="dim", highlight=False)  # fmt: skip
         for item, note in notes:
             err_console.print(f"[yellow]fallback[/] {escape(item)}: {escape(note)}", highlight=False)
         done = {p.item for p in preds}

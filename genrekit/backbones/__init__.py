@@ -2,7 +2,7 @@
 
 from genrekit.backbones.base import BackboneSpec, Encoder, WeightsRef
 from genrekit.backbones.preprocess import RESIZE_MODES, Preprocess
-from genrekit.backbones.registry import create_encoder, get_spec, list_backbones, register, weights_present
+from genrekit.backbones.registry import create_encoder, get_spec, list_backbones, random_weights, register, weights_present
 
 __all__ = [
     "RESIZE_MODES",
@@ -13,6 +13,7 @@ __all__ = [
     "create_encoder",
     "get_spec",
     "list_backbones",
+    "random_weights",
     "register",
     "weights_present",
 ]

@@ -106,6 +106,18 @@ def get_spec(name: str) -> BackboneSpec:
     raise UnknownNameError("backbone", name, known, "See `genrekit backbones`.")
 
 
+def random_weights(name: str, weights: str | None = None) -> bool:
+    """Whether ``--weights`` (``None``: the default) gives ``name`` random weights: ``none``, or a
+    backbone without pretrained weights. Unknown names and missing files are ``False`` here;
+    :func:`create_encoder` refuses them with the reason."""
+    from genrekit.errors import GenrekitError
+
+    try:
+        return WeightsRef.parse(weights, get_spec(name)).kind == "none"
+    except GenrekitError:
+        return False
+
+
 def list_backbones(pattern: str | None = None) -> list[BackboneSpec]:
     """Registered backbones whose name matches a shell-style ``pattern`` (case-insensitive)."""
     specs = sorted(_REGISTRY.values(), key=lambda s: (s.family == "test", s.family, s.name))

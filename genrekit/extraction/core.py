@@ -8,11 +8,12 @@ reason instead of stopping the run.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -457,11 +458,55 @@ def extract(config: ExtractConfig, progress: ProgressFn | None = None, manifest:
     """
     config.validate()
     with store_lock(config.out):  # a second extract into this store is refused, naming this pid
+        config = with_recorded_weights(config)
         if config.engine == "ray":
             from genrekit.extraction.ray_engine import extract_on_ray
 
             return extract_on_ray(config, progress, manifest)
         return _extract_here(config, progress, manifest)
+
+
+def recorded_header(out: str | Path) -> StoreHeader | None:
+    """The header of the store being extended or resumed (the finished store's, else its parts'), or ``None``."""
+    out = Path(out)
+    try:
+        if out.is_file():
+            return FeatureStore(out).header
+        hp = out.with_name(out.name + ".parts") / "header.json"
+        if hp.is_file():
+            return StoreHeader.from_json(json.loads(hp.read_text(encoding="utf-8")))
+    except (GenrekitError, OSError, ValueError, TypeError, KeyError):
+        return None  # StoreWriter names what is wrong with it
+    return None
+
+
+def with_recorded_weights(config: ExtractConfig) -> ExtractConfig:
+    """Without ``--weights``, extending or resuming a store uses the weights the store records.
+
+    A store made from a local checkpoint records its path and sha256; one made from a tag records
+    the tag. Without this, a re-run would fall back to the backbone's default tag (and try to
+    download it) only to be refused for a weights mismatch.
+    """
+    if config.weights is not None:
+        return config
+    header = recorded_header(config.out)
+    if header is None or header.encoder.get("name") != config.backbone:
+        return config
+    enc = header.encoder
+    path, tag = enc.get("weights_path"), enc.get("weights")
+    if path:
+        if not Path(path).is_file():
+            raise StoreMismatchError(
+                f"{config.out} was made with the weights file {path}, which is not there any more; "
+                f"pass the same checkpoint with --weights PATH (its sha256 is {str(enc.get('weights_sha256'))[:12]}…)"
+            )
+        weights = str(path)
+    elif tag and not str(tag).startswith("file:"):
+        weights = str(tag)
+    else:
+        return config
+    log.info("extending %s with the weights it records: %s", config.out, weights)
+    return replace(config, weights=weights)
 
 
 def _extract_here(config: ExtractConfig, progress: ProgressFn | None, manifest: Manifest | None) -> ExtractReport:

@@ -21,7 +21,7 @@ from genrekit.errors import ConfigError
 from genrekit.evaluation.scorecard import score_collection
 from genrekit.features import join_stores
 from genrekit.inference.loaded import Item, LoadedRun, name_failures
-from genrekit.inference.predict import RunEvaluation, evaluate_run
+from genrekit.inference.predict import RunEvaluation, evaluate_run, label_sets, predicted_sets
 from genrekit.progress import ProgressFn, null_progress
 from genrekit.store import FeatureStore
 
@@ -30,7 +30,8 @@ def score(run: LoadedRun, ids: Sequence[str], Y: np.ndarray, genres: Sequence[st
     """Metrics of the run's probabilities ``P`` (columns ``run.genres``) against labels ``Y`` (columns ``genres``)."""
     results = {"run": run.identity(), "head": run.name, "items": int(len(P)), "split": split or "all",
                **score_collection(run.thresholds, P, run.genres, Y, genres), **(extra or {})}  # fmt: skip
-    return RunEvaluation(results, np.asarray(ids, dtype=object), list(run.genres), P)
+    return RunEvaluation(results, np.asarray(ids, dtype=object), list(run.genres), P, label_sets(Y, genres),
+                         predicted_sets(P, run.thresholds, run.genres))  # fmt: skip
 
 
 def _rows(split_values, split: str | None, n: int, source: str) -> np.ndarray:

@@ -541,7 +541,8 @@ def explain_poster(ex: Explainer, path: str, config: ExplainConfig = ExplainConf
 
 # -- writing -------------------------------------------------------------------------------
 def overlay_figure(e: Explanation, image: Image.Image, path: Path) -> Path:
-    """The poster, then one heat map per genre over it, titled with the genre's probability."""
+    """The poster, then one heat map per genre over it, titled with the genre's probability, and
+    a colour scale: each map is scaled to its own maximum (1 = where the genre's evidence peaks)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -550,23 +551,30 @@ def overlay_figure(e: Explanation, image: Image.Image, path: Path) -> Path:
     from genrekit.atomic import atomic_open
 
     n = len(e.genres) + 1
-    fig, axes = plt.subplots(1, n, figsize=(2.6 * n, 2.6 * image.size[1] / image.size[0] + 0.9), squeeze=False)
-    axes = axes[0]
-    axes[0].imshow(image)
-    axes[0].set_title(Path(e.path).name[:28], fontsize=9)
-    for ax, g, p, d, s in zip(axes[1:], e.genres, e.probabilities, e.predicted, (e.sanity[g] for g in e.genres)):
-        ax.imshow(image)
-        ax.imshow(e.maps[g], cmap="jet", alpha=0.5, vmin=0, vmax=max(float(e.maps[g].max()), 1e-6))
-        sc = "n/a" if s is None else f"{s:.2f}"
-        ax.set_title(f"{g}{'*' if d else ''} p={p:.2f}\nvs random: rho={sc}", fontsize=9)
-    for ax in axes:
-        ax.axis("off")
-    dist = "n/a" if e.distinctness is None else f"{e.distinctness:.2f}"
-    fig.suptitle(f"{e.method}; genre maps mean pairwise rho={dist} (* = predicted)", fontsize=9)
-    fig.tight_layout()
-    with atomic_open(path, "wb") as fh:
-        fig.savefig(fh, format="png", dpi=100)
-    plt.close(fig)
+    # File names and genres are the user's text: never parsed as mathtext ("$x$" stays "$x$").
+    with matplotlib.rc_context({"text.parse_math": False, "figure.constrained_layout.use": True}):
+        fig, axes = plt.subplots(1, n, figsize=(2.6 * n + 0.8, 2.6 * image.size[1] / image.size[0] + 1.0), squeeze=False)
+        axes = axes[0]
+        axes[0].imshow(image)
+        axes[0].set_title(Path(e.path).name[:28], fontsize=10)
+        im = None
+        for ax, g, p, d, s in zip(axes[1:], e.genres, e.probabilities, e.predicted, (e.sanity[g] for g in e.genres)):
+            ax.imshow(image)
+            peak = max(float(e.maps[g].max()), 1e-6)
+            im = ax.imshow(e.maps[g] / peak, cmap="jet", alpha=0.5, vmin=0, vmax=1)
+            sc = "n/a" if s is None else f"{s:.2f}"
+            ax.set_title(f"{g}{'*' if d else ''} p={p:.2f}\nvs random: rho={sc}", fontsize=10)
+        for ax in axes:
+            ax.axis("off")
+        if im is not None:
+            bar = fig.colorbar(im, ax=list(axes), shrink=0.8, pad=0.02)
+            bar.set_label("share of the map's peak", fontsize=10)
+            bar.ax.tick_params(labelsize=9)
+        dist = "n/a" if e.distinctness is None else f"{e.distinctness:.2f}"
+        fig.suptitle(f"{e.method}; genre maps mean pairwise rho={dist} (* = predicted)", fontsize=10)
+        with atomic_open(path, "wb") as fh:
+            fig.savefig(fh, format="png", dpi=100)
+        plt.close(fig)
     return path
 
 

@@ -82,7 +82,7 @@ def predict_items(run: LoadedRun, items: Sequence[Item]) -> tuple[list[Predictio
     named = name_failures(items, failures)
     if not ok:
         return [], named
-    return rank([items[i].name for i in ok], P, run.thresholds.apply(P), run.genres), named
+    return rank([items[i].name for i in ok], P, run.thresholds.apply(P), run.genres, run.thresholds), named
 
 
 # -- the single-head run -------------------------------------------------------------------------

@@ -28,23 +28,45 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Prediction:
-    """Genres of one item, most probable first.
+    """Genres of one item, most probable first, each with the threshold that decided it.
 
     Attributes:
         item: the poster path or the text.
         ranked: (genre, probability) pairs, sorted by probability, highest first.
         predicted: the genres the decision rule selects, in ranked order.
+        thresholds: each ranked genre's threshold (same order as ``ranked``); ``None`` where the
+            rule has none (``top-k``) or the caller gave no rule.
+        rule: the decision rule (``per-genre``, ``global``, ``top-k (k=2)`` ...), ``""`` if unknown.
+        fallback: genres whose threshold is the global one (too few validation positives to tune their own).
     """
 
     item: str
     ranked: tuple[tuple[str, float], ...]
     predicted: tuple[str, ...]
+    thresholds: tuple[float | None, ...] = ()
+    rule: str = ""
+    fallback: tuple[str, ...] = ()
+
+    def threshold_of(self, genre: str) -> float | None:
+        for (g, _), t in zip(self.ranked, self.thresholds):
+            if g == genre:
+                return t
+        return None
 
     def to_json(self) -> dict:
+        chosen, fell = set(self.predicted), set(self.fallback)
+        ths = self.thresholds or (None,) * len(self.ranked)
         return {
             "item": self.item,
             "predicted": list(self.predicted),
             "probabilities": {g: round(p, 6) for g, p in self.ranked},
+            # Most probable first, each with its threshold: what decided the predicted set.
+            "genres": [
+                {"genre": g, "probability": round(p, 6), "threshold": None if t is None else round(t, 6),
+                 "predicted": g in chosen, "threshold_is_global_fallback": g in fell}
+                for (g, p), t in zip(self.ranked, ths)
+            ],  # fmt: skip
+            "rule": self.rule,
         }
 
     def line(self, limit: int | None = None) -> str:
@@ -53,8 +75,20 @@ class Prediction:
         return ", ".join(f"{g}{'*' if g in self.predicted else ''} {p:.2f}" for g, p in shown)
 
 
-def rank(items: Sequence[str], P: np.ndarray, Y: np.ndarray, genres: Sequence[str]) -> list[Prediction]:
-    """One :class:`Prediction` per row of probabilities ``P`` and decisions ``Y``."""
+def rule_name(thresholds) -> str:
+    """``per-genre``, ``global``, ``top-k (k=2)`` ...: how a :class:`Thresholds` decides."""
+    return f"top-k (k={thresholds.k})" if thresholds.rule == "top-k" else thresholds.rule
+
+
+def rank(items: Sequence[str], P: np.ndarray, Y: np.ndarray, genres: Sequence[str], thresholds=None) -> list[Prediction]:
+    """One :class:`Prediction` per row of probabilities ``P`` and decisions ``Y``.
+
+    ``thresholds`` (a :class:`~genrekit.evaluation.thresholds.Thresholds`, the rule that made ``Y``)
+    puts each genre's threshold beside its probability.
+    """
+    per_genre = thresholds is not None and thresholds.rule != "top-k" and len(thresholds.values) == len(genres)
+    rule = rule_name(thresholds) if thresholds is not None else ""
+    fallback = tuple(thresholds.fallback) if thresholds is not None else ()
     out = []
     for item, p, y in zip(items, P, Y):
         order = np.argsort(-p, kind="stable")
@@ -63,6 +97,9 @@ def rank(items: Sequence[str], P: np.ndarray, Y: np.ndarray, genres: Sequence[st
                 item=item,
                 ranked=tuple((genres[j], float(p[j])) for j in order),
                 predicted=tuple(genres[j] for j in order if y[j]),
+                thresholds=tuple(float(thresholds.values[j]) if per_genre else None for j in order),
+                rule=rule,
+                fallback=fallback,
             )
         )
     return out
@@ -104,12 +141,34 @@ def predict_texts(run: str | Path | SavedHead, texts: Sequence[str], device: str
 
 @dataclass
 class RunEvaluation:
-    """A saved head scored on a store: results (metric keys and per-genre report) and raw probabilities."""
+    """A saved head scored on a store: results (metric keys and per-genre report) and raw probabilities.
+
+    Attributes:
+        results: metric keys, per-genre report, thresholds, genres on one side only.
+        ids: the scored items.
+        genres: the run's genres (the columns of ``P``).
+        P: per-item probabilities.
+        true: each item's own labels in the collection (all of its genres, shared with the run or not).
+        predicted: each item's predicted set (the run's rule), most probable first.
+    """
 
     results: dict
     ids: np.ndarray
     genres: list[str]
     P: np.ndarray
+    true: list[tuple[str, ...]] | None = None
+    predicted: list[tuple[str, ...]] | None = None
+
+
+def label_sets(Y: np.ndarray, genres: Sequence[str]) -> list[tuple[str, ...]]:
+    """Each row of multi-hot ``Y`` as the names of its genres (column order)."""
+    return [tuple(g for g, v in zip(genres, row) if v) for row in np.asarray(Y)]
+
+
+def predicted_sets(P: np.ndarray, thresholds, genres: Sequence[str]) -> list[tuple[str, ...]]:
+    """Each row's predicted genres under ``thresholds``, most probable first."""
+    D = thresholds.apply(P)
+    return [tuple(genres[j] for j in np.argsort(-p, kind="stable") if d[j]) for p, d in zip(np.asarray(P), D)]
 
 
 def evaluate_run(
@@ -146,17 +205,30 @@ def evaluate_run(
     P = saved.predict_proba(X)
     results = {"head": saved.name, "items": int(len(X)), "split": split or "all",
                **score_collection(saved.thresholds, P, saved.genres, Yall, fs.genres)}
-    return RunEvaluation(results, ids, list(saved.genres), P)
+    return RunEvaluation(results, ids, list(saved.genres), P, label_sets(Yall, fs.genres), predicted_sets(P, saved.thresholds, saved.genres))
 
 
-def write_predictions(path: str | Path, ids: Sequence[str], genres: Sequence[str], P: np.ndarray) -> Path:
-    """CSV with ``id`` and one probability column per genre, named by the genre (atomic write)."""
+def write_predictions(
+    path: str | Path,
+    ids: Sequence[str],
+    genres: Sequence[str],
+    P: np.ndarray,
+    true: Sequence[Sequence[str]] | None = None,
+    predicted: Sequence[Sequence[str]] | None = None,
+) -> Path:
+    """CSV of per-item predictions (atomic write).
+
+    Columns: ``id``; ``true_genres`` (the item's labels) and ``predicted_genres`` (the predicted
+    set, most probable first), each ``|``-separated, where given; then one probability column per
+    genre, named by the genre.
+    """
     path = Path(path)
     with atomic_open(path, newline="") as fh:
         w = csv.writer(fh)
-        w.writerow(["id", *genres])
-        for i, p in zip(ids, P):
-            w.writerow([i, *(f"{v:.6f}" for v in p)])
+        w.writerow(["id", *(["true_genres"] if true is not None else []), *(["predicted_genres"] if predicted is not None else []), *genres])
+        for k, (i, p) in enumerate(zip(ids, P)):
+            sets = [*(["|".join(true[k])] if true is not None else []), *(["|".join(predicted[k])] if predicted is not None else [])]
+            w.writerow([i, *sets, *(f"{v:.6f}" for v in p)])
     return path
 
 
@@ -209,7 +281,11 @@ def zeroshot_texts(
 
     Each genre is the embedding of a one-sentence description of its typical story
     (:data:`~genrekit.heads.zeroshot.GENRE_DESCRIPTIONS`; genres without one use prompt templates).
-    Probabilities and the predicted set follow :func:`zeroshot_files`.
+    Probabilities are multi-label (each genre on its own, not a share of one): the standardised
+    similarity through a logistic map fitted once on labelled plots
+    (:data:`~genrekit.heads.zeroshot.TEXT_CALIBRATION`); the predicted set is every genre at or
+    above :data:`~genrekit.heads.zeroshot.TEXT_THRESHOLD` and at least the most probable one
+    (or the ``top_k`` genres).
 
     Args:
         texts: plots (long ones are windowed and pooled by the encoder, never truncated).
@@ -217,7 +293,7 @@ def zeroshot_texts(
         weights: its weights (tag, path or ``none``); ``None`` for the default tag.
         genres: genre labels to score (default: :data:`DEFAULT_GENRES`).
         device: where the encoder runs.
-        top_k: how many genres to mark per plot (0: those above 1/G).
+        top_k: how many genres to mark per plot (0: those at or above the threshold).
 
     Example:
         >>> zeroshot_texts(["A sheriff hunts an outlaw across the desert."])[0].predicted  # doctest: +SKIP
@@ -244,18 +320,25 @@ def _zeroshot_genres(genres: Sequence[str] | None) -> list[str]:
     return genres
 
 
-# Softmax temperatures: text-to-text cosines of a sentence encoder spread about three times wider
-# than CLIP's image-to-text ones, so 0.01 would put all of a plot's mass on one genre.
+# Softmax temperature of posters: CLIP's logit scale (100). Plots get a calibrated multi-label map
+# instead (:data:`~genrekit.heads.zeroshot.TEXT_CALIBRATION`).
 ZEROSHOT_TEMPERATURE = {"image": 0.01, "text": 0.03}
 
 
 def _rank_zeroshot(items: list[str], X: np.ndarray, encoder, genres: list[str], modality: str, top_k: int) -> list[Prediction]:
-    prompts = genre_prompt_embeddings(encoder.encode_texts, genres, modality)
-    P = softmax_probabilities(cosine_scores(X, prompts), ZEROSHOT_TEMPERATURE[modality])
-    if top_k:
-        from genrekit.evaluation.thresholds import top_k as mark_top_k
+    from genrekit.evaluation.thresholds import Thresholds
+    from genrekit.heads.zeroshot import TEXT_CALIBRATION, TEXT_THRESHOLD, standardised_logistic
 
-        Y = mark_top_k(P, top_k)
+    prompts = genre_prompt_embeddings(encoder.encode_texts, genres, modality)
+    S = cosine_scores(X, prompts)
+    G = len(genres)
+    if modality == "text":
+        ref = S if list(genres) == list(DEFAULT_GENRES) else cosine_scores(X, genre_prompt_embeddings(encoder.encode_texts, DEFAULT_GENRES, "text"))
+        P = standardised_logistic(S, ref, *TEXT_CALIBRATION)
+        rule = Thresholds("at-least-one", (TEXT_THRESHOLD,) * G)
     else:
-        Y = (P > 1.0 / len(genres)).astype(np.uint8)
-    return rank(items, P, Y, genres)
+        P = softmax_probabilities(S, ZEROSHOT_TEMPERATURE[modality])
+        rule = Thresholds("global", (1.0 / G,) * G)  # above the uniform share
+    if top_k:
+        rule = Thresholds("top-k", (0.5,) * G, k=top_k)
+    return rank(items, P, rule.apply(P), genres, rule)

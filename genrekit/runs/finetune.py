@@ -68,7 +68,7 @@ from genrekit.evaluation.metrics import macro_average_precision
 from genrekit.evaluation.scorecard import score
 from genrekit.evaluation.thresholds import RULES, Thresholds
 from genrekit.extraction import read_images
-from genrekit.rundir import FINETUNE_FILE
+from genrekit.rundir import FINETUNE_FILE, save_part_predictions
 from genrekit.store import FeatureStore, StoreHeader
 from genrekit.system import cpu_count
 
@@ -804,6 +804,7 @@ def run_finetune(
     P_val = _sigmoid(predict_logits(net, data.images["val"], preprocess, device, channels_last))
     P_test = _sigmoid(predict_logits(net, data.images["test"], preprocess, device, channels_last))
     val, test, th, per_genre = _score(data.Y["val"], P_val, data.Y["test"], P_test, data.genres, config)
+    save_part_predictions(out, data.ids, data.Y, P_val, P_test)  # the report's curves and gallery
 
     # The saved backbone has the registry module's keys, so `extract --weights` loads it as is.
     atomic_write_json(out / FINETUNE_FILE, {

@@ -36,7 +36,7 @@ from genrekit.heads.saved import SavedHead, write_json
 from genrekit.heads.sklearn_heads import grid_notes, similarity_order
 from genrekit.heads.zeroshot import genre_prompt_embeddings
 from genrekit.progress import ProgressFn, null_progress
-from genrekit.rundir import PREDICTIONS_FILE, RESULTS_CSV, RESULTS_FILE, SPLIT_FILE
+from genrekit.rundir import RESULTS_CSV, RESULTS_FILE, SPLIT_FILE, save_part_predictions
 from genrekit.store import FeatureSet, StoreHeader
 from genrekit.system import cpu_count
 
@@ -549,17 +549,10 @@ def _ensemble_step(members: dict, genres, Yva, Yte, header, config, out, run_inf
 
 
 def save_predictions(directory: Path, ids, parts: Mapping[str, np.ndarray], P_val, P_test, Y: np.ndarray) -> None:
-    """Per-item validation and test probabilities, and the labels of every part, for ``genrekit report``.
-
-    Written beside the saved head as ``predictions.npz``: plain arrays ``ids_<part>`` and
-    ``Y_<part>`` for train, val and test, ``P_val`` and ``P_test``; columns in the head's genre order.
-    """
-    from genrekit.atomic import atomic_open
-
+    """Per-item validation and test probabilities, and the labels of every part, for ``genrekit report``
+    (:func:`genrekit.rundir.save_part_predictions`, beside the saved head)."""
     ids = np.asarray([str(i) for i in ids])
-    arrays = {f"{k}_{p}": v for p in PARTS for k, v in (("ids", ids[parts[p]]), ("Y", np.asarray(Y[parts[p]], np.uint8)))}
-    with atomic_open(directory / PREDICTIONS_FILE, "wb") as fh:
-        np.savez_compressed(fh, P_val=np.asarray(P_val, np.float32), P_test=np.asarray(P_test, np.float32), **arrays)
+    save_part_predictions(directory, {p: ids[parts[p]] for p in PARTS}, {p: np.asarray(Y[parts[p]]) for p in PARTS}, P_val, P_test)
 
 
 def _card_fields(card) -> dict:

@@ -11,7 +11,7 @@ from rich.table import Table
 
 from genrekit_cli.main import app
 from genrekit_cli.options import DeviceOpt, FormatOpt, PrecisionOpt
-from genrekit_cli.ui import console, err_console, fmt as _fmt, print_per_genre as _print_per_genre, progress_bar
+from genrekit_cli.ui import console, err_console, fmt as _fmt, loading, print_per_genre as _print_per_genre, progress_bar
 
 
 EVALUATE_EXAMPLES = """
@@ -32,17 +32,18 @@ def evaluate(
     data: Annotated[Optional[Path], typer.Option("--data", "-d", help="Labelled manifest: every modality the run reads is embedded.")] = None,
     format: FormatOpt = "auto",
     json_out: Annotated[Optional[Path], typer.Option("--json", help="Write the scores to this JSON file.")] = None,
-    predictions: Annotated[Optional[Path], typer.Option(help="Write id + one probability column per genre (CSV).")] = None,
+    predictions: Annotated[Optional[Path], typer.Option(help="Write a CSV: id, true genres, predicted genres (most probable first), one probability column per genre.")] = None,
     split: Annotated[Optional[str], typer.Option(help="Score only train, val or test of the store's (or manifest's) split.", show_default="all")] = None,
     device: DeviceOpt = "cpu",
     precision: PrecisionOpt = "auto",
 ) -> None:
     """Score a saved run on another collection's stores or manifest (genres aligned by name)."""
-    from genrekit.atomic import atomic_write_json, refuse_overwrite
-    from genrekit.errors import ConfigError, GenrekitError
-    from genrekit.heads.saved import _json_default
-    from genrekit.inference import evaluate_manifest, evaluate_stores, load_run, write_predictions
-    from genrekit.store import FeatureStore
+    with loading("starting: importing torch and scikit-learn"):
+        from genrekit.atomic import atomic_write_json, refuse_overwrite
+        from genrekit.errors import ConfigError, GenrekitError
+        from genrekit.heads.saved import _json_default
+        from genrekit.inference import evaluate_manifest, evaluate_stores, load_run, write_predictions
+        from genrekit.store import FeatureStore
 
     if bool(store) == bool(data):  # a usage error: exit 2 with the usage, like a missing option
         raise typer.BadParameter("give the collection's stores (one per store of the run), or its manifest", param_hint="'--store' or '--data'")
@@ -53,18 +54,20 @@ def evaluate(
             refuse_overwrite(out, {"the manifest": data, "the run": run}, flag)
     if json_out and predictions and json_out.resolve() == predictions.resolve():
         raise ConfigError(f"--json and --predictions both name {json_out}; give them different files")
-    try:
-        loaded = load_run(run, device=device, precision=precision)
-    except GenrekitError:
-        for s in store or []:  # when both are wrong, a damaged store is the first thing to name
-            FeatureStore(s).load()
-        raise
+    with loading(f"loading the run {run}"):
+        try:
+            loaded = load_run(run, device=device, precision=precision)
+        except GenrekitError:
+            for s in store or []:  # when both are wrong, a damaged store is the first thing to name
+                FeatureStore(s).load()
+            raise
     if data:
-        with progress_bar("items") as progress:
+        with progress_bar("items", waiting=f"reading {data.name}, building the run's encoder") as progress:
             ev = evaluate_manifest(loaded, data, split=split, format=format, progress=progress)
         source = str(data)
     else:
-        ev = evaluate_stores(loaded, store, split=split)
+        with loading(f"scoring {len(store)} store(s)"):
+            ev = evaluate_stores(loaded, store, split=split)
         source = " + ".join(map(str, store))
     res = ev.results
     if data:  # the encoders ran on the items: say in which precision
@@ -72,7 +75,7 @@ def evaluate(
     if json_out:
         atomic_write_json(json_out, res, default=_json_default)
     if predictions:
-        write_predictions(predictions, ev.ids, ev.genres, ev.P)
+        write_predictions(predictions, ev.ids, ev.genres, ev.P, ev.true, ev.predicted)
     t = Table(title=f"{res['head']} on {escape(source)} ({res['items']:,} items, {len(res['genres'])} shared genres)", title_justify="left")
     t.add_column("metric")
     t.add_column(f"tuned ({res['thresholds']['rule']})", justify="right")

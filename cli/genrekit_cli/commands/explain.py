@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from genrekit_cli.main import app
-from genrekit_cli.ui import console, err_console, print_json
+from genrekit_cli.ui import loading, console, err_console, print_json
 
 EXPLAIN_EXAMPLES = """
 Examples:
@@ -30,18 +30,20 @@ def explain(
     json: Annotated[bool, typer.Option("--json", help="Print the JSON summary instead of lines.")] = False,
 ) -> None:
     """Per-genre saliency maps of the run's own encoder and head, with a sanity check and genre distinctness."""
-    from genrekit.inference.explain import ExplainConfig, build_explainer, explain_poster, write_explanations
-    from genrekit.inference.loaded import load_run
+    with loading("starting: importing torch, captum and pytorch-grad-cam") as status:
+        from genrekit.inference.explain import ExplainConfig, build_explainer, explain_poster, write_explanations
+        from genrekit.inference.loaded import load_run
 
-    from genrekit.errors import ConfigError
+        from genrekit.errors import ConfigError
 
-    if genres and top_k is not None:
-        raise ConfigError("give --genres or --top-k, not both")
-    names = tuple(g.strip() for g in (genres or "").split(",") if g.strip())
-    config = ExplainConfig(genres=names, top_k=3 if top_k is None else top_k, method=method)
-    config.validate()
-    loaded = load_run(run)
-    ex = build_explainer(loaded, seed=config.sanity_seed)
+        if genres and top_k is not None:
+            raise ConfigError("give --genres or --top-k, not both")
+        names = tuple(g.strip() for g in (genres or "").split(",") if g.strip())
+        config = ExplainConfig(genres=names, top_k=3 if top_k is None else top_k, method=method)
+        config.validate()
+        status.update(f"loading the run {run} and a randomised copy of its encoder")
+        loaded = load_run(run)
+        ex = build_explainer(loaded, seed=config.sanity_seed)
     done, failures = [], []
     from genrekit.errors import UnreadableImageError
 

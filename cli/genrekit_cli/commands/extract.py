@@ -10,7 +10,7 @@ from rich.markup import escape
 
 from genrekit_cli.main import app
 from genrekit_cli.options import ColumnsOpt, DeviceOpt, FormatOpt, GenreSepOpt, GenresOpt, MinCountOpt, NoSynonymsOpt, OtherOpt, SynonymOpt, TopKOpt, WeightsOpt, parse_columns, vocab_config
-from genrekit_cli.ui import console, print_failures, progress_bar
+from genrekit_cli.ui import console, loading, print_failures, progress_bar
 
 
 EXTRACT_EXAMPLES = """
@@ -61,9 +61,10 @@ def extract(
     num_gpus_per_worker: Annotated[float, typer.Option(help="With --engine ray: GPUs per encoder actor (1: one actor per GPU).")] = 0.0,
 ) -> None:
     """Run a frozen encoder once over a collection into an HDF5 feature store (resumable)."""
-    from genrekit.atomic import refuse_overwrite
-    from genrekit.extraction import ExtractConfig
-    from genrekit.extraction import extract as run
+    with loading("starting: importing torch"):
+        from genrekit.atomic import refuse_overwrite
+        from genrekit.extraction import ExtractConfig
+        from genrekit.extraction import extract as run
 
     refuse_overwrite(out, {"the manifest": data, "the split file": split}, "--out")
     config = ExtractConfig(
@@ -74,7 +75,8 @@ def extract(
         vocab=vocab_config(top_k, min_count, genres, other, synonym, no_synonyms),
         engine=engine, ray_address=ray_address, num_gpus_per_worker=num_gpus_per_worker,
     )
-    with progress_bar("posters" if modality == "image" else f"{field}s") as progress:
+    waiting = f"reading {data.name}, building {backbone}"
+    with progress_bar("posters" if modality == "image" else f"{field}s", waiting=waiting) as progress:
         report = run(config, progress=progress)
     s = report.seconds
     console.print(

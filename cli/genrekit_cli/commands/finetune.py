@@ -11,7 +11,7 @@ from rich.table import Table
 
 from genrekit_cli.main import app
 from genrekit_cli.options import DeviceOpt, JsonOpt
-from genrekit_cli.ui import console, err_console, print_json
+from genrekit_cli.ui import loading, console, err_console, print_json
 from genrekit_cli.ui import fmt as _fmt
 
 FINETUNE_EXAMPLES = """
@@ -51,9 +51,10 @@ def finetune(
 ) -> None:
     """Fine-tune the store's backbone with a multi-label head: LP-FT, a seeded grid, early stopping,
     WiSE-FT; thresholds tuned on validation; results.json / results.csv like `heads`."""
-    from genrekit.atomic import refuse_overwrite
-    from genrekit.errors import ConfigError
-    from genrekit.runs.finetune import FinetuneConfig, parse_grid, run_finetune
+    with loading("starting: importing torch"):
+        from genrekit.atomic import refuse_overwrite
+        from genrekit.errors import ConfigError
+        from genrekit.runs.finetune import FinetuneConfig, parse_grid, run_finetune
 
     try:
         alphas = tuple(float(a) for a in wise_alphas.split(",") if a.strip())
@@ -69,8 +70,12 @@ def finetune(
     columns = [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"), TimeElapsedColumn()]
     with Progress(*columns, console=err_console, transient=False) as bar:
         tasks: dict[tuple[str, int], int] = {}
+        # Until the first epoch reports: decoding the posters, the linear probe, the network.
+        wait: list = [bar.add_task("decoding the posters and building the network", total=None, info="")]
 
         def progress(ev) -> None:
+            if wait:
+                bar.remove_task(wait.pop())
             key = (ev.cell, ev.epoch)
             if key not in tasks:
                 tasks[key] = bar.add_task(f"{ev.cell} ({ev.cell_index}/{ev.cells}) epoch {ev.epoch}/{ev.epochs}", total=ev.total, info="")
@@ -79,7 +84,11 @@ def finetune(
                 info += f"  val mAP {ev.val_map:.4f}  lr {ev.lr:.2g}"
             bar.update(tasks[key], completed=ev.done, info=info)
 
-        res = run_finetune(store, out, config, run=run, progress=progress)
+        try:
+            res = run_finetune(store, out, config, run=run, progress=progress)
+        finally:  # failed before the first epoch: no waiting line left behind
+            if wait:
+                bar.remove_task(wait.pop())
     if json:
         print_json(res)
         return

@@ -11,7 +11,7 @@ from rich.text import Text
 
 from genrekit_cli.main import app
 from genrekit_cli.options import JsonOpt, csv_list as _csv
-from genrekit_cli.ui import console, err_console, fmt as _fmt, print_json, print_per_genre as _print_per_genre, progress_bar
+from genrekit_cli.ui import console, err_console, fmt as _fmt, loading, print_json, print_per_genre as _print_per_genre, progress_bar
 
 
 HEADS_EXAMPLES = """
@@ -45,9 +45,10 @@ def heads(
 ) -> None:
     """Train heads on cached features, tune thresholds on validation, rank them on test."""
     from genrekit.atomic import refuse_overwrite
-    from genrekit.errors import ConfigError
-    from genrekit.runs.leaderboard import HeadsConfig, run_heads
-    from genrekit.store import FeatureStore
+    with loading("starting: importing scikit-learn and torch"):
+        from genrekit.errors import ConfigError
+        from genrekit.runs.leaderboard import HeadsConfig, run_heads
+        from genrekit.store import FeatureStore
 
     refuse_overwrite(out, {f"the store {s}": s for s in store}, "--out")
     if all_ == bool(head):
@@ -63,8 +64,9 @@ def heads(
     if fusion is not None:
         raise ConfigError("--fusion needs two or more --store (a poster store and a plot store of one collection)")
     fs = FeatureStore(store[0])
-    features = fs.load()
-    with progress_bar("heads") as progress:
+    with loading(f"reading {store[0]}"):
+        features = fs.load()
+    with progress_bar("heads", waiting="splitting and training the first heads") as progress:
         res = run_heads(features, out, config, header=fs.header, progress=progress)
     if json:
         print_json(res)
@@ -79,8 +81,9 @@ def _fused_heads(stores: list[Path], out: Path, config, fusion: str, join: str, 
 
     fconfig = FusionConfig(fusion=fusion, join=join, per_genre_weights=per_genre_weights)
     fconfig.validate()
-    joined = join_stores(stores, join)
-    with progress_bar("heads") as progress:
+    with loading(f"reading and joining {len(stores)} stores"):
+        joined = join_stores(stores, join)
+    with progress_bar("heads", waiting="splitting and training the first heads") as progress:
         res = run_fused(joined, out, config, fconfig, progress=progress)
     if json:
         print_json(res)

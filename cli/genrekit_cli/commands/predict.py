@@ -9,7 +9,7 @@ import typer
 
 from genrekit_cli.main import app
 from genrekit_cli.options import DeviceOpt, JsonOpt, PrecisionOpt, TopOpt
-from genrekit_cli.ui import print_predictions as _print_predictions
+from genrekit_cli.ui import loading, print_predictions as _print_predictions
 
 
 PREDICT_EXAMPLES = """
@@ -35,37 +35,40 @@ def predict(
     json: JsonOpt = False,
 ) -> None:
     """Genres of new posters, titles or plots, sorted by probability; the predicted set is starred."""
-    from genrekit.errors import ConfigError
-    from genrekit.inference import Item, load_run, predict_items
+    with loading("starting: importing torch and scikit-learn") as status:
+        from genrekit.errors import ConfigError
+        from genrekit.inference import Item, load_run, predict_items
 
-    if text and (title or plot):
-        raise ConfigError("--text is for a head trained on one text field; with --title / --plot name the field instead")
-    if not (posters or text or title or plot):
-        raise ConfigError("give poster files, and/or texts with --title / --plot (or --text)")
-    loaded = load_run(run, device=device, precision=precision)
-    if text:
-        if posters:
-            raise ConfigError("give poster files, or texts with --text (one of them); a fused run takes --title / --plot beside posters")
-        field = next((f for f in loaded.inputs if f != "image"), None)
-        if field is None:
-            raise ConfigError(f"the {loaded.name} head was trained on posters; pass poster files")
-        items = [Item(t, texts={field: t}) for t in text]
-    else:
-        texts = {f: list(v) for f, v in (("title", title), ("plot", plot)) if v}
-        for f in texts:
-            if f not in loaded.inputs:
-                raise ConfigError(f"the {loaded.name} run reads {', '.join(loaded.inputs)}, not {f}s; drop --{f}")
-        if posters and "image" not in loaded.inputs:
-            raise ConfigError(f"the {loaded.name} run reads {', '.join(loaded.inputs)}, not posters")
-        n = len(posters) if posters else max(len(v) for v in texts.values())
-        for f, v in texts.items():
-            if len(v) != n:
-                raise ConfigError(f"got {len(v)} --{f} for {n} item(s); give one per poster (in order)")
-        items = []
-        for k in range(n):
-            t = {f: v[k] for f, v in texts.items()}
-            name = str(posters[k]) if posters else next(iter(t.values()))
-            items.append(Item(name, image=str(posters[k]) if posters else None, texts=t))
-    preds, failures = predict_items(loaded, items)
-    notes = loaded.fallbacks([it for it in items if it.name in {p.item for p in preds}]) if hasattr(loaded, "fallbacks") else []
+        if text and (title or plot):
+            raise ConfigError("--text is for a head trained on one text field; with --title / --plot name the field instead")
+        if not (posters or text or title or plot):
+            raise ConfigError("give poster files, and/or texts with --title / --plot (or --text)")
+        status.update(f"loading the run {run}")
+        loaded = load_run(run, device=device, precision=precision)
+        if text:
+            if posters:
+                raise ConfigError("give poster files, or texts with --text (one of them); a fused run takes --title / --plot beside posters")
+            field = next((f for f in loaded.inputs if f != "image"), None)
+            if field is None:
+                raise ConfigError(f"the {loaded.name} head was trained on posters; pass poster files")
+            items = [Item(t, texts={field: t}) for t in text]
+        else:
+            texts = {f: list(v) for f, v in (("title", title), ("plot", plot)) if v}
+            for f in texts:
+                if f not in loaded.inputs:
+                    raise ConfigError(f"the {loaded.name} run reads {', '.join(loaded.inputs)}, not {f}s; drop --{f}")
+            if posters and "image" not in loaded.inputs:
+                raise ConfigError(f"the {loaded.name} run reads {', '.join(loaded.inputs)}, not posters")
+            n = len(posters) if posters else max(len(v) for v in texts.values())
+            for f, v in texts.items():
+                if len(v) != n:
+                    raise ConfigError(f"got {len(v)} --{f} for {n} item(s); give one per poster (in order)")
+            items = []
+            for k in range(n):
+                t = {f: v[k] for f, v in texts.items()}
+                name = str(posters[k]) if posters else next(iter(t.values()))
+                items.append(Item(name, image=str(posters[k]) if posters else None, texts=t))
+        status.update(f"predicting {len(items)} item(s) (the encoder is built on first use)")
+        preds, failures = predict_items(loaded, items)
+        notes = loaded.fallbacks([it for it in items if it.name in {p.item for p in preds}]) if hasattr(loaded, "fallbacks") else []
     _print_predictions(preds, failures, json, top, notes, precision=loaded.precision if preds else None)

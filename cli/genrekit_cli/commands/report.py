@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from genrekit_cli.main import app
-from genrekit_cli.ui import console
+from genrekit_cli.ui import console, loading
 
 REPORT_EXAMPLES = """
 Examples:
@@ -24,12 +24,13 @@ def report(
     head: Annotated[Optional[list[str]], typer.Option("--head", help="Also detail this head (repeatable); the best head always is.")] = None,
 ) -> None:
     """One self-contained HTML report of a run: every figure embedded, opens from disk with no network."""
-    from genrekit.atomic import refuse_overwrite
-    from genrekit_cli.apps.report import write_report
+    with loading("starting: importing matplotlib and scikit-learn") as status:
+        from genrekit.atomic import refuse_overwrite
+        from genrekit_cli.apps.report import write_report
 
-    if out is not None:
-        refuse_overwrite(out, {"the run's results": run / "results.json"}, "--out")
-    with console.status("drawing the report") as status:
+        if out is not None:
+            refuse_overwrite(out, {"the run's results": run / "results.json"}, "--out")
+        status.update("drawing the report")
         path = write_report(run, out, head or (), progress=lambda s: status.update(f"drawing: {s}"))
     size = path.stat().st_size / 1e6
     console.print(f"report: [bold]{path}[/] ({size:.1f} MB, self-contained; open it in a browser)", highlight=False)

@@ -6,10 +6,11 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+from rich.text import Text
 
 from genrekit_cli.main import app
 from genrekit_cli.options import DeviceOpt, JsonOpt, TopOpt, WeightsOpt, csv_list as _csv
-from genrekit_cli.ui import print_predictions as _print_predictions
+from genrekit_cli.ui import err_console, loading, print_predictions as _print_predictions
 
 
 ZEROSHOT_EXAMPLES = """
@@ -37,17 +38,26 @@ def zeroshot(
     json: JsonOpt = False,
 ) -> None:
     """Genres of posters from prompts ("a poster of a horror movie."), or of plots from genre descriptions; no training."""
-    from genrekit.errors import ConfigError
-    from genrekit.inference import zeroshot_files, zeroshot_texts
+    with loading("starting: importing torch"):
+        from genrekit.errors import ConfigError
+        from genrekit.inference import zeroshot_files, zeroshot_texts
+        from genrekit.backbones import random_weights
 
     if bool(posters) == bool(plot):
         raise ConfigError("give poster files, or plots with --plot (one of them)")
-    failures: list[tuple[str, str]] = []
-    if plot:
-        preds = zeroshot_texts(plot, backbone=backbone or "minilm", weights=weights, genres=_csv(genres) or None, device=device, top_k=top_k)
-    else:
-        preds, failures = zeroshot_files(
-            [str(p) for p in posters or []], backbone=backbone or "ViT-B-32", weights=weights, genres=_csv(genres) or None,
-            device=device, top_k=top_k,
-        )  # fmt: skip
+    name = backbone or ("minilm" if plot else "ViT-B-32")
+    if random_weights(name, weights):
+        err_console.print(
+            Text.assemble(("warning:", "bold yellow"), f" {name} with random weights ({'--weights none' if weights else 'it has no pretrained weights'}): "
+                          "its similarities to the genre prompts are noise, so the genres below are not predictions. "
+                          "Pass pretrained weights (a tag or a checkpoint file) with --weights."), highlight=False)  # fmt: skip
+    with loading(f"loading {name} and embedding the genre prompts"):
+        failures: list[tuple[str, str]] = []
+        if plot:
+            preds = zeroshot_texts(plot, backbone=name, weights=weights, genres=_csv(genres) or None, device=device, top_k=top_k)
+        else:
+            preds, failures = zeroshot_files(
+                [str(p) for p in posters or []], backbone=name, weights=weights, genres=_csv(genres) or None,
+                device=device, top_k=top_k,
+            )  # fmt: skip
     _print_predictions(preds, failures, json, top)
