@@ -77,8 +77,16 @@ def name_failures(items: Sequence[Item], failures: Sequence[tuple[int, str]]) ->
 
 
 def predict_items(run: LoadedRun, items: Sequence[Item]) -> tuple[list[Prediction], list[tuple[str, str]]]:
-    """Ranked genres of each usable item, and ``(item name, reason)`` for the others."""
+    """Ranked genres of each usable item, and ``(item name, reason)`` for the others.
+
+    An item whose probabilities are not finite (NaN, inf: broken weights) is a failure, never a
+    prediction."""
     P, ok, failures = run.predict_proba(items)
+    broken = ~np.isfinite(P).all(axis=1)
+    if broken.any():
+        why = f"the {run.kind} run {run.name!r} gave non-finite probabilities (NaN or inf): its weights are broken; retrain it"
+        failures = sorted([*failures, *((ok[i], why) for i in np.flatnonzero(broken))])
+        P, ok = P[~broken], [k for k, b in zip(ok, broken) if not b]
     named = name_failures(items, failures)
     if not ok:
         return [], named
