@@ -336,7 +336,7 @@ class SlowSaliency:
 
         self.steps, self.pause, self.ended, self.started = steps, pause, [], threading.Event()
 
-    def explain(self, poster, top_k, progress):
+    def maps(self, poster, top_k, progress):
         import time
 
         from genrekit_cli.apps.serve import Cancelled
@@ -350,7 +350,14 @@ class SlowSaliency:
             self.ended.append("cancelled")
             raise
         self.ended.append("finished")
+        return "maps"
+
+    def render(self, maps, poster):
         return {"genres": [], "method": "slow"}
+
+    def install(self, server) -> SlowSaliency:
+        server.saliency.maps, server.saliency.render = self.maps, self.render
+        return self
 
 
 def test_the_model_lock_lets_predictions_pass_an_explanation_between_its_steps():
@@ -390,8 +397,7 @@ def test_explain_streams_progress_and_a_second_one_is_refused_while_busy(runs):
     with TestClient(create_app(load_run(cfg.run), cfg)) as c:
         lines = [json.loads(x) for x in c.post("/api/explain?top_k=2&stream=true", files={"image": _file(runs["images"][0])}).text.splitlines()]
         assert "result" in lines[-1] and lines[-1]["result"]["method"] == "occlusion" and len(lines[-1]["result"]["genres"]) == 2
-        slow = SlowSaliency(steps=100)
-        c.app.state.server.saliency.explain = slow.explain
+        slow = SlowSaliency(steps=100).install(c.app.state.server)
         with ThreadPoolExecutor(1) as pool:
             first = pool.submit(c.post, "/api/explain?stream=true", files={"image": _file(runs["images"][0])})
             slow.started.wait(30)
@@ -457,8 +463,7 @@ def test_a_client_that_leaves_stops_its_explanation(live, runs):
     import time
 
     with live() as (port, server):
-        slow = SlowSaliency(steps=2000)
-        server.saliency.explain = slow.explain
+        slow = SlowSaliency(steps=2000).install(server)
         body, ctype = _multipart(runs["images"][0])
         s = _connect(port)
         s.sendall(f"POST /api/explain?stream=true HTTP/1.1\r\nHost: x\r\nContent-Type: {ctype}\r\nContent-Length: {len(body)}\r\n\r\n".encode() + body)
@@ -511,3 +516,27 @@ def test_poster_serves_only_images_from_the_manifests_absolute_paths(tmp_path):
             assert c.get(f"/api/poster/{train[2]}").status_code == 200
     finally:
         os.chdir(cwd)
+
+
+def test_predictions_that_wait_for_the_model_run_together_and_each_gets_its_own_answer(runs, monkeypatch):
+    import time
+
+    import genrekit_cli.apps.serve as serve_mod
+
+    cfg = ServeConfig(run=str(runs["posters"]), max_batch=6)
+    with TestClient(create_app(load_run(cfg.run), cfg)) as c:
+        server = c.app.state.server
+        paths = runs["images"][:8]
+        want = {p.name: c.post("/api/predict", files={"image": _file(p)}).json()["probabilities"] for p in paths}
+        calls = []
+        real = serve_mod.predict_groups
+        monkeypatch.setattr(serve_mod, "predict_groups", lambda run, groups: calls.append([len(g) for g in groups]) or real(run, groups))
+        with ThreadPoolExecutor(8) as pool:
+            with server.lock.urgent():  # the model is busy: all eight requests wait
+                futures = [pool.submit(c.post, "/api/predict", files={"image": _file(p)}) for p in paths]
+                deadline = time.monotonic() + 60
+                while len(server._waiting) < 8 and time.monotonic() < deadline:
+                    time.sleep(0.01)
+            got = [f.result().json() for f in futures]
+        assert [g["probabilities"] for g in got] == [want[p.name] for p in paths] and [g["item"] for g in got] == [p.name for p in paths]
+        assert sorted(len(x) for x in calls) == [2, 6] and all(n == 1 for x in calls for n in x)  # two passes, at most --max-batch items

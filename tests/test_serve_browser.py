@@ -127,8 +127,7 @@ def test_genres_show_while_another_explanation_runs(served, tmp_path):
 
     cfg = ServeConfig(run=str(served["root"] / "runs"), max_explains=3)
     app = create_app(load_run(cfg.run), cfg)
-    slow = SlowSaliency(steps=1500, pause=0.02)  # about 30 s of steps, each giving the model up to waiting predictions
-    app.state.server.saliency.explain = slow.explain
+    slow = SlowSaliency(steps=1500, pause=0.02).install(app.state.server)  # about 30 s of steps, each giving the model up to waiting predictions
     poster = served["posters"][1]
     with live_server(app) as port:
         url = f"http://127.0.0.1:{port}"

@@ -81,16 +81,30 @@ def predict_items(run: LoadedRun, items: Sequence[Item]) -> tuple[list[Predictio
 
     An item whose probabilities are not finite (NaN, inf: broken weights) is a failure, never a
     prediction."""
+    return predict_groups(run, [items])[0]
+
+
+def predict_groups(run: LoadedRun, groups: Sequence[Sequence[Item]]) -> list[tuple[list[Prediction], list[tuple[str, str]]]]:
+    """:func:`predict_items` of several lists of items in one pass through the run (one encoder
+    batch): each list gets what it would get alone, up to the float rounding of a larger batch.
+    ``genrekit serve`` answers the requests that wait for the model together this way."""
+    items = [it for g in groups for it in g]
     P, ok, failures = run.predict_proba(items)
     broken = ~np.isfinite(P).all(axis=1)
     if broken.any():
         why = f"the {run.kind} run {run.name!r} gave non-finite probabilities (NaN or inf): its weights are broken; retrain it"
         failures = sorted([*failures, *((ok[i], why) for i in np.flatnonzero(broken))])
         P, ok = P[~broken], [k for k, b in zip(ok, broken) if not b]
-    named = name_failures(items, failures)
-    if not ok:
-        return [], named
-    return rank([items[i].name for i in ok], P, run.thresholds.apply(P), run.genres, run.thresholds), named
+    decided = run.thresholds.apply(P) if ok else np.zeros(P.shape, bool)
+    row = {k: r for r, k in enumerate(ok)}
+    out, start = [], 0
+    for g in groups:
+        ks = [k for k in range(start, start + len(g)) if k in row]
+        rows = [row[k] for k in ks]
+        preds = rank([items[k].name for k in ks], P[rows], decided[rows], run.genres, run.thresholds) if rows else []
+        out.append((preds, [(items[k].name, reason) for k, reason in failures if start <= k < start + len(g)]))
+        start += len(g)
+    return out
 
 
 # -- the single-head run -------------------------------------------------------------------------

@@ -40,6 +40,7 @@ import threading
 import time
 import warnings
 from collections.abc import Sequence
+from concurrent.futures import Future
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from urllib.parse import quote
@@ -57,7 +58,7 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 from genrekit import __version__
 from genrekit.backbones.base import PRECISIONS
 from genrekit.errors import ConfigError, GenrekitError, UnreadableImageError
-from genrekit.inference.loaded import Item, LoadedRun, load_run, predict_items
+from genrekit.inference.loaded import Item, LoadedRun, load_run, predict_groups
 from genrekit.inference.predict import Prediction
 
 log = logging.getLogger(__name__)
@@ -420,17 +421,21 @@ class Saliency:
             return {"available": False, "reason": self.reason}
         return {"available": True, "method": self.method, "endpoint": "/api/explain"}
 
-    def explain(self, poster: bytes, top_k: int, progress) -> dict:
-        """The top genres' maps over the poster (PNG data URLs) with the explain checks.
-
-        Occlusion uses non-overlapping patches here (7 x 7 positions): a quarter of ``genrekit
-        explain``'s passes, so any run's maps take seconds on two cores."""
-        import base64
-
-        from genrekit.inference.explain import ExplainConfig, _occlusion_positions, explain_poster, overlay_png
+    def maps(self, poster: bytes, top_k: int, progress):
+        """The top genres' maps (an :class:`~genrekit.inference.explain.Explanation`): the part
+        that needs the model. Occlusion uses non-overlapping patches here (7 x 7 positions): a
+        quarter of ``genrekit explain``'s passes, so any run's maps take seconds on two cores."""
+        from genrekit.inference.explain import ExplainConfig, _occlusion_positions, explain_poster
 
         window = _occlusion_positions(self.explainer.preprocess.size, 0, 0)[0]
-        e = explain_poster(self.explainer, poster, ExplainConfig(top_k=top_k, occlusion_stride=window), progress)
+        return explain_poster(self.explainer, poster, ExplainConfig(top_k=top_k, occlusion_stride=window), progress)
+
+    def render(self, e, poster: bytes) -> dict:
+        """The maps over the poster (PNG data URLs) with the explain checks; needs no model."""
+        import base64
+
+        from genrekit.inference.explain import overlay_png
+
         image = self.explainer.load_pil(poster)
         out = e.summary()
         del out["poster"]
@@ -446,6 +451,8 @@ class Server:
     def __init__(self, run: LoadedRun, cfg: ServeConfig):
         self.run, self.cfg = run, cfg
         self.lock = ModelLock()
+        self._waiting: list[tuple[list[Item], Future]] = []  # predictions not yet run
+        self._waiting_lock = threading.Lock()
         self.explain_slots = threading.BoundedSemaphore(cfg.max_explains)
         self.identity = run.identity()
         self.started = time.time()
@@ -486,10 +493,34 @@ class Server:
                 "posters_on_disk": len(self.similar.posters)}  # fmt: skip
 
     def predict(self, items: Sequence[Item]) -> tuple[list[Prediction], list[tuple[str, str]], float]:
-        with self.lock.urgent():
-            t = time.perf_counter()
-            preds, failures = predict_items(self.run, items)
-            return preds, failures, (time.perf_counter() - t) * 1000
+        """``predict_items`` for one request. Requests that wait for the model are answered
+        together: whichever holds the model next runs every waiting request (up to
+        ``max_batch`` items) in one pass, so 8 clients cost about one batched pass, not 8."""
+        job: Future = Future()
+        with self._waiting_lock:
+            self._waiting.append((list(items), job))
+        while not job.done():
+            with self.lock.urgent():
+                with self._waiting_lock:
+                    take, n = [], 0
+                    while self._waiting and (not take or n + len(self._waiting[0][0]) <= self.cfg.max_batch):
+                        take.append(self._waiting.pop(0))
+                        n += len(take[-1][0])
+                if take:
+                    self._run_together(take)
+        return job.result()
+
+    def _run_together(self, jobs: list) -> None:
+        t = time.perf_counter()
+        try:
+            answers = predict_groups(self.run, [items for items, _ in jobs])
+        except BaseException as e:  # every waiting request gets the error, as it would alone
+            for _, job in jobs:
+                job.set_exception(e)
+            return
+        ms = (time.perf_counter() - t) * 1000
+        for (_, job), (preds, failures) in zip(jobs, answers):
+            job.set_result((preds, failures, ms))
 
     def neighbours(self, poster: bytes, k: int) -> list[dict]:
         with self.lock.urgent():
@@ -503,10 +534,12 @@ class Server:
             self.lock.yield_to_urgent()
 
         try:
+            t = time.perf_counter()
             with self.lock.background():
                 job.progress(0, 0, "starting")
-                t = time.perf_counter()
-                return self.saliency.explain(poster, top_k, progress), (time.perf_counter() - t) * 1000
+                e = self.saliency.maps(poster, top_k, progress)
+            job.progress(job.total, job.total, "drawing the maps")
+            return self.saliency.render(e, poster), (time.perf_counter() - t) * 1000  # outside the lock: predictions go on
         finally:
             self.explain_slots.release()
 
