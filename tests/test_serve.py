@@ -392,6 +392,36 @@ def test_the_model_lock_lets_predictions_pass_an_explanation_between_its_steps()
     assert order == ["explain step 1", "predict", "explain step 2"]
 
 
+def test_a_steady_stream_of_predictions_cannot_starve_an_explanation_for_ever():
+    import threading
+    import time
+
+    from genrekit_cli.apps.serve import ModelLock
+
+    lock, stop, got = ModelLock(share_s=0.2), threading.Event(), []
+
+    def predictions():  # two clients: one always waits while the other holds the model
+        while not stop.is_set():
+            with lock.urgent():
+                time.sleep(0.01)
+
+    hammer = [threading.Thread(target=predictions) for _ in range(2)]
+    for t in hammer:
+        t.start()
+    time.sleep(0.1)
+    def explanation():
+        with lock.background():
+            got.append("a step")
+
+    waiter = threading.Thread(target=explanation)
+    waiter.start()
+    waiter.join(20)
+    stop.set()
+    for t in hammer:
+        t.join(10)
+    assert got, "the explanation never got the model while predictions kept coming"
+
+
 def test_explain_streams_progress_and_a_second_one_is_refused_while_busy(runs):
     cfg = ServeConfig(run=str(runs["posters"]), max_explains=1)
     with TestClient(create_app(load_run(cfg.run), cfg)) as c:

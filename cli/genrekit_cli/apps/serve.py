@@ -322,23 +322,47 @@ class ModelLock:
 
     A prediction (``urgent``) waits only for the step in progress; an explanation (``background``)
     waits until no prediction waits, and gives the model up between its steps whenever one does
-    (``yield_to_urgent``). The encoder already uses every core for one batch, and run kinds need
-    not be thread-safe, so one user at a time is also the fastest.
+    (``yield_to_urgent``). So that a steady stream of predictions cannot starve it for ever, an
+    explanation that has waited ``share_s`` seconds gets the next step all the same (one step in
+    ``share_s``: a small share of the model under full load). The encoder already uses every core
+    for one batch, and run kinds need not be thread-safe, so one user at a time is also the fastest.
     """
 
-    def __init__(self):
+    def __init__(self, share_s: float = 3.0):
         self._cond = threading.Condition()
         self._held = False
         self._urgent = 0  # predictions waiting
+        self._background = 0  # explanations waiting
+        self._last_step = time.monotonic()  # when an explanation last got the model
+        self.share_s = share_s
 
-    def _take(self, urgent: bool) -> None:
+    def _due(self) -> bool:
+        return self._background > 0 and time.monotonic() - self._last_step >= self.share_s
+
+    def _take(self, urgent: bool, give_up=None) -> bool:
         with self._cond:
-            self._urgent += urgent
+            if urgent:
+                self._urgent += 1
+                ready = lambda: (give_up is not None and give_up()) or (not self._held and not self._due())  # noqa: E731
+            else:
+                if not self._background:
+                    self._last_step = time.monotonic()  # its waiting starts now
+                self._background += 1
+                ready = lambda: not self._held and (not self._urgent or self._due())  # noqa: E731
             try:
-                self._cond.wait_for(lambda: not self._held and (urgent or not self._urgent))
+                while not self._cond.wait_for(ready, timeout=None if urgent else 0.05):
+                    pass  # an explanation looks again: it may have become due
             finally:
-                self._urgent -= urgent
+                if urgent:
+                    self._urgent -= 1
+                else:
+                    self._background -= 1
+            if give_up is not None and give_up():
+                return False
             self._held = True
+            if not urgent:
+                self._last_step = time.monotonic()
+            return True
 
     def _give(self) -> None:
         with self._cond:
@@ -346,12 +370,15 @@ class ModelLock:
             self._cond.notify_all()
 
     @contextlib.contextmanager
-    def urgent(self):
-        self._take(True)
+    def urgent(self, give_up=None):
+        """Hold the model; ``give_up()`` (checked whenever the model is handed on) ends the wait
+        without it, and the block gets False."""
+        took = self._take(True, give_up)
         try:
-            yield
+            yield took
         finally:
-            self._give()
+            if took:
+                self._give()
 
     @contextlib.contextmanager
     def background(self):
@@ -365,6 +392,7 @@ class ModelLock:
         """Called by the background holder between steps: let every waiting prediction go first."""
         with self._cond:
             if not self._urgent:
+                self._last_step = time.monotonic()
                 return
         self._give()
         self._take(False)
@@ -500,7 +528,9 @@ class Server:
         with self._waiting_lock:
             self._waiting.append((list(items), job))
         while not job.done():
-            with self.lock.urgent():
+            with self.lock.urgent(give_up=job.done) as held:  # answered by the holder before us: no need to hold it
+                if not held:
+                    break
                 with self._waiting_lock:
                     take, n = [], 0
                     while self._waiting and (not take or n + len(self._waiting[0][0]) <= self.cfg.max_batch):
