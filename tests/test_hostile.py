@@ -88,3 +88,41 @@ def test_crash_markup_and_mathtext_in_predict_explain_and_report(odd, tmp_path):
     assert "$\\x0$[b].png" in res.output and "Drama[/i]" in res.output
     res = cli("report", odd["runs"], "--out", tmp_path / "r.html")
     assert res.exit_code == 0, res.output
+
+
+# -- resources: figures bounded in pixels whatever the input's shape ----------------------------------
+@pytest.mark.parametrize("size", [(1, 5000), (5000, 1), (1, 1), (20000, 30000)])
+@pytest.mark.parametrize("panels", [1, 3, 40])
+def test_resources_overlay_layout_is_bounded_for_any_shape(size, panels):
+    from genrekit.inference.explain import OVERLAY_DPI, OVERLAY_MAX_FIG_PX, overlay_layout
+
+    w, h, cols, rows, _ = overlay_layout(size, panels)
+    assert 0 < w * OVERLAY_DPI <= OVERLAY_MAX_FIG_PX and 0 < h * OVERLAY_DPI <= OVERLAY_MAX_FIG_PX
+    assert cols * rows >= panels
+
+
+def test_resources_explain_of_a_one_pixel_wide_strip_draws_a_bounded_figure(odd, tmp_path):
+    strip = tmp_path / "strip.png"
+    Image.new("RGB", (1, 5000), (200, 10, 10)).save(strip)  # ~100 bytes; its overlay was once 23 GB
+    res = cli("explain", "--run", odd["runs"] / "logreg", strip, "--top-k", "2", "--out", tmp_path / "x")
+    assert res.exit_code == 0, res.output
+    w, h = Image.open(tmp_path / "x" / "strip.png").size
+    assert w <= 4000 and h <= 4000, (w, h)
+    with np.load(tmp_path / "x" / "maps.npz") as z:
+        assert all(z[k].shape == (5000, 1) for k in z.files)  # the maps keep the poster's own pixel grid
+
+
+def test_resources_report_grids_are_bounded_for_a_run_with_hundreds_of_genres():
+    import base64
+    import io
+
+    from genrekit_cli.apps import report
+
+    rng = np.random.default_rng(0)
+    n = 300
+    Y, P = (rng.random((40, n)) < 0.3).astype(int), rng.random((40, n))
+    genres = [f"g{j}" for j in range(n)]
+    for png in (report.fig_curves(Y, P, genres, "pr", "h"), report.fig_confusion(Y, P > 0.5, genres, "h"),
+                report.fig_threshold_per_genre(Y, P, Y, P, genres, [0.5] * n, "h")):  # fmt: skip
+        w, h = Image.open(io.BytesIO(base64.b64decode(png))).size
+        assert w <= 1200 and h <= 2500, (w, h)
