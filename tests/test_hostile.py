@@ -62,7 +62,7 @@ def odd(tmp_path_factory):
     store, runs = root / "tiny.h5", root / "runs"
     res = cli("extract", "--data", manifest, "--backbone", "test-tiny-cnn", "--weights", "none", "--out", store, "--device", "cpu")
     assert res.exit_code == 0, res.output
-    res = cli("heads", "--store", store, "--head", "logreg", "--out", runs, "--min-positives", "3", "--jobs", "1")
+    res = cli("heads", "--store", store, "--head", "logreg", "--head", "mlp", "--out", runs, "--min-positives", "3", "--jobs", "1")
     assert res.exit_code == 0, res.output
     assert "Drama[/i]" in res.output and "[bold]Action" in res.output
     return {"root": root, "manifest": manifest, "store": store, "runs": runs, "out": res.output,
@@ -126,3 +126,32 @@ def test_resources_report_grids_are_bounded_for_a_run_with_hundreds_of_genres():
                 report.fig_threshold_per_genre(Y, P, Y, P, genres, [0.5] * n, "h")):  # fmt: skip
         w, h = Image.open(io.BytesIO(base64.b64decode(png))).size
         assert w <= 1200 and h <= 2500, (w, h)
+
+
+# -- silently wrong: NaN or inf out of a run ------------------------------------------------------
+def test_silently_wrong_a_run_whose_weights_give_nan_is_refused_naming_the_file(odd, tmp_path):
+    import shutil
+
+    from safetensors.numpy import load_file, save_file
+
+    run = tmp_path / "runs"
+    shutil.copytree(odd["runs"], run)
+    weights = run / "mlp" / "model.safetensors"
+    arrays = load_file(str(weights))
+    w = arrays["0.weight"]  # finite, but +3e38 and -3e38 side by side: inf - inf = NaN in the first layer
+    arrays["0.weight"] = np.where(np.indices(w.shape).sum(0) % 2 == 0, 3e38, -3e38).astype(w.dtype)
+    save_file(arrays, str(weights))
+    image = sorted((odd["root"] / "col" / "img").glob("0*.png"))[0]
+    for args in (["predict", "--run", run / "mlp", image], ["predict", "--run", run / "mlp", image, "--json"],
+                 ["evaluate", "--run", run / "mlp", "--store", odd["store"]],
+                 ["explain", "--run", run / "mlp", image, "--out", tmp_path / "x"]):  # fmt: skip
+        res = cli(*args)
+        one_line_error(res, "model.safetensors", "non-finite")
+        assert "nan" not in res.output.replace("non-finite", "").lower().replace("(nan or inf)", ""), res.output
+    assert not (tmp_path / "x").exists()
+    # The library refuses too (serve answers through predict_items, never with null probabilities).
+    from genrekit.errors import StoreError
+    from genrekit.inference import Item, load_run, predict_items
+
+    with pytest.raises(StoreError, match="non-finite"):
+        predict_items(load_run(run / "mlp"), [Item(str(image), image=str(image))])

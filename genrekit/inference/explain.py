@@ -36,6 +36,7 @@ from PIL import Image
 from torch import nn
 
 from genrekit.errors import ConfigError, UnknownNameError
+from genrekit.rundir import refuse_nonfinite
 
 log = logging.getLogger(__name__)
 
@@ -307,6 +308,7 @@ class Explainer:
     thresholds: object
     differentiable: bool
     spatial: bool
+    source: str = "the run"  # the weights file, named when they give NaN or inf
 
 
 def build_explainer(run, seed: int = 1) -> Explainer:
@@ -335,7 +337,7 @@ def build_explainer(run, seed: int = 1) -> Explainer:
         scoring = ScoringNetwork(nn.Identity(), net, True)
         rnd = ScoringNetwork(nn.Identity(), _randomised(net, seed).eval(), True)
         return Explainer(scoring, rnd, "every weight of the fine-tuned network (full model randomisation)",
-                         pre, load_pil, list(run.genres), run.thresholds, True, _has_spatial(net, pre.size))  # fmt: skip
+                         pre, load_pil, list(run.genres), run.thresholds, True, _has_spatial(net, pre.size), str(run.path))  # fmt: skip
     saved = run.saved
     l2 = saved.header.normalisation == "l2"
     features = _Features(encoder, l2).eval()
@@ -355,7 +357,7 @@ def build_explainer(run, seed: int = 1) -> Explainer:
     else:
         rnd, detail = None, f"nothing: {encoder.spec.name} has no weights and the {saved.name} head is not a torch module"
     spatial = features.backbone is not None and _has_spatial(features, pre.size)
-    return Explainer(scoring, rnd, detail, pre, load_pil, list(run.genres), run.thresholds, differentiable, spatial)
+    return Explainer(scoring, rnd, detail, pre, load_pil, list(run.genres), run.thresholds, differentiable, spatial, saved.source or str(run.path))
 
 
 # -- which layer Grad-CAM reads ---------------------------------------------------------------
@@ -494,7 +496,7 @@ def explain_poster(ex: Explainer, path: str, config: ExplainConfig = ExplainConf
     config.validate()
     img = ex.load_pil(path)  # the poster the maps are drawn on (its size)
     x = ex.preprocess.normalise(ex.preprocess.load(path)[None])  # the pixels predict feeds the network
-    P = ex.network.probabilities(x)[0]
+    P = refuse_nonfinite(ex.network.probabilities(x), ex.source)[0]
     if config.genres:
         unknown = [g for g in config.genres if g not in ex.genres]
         if unknown:

@@ -23,7 +23,7 @@ from genrekit.errors import ConfigError
 from genrekit.evaluation.thresholds import Thresholds
 from genrekit.heads.saved import SavedHead
 from genrekit.inference.predict import Prediction, _as_saved, rank
-from genrekit.rundir import open_run
+from genrekit.rundir import open_run, refuse_nonfinite
 
 
 @dataclass(frozen=True)
@@ -79,6 +79,7 @@ def name_failures(items: Sequence[Item], failures: Sequence[tuple[int, str]]) ->
 def predict_items(run: LoadedRun, items: Sequence[Item]) -> tuple[list[Prediction], list[tuple[str, str]]]:
     """Ranked genres of each usable item, and ``(item name, reason)`` for the others."""
     P, ok, failures = run.predict_proba(items)
+    refuse_nonfinite(P, run.path)  # every run kind: never rank nor print a NaN
     named = name_failures(items, failures)
     if not ok:
         return [], named
