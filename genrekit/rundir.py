@@ -58,6 +58,24 @@ def read_json(path: str | Path, recover: str = _RECOVER) -> dict:
     return obj
 
 
+def refuse_nonfinite(P, source: str | Path):
+    """``P`` (a run's probabilities), refused in one line naming ``source`` (the weights file) when any
+    is NaN or inf: a run whose weights were edited, damaged or overflow must never print ``nan`` as a
+    probability (nor serve ``null``). Every predictor goes through it: saved heads (so fused runs and
+    ensembles), fine-tuned networks, and :func:`genrekit.inference.predict_items`."""
+    import numpy as np
+
+    P = np.asarray(P)
+    if P.size and P.dtype.kind in "fc":
+        bad = ~np.isfinite(P).reshape(len(P), -1).all(axis=1) if P.ndim else ~np.isfinite(P)
+        if bad.any():
+            raise StoreError(
+                f"{source}: the run's weights give non-finite probabilities (NaN or inf) for {int(bad.sum())} of {len(bad)} "
+                "input(s); the file was edited or damaged, or its weights overflow: retrain the run"
+            )
+    return P
+
+
 def _bad(path: Path, what: str) -> StoreError:
     return StoreError(f"{path}: {what}; the run directory was edited or damaged: {_RECOVER}")
 

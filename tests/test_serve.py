@@ -324,7 +324,8 @@ def test_a_run_that_gives_nan_is_an_error_never_a_probability(runs):
     with TestClient(create_app(run, cfg)) as c:
         run.predict_proba = lambda items: (np.full((len(items), len(run.genres)), np.nan, np.float32), list(range(len(items))), [])
         r = c.post("/api/predict", files={"image": _file(runs["images"][0])})
-        assert r.status_code == 422 and "non-finite" in r.json()["error"] and "null" not in r.text
+        assert r.status_code == 500 and "non-finite" in r.json()["error"] and "null" not in r.text
+        assert c.get("/healthz").status_code == 200  # one line, and the server goes on
 
 
 # -- explanations never hold predictions up; limits on a real uvicorn --------------------------------------

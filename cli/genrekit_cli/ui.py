@@ -10,7 +10,6 @@ from typing import Any, Optional
 import typer
 
 from rich.console import Console
-from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -23,8 +22,11 @@ from rich.progress import (
 from rich.table import Table
 from rich.text import Text
 
-console = Console()
-err_console = Console(stderr=True)
+# User text (genres, titles, ids, paths, reasons) reaches these consoles in f-strings, table cells and
+# titles: markup is off, so "Drama[/i]" is printed as it is, never parsed. Styling is explicit: a
+# ``style=``, a ``Text.assemble((label, style), ...)``, or ``markup=True`` with every user value escaped.
+console = Console(markup=False)
+err_console = Console(stderr=True, markup=False)
 
 
 @contextlib.contextmanager
@@ -52,7 +54,7 @@ def progress_bar(unit: str = "items", waiting: str | None = None) -> Iterator[An
     building an encoder), so the command is never silent.
     """
     columns = [
-        TextColumn("[bold]{task.description}"),
+        TextColumn("{task.description}", style="bold", markup=False),
         BarColumn(),
         MofNCompleteColumn(),
         TextColumn("{task.fields[rate]}"),
@@ -175,10 +177,10 @@ def print_predictions(preds, failures, json: bool, top: int | None = 8, notes=()
                           + (f"; {FALLBACK_MARK} the global threshold, used where validation had too few positives to tune the genre's own" if fell else ""),
                           style="dim", highlight=False)  # fmt: skip
         for item, note in notes:
-            err_console.print(f"[yellow]fallback[/] {escape(item)}: {escape(note)}", highlight=False)
+            err_console.print(Text.assemble(("fallback", "yellow"), f" {item}: {note}"), highlight=False)
         done = {p.item for p in preds}
         for item, reason in failures:  # a fused run predicts an item whose poster failed from its texts
             label = "predicted without it" if item in done else "skipped"
-            err_console.print(f"[yellow]{label}[/] {escape(item)}: {escape(reason)}", highlight=False)
+            err_console.print(Text.assemble((label, "yellow"), f" {item}: {reason}"), highlight=False)
     if failures and not preds:
         raise typer.Exit(1)

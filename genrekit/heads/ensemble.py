@@ -117,4 +117,4 @@ def load_ensemble(directory: str | Path):
     header = StoreHeader.from_json(rec["store_header"]) if rec.get("store_header") else None
     info = {k: v for k, v in rec.items() if k not in ("head", "genres", "thresholds", "store_header")}
     model = EnsembleModel(members, {n: m["weight"] for n, m in rec["members"].items()})
-    return SavedHead(ENSEMBLE, model, list(rec["genres"]), Thresholds.from_json(rec["thresholds"]), header, info)
+    return SavedHead(ENSEMBLE, model, list(rec["genres"]), Thresholds.from_json(rec["thresholds"]), header, info, source=str(d / ENSEMBLE_FILE))

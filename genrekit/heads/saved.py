@@ -30,7 +30,7 @@ from genrekit.atomic import atomic_open, atomic_write, atomic_write_json
 from genrekit.errors import LabelError, StoreError, StoreMismatchError, UnknownNameError, UntrustedFileError
 from genrekit.evaluation.thresholds import RULES, Thresholds
 from genrekit.heads.registry import get_head_spec
-from genrekit.rundir import ENSEMBLE_FILE, RESULTS_FILE, RUN_FILE, open_run, read_json
+from genrekit.rundir import ENSEMBLE_FILE, RESULTS_FILE, RUN_FILE, open_run, read_json, refuse_nonfinite
 from genrekit.store import StoreHeader
 
 log = logging.getLogger(__name__)
@@ -83,6 +83,7 @@ class SavedHead:
     thresholds: Thresholds
     header: StoreHeader | None = None
     info: dict = field(default_factory=dict)
+    source: str | None = None  # the weights file it was loaded from, named when its outputs are not finite
 
     @property
     def head(self):
@@ -147,8 +148,9 @@ class SavedHead:
                 )
 
     def predict_proba(self, X: np.ndarray) -> np.ndarray:
-        """(n, len(genres)) probabilities."""
-        return np.asarray(self.model.predict_proba(np.asarray(X, dtype=np.float32)), dtype=np.float32)
+        """(n, len(genres)) probabilities; NaN or inf is refused (:func:`~genrekit.rundir.refuse_nonfinite`)."""
+        P = np.asarray(self.model.predict_proba(np.asarray(X, dtype=np.float32)), dtype=np.float32)
+        return refuse_nonfinite(P, self.source or f"the {self.name} head")
 
     def align(self, genres: Sequence[str]) -> tuple[list[int], list[int]]:
         """Columns shared by name: (indices into this head's genres, indices into ``genres``).
@@ -348,10 +350,10 @@ def load_head(directory: str | Path) -> SavedHead:
     for key in ("fusion", "config"):
         _field(rec, key, dict, rj, optional=True)
 
+    path = d / f"model.{spec.persist}"
     if spec.persist == "skops":
-        head = _load_skops(d / "model.skops", spec)
+        head = _load_skops(path, spec)
     else:
-        path = d / f"model.{spec.persist}"
         head = _restore(spec, rec, rj, _load_arrays(path, spec.persist), path)
     n_genres = getattr(head, "n_genres_", None)
     if n_genres != len(genres):
@@ -367,7 +369,7 @@ def load_head(directory: str | Path) -> SavedHead:
     except (TypeError, KeyError, ValueError) as e:
         raise _bad(rj, f"the field 'store_header' is not a store header ({type(e).__name__}: {e})") from None
     info = {k: v for k, v in rec.items() if k not in ("head", "genres", "thresholds", "store_header", "state")}
-    return SavedHead(name, model, list(genres), thresholds, header, info)
+    return SavedHead(name, model, list(genres), thresholds, header, info, source=str(path))
 
 
 def _thresholds(d: dict, n_genres: int, path: Path) -> Thresholds:

@@ -44,6 +44,7 @@ from PIL import Image
 from torch import nn
 
 from genrekit.errors import ConfigError, UnknownNameError
+from genrekit.rundir import refuse_nonfinite
 
 log = logging.getLogger(__name__)
 
@@ -350,6 +351,7 @@ class Explainer:
     thresholds: object
     differentiable: bool
     spatial: bool
+    source: str = "the run"  # the weights file, named when they give NaN or inf
 
 
 def build_explainer(run, seed: int = 1) -> Explainer:
@@ -380,7 +382,7 @@ def build_explainer(run, seed: int = 1) -> Explainer:
         scoring = ScoringNetwork(nn.Identity(), net, True)
         rnd = ScoringNetwork(nn.Identity(), _randomised(net, seed).eval(), True)
         return Explainer(scoring, rnd, "every weight of the fine-tuned network (full model randomisation)",
-                         pre, load_pil, list(run.genres), run.thresholds, True, _has_spatial(net, pre.size))  # fmt: skip
+                         pre, load_pil, list(run.genres), run.thresholds, True, _has_spatial(net, pre.size), str(run.path))  # fmt: skip
     saved = run.saved
     l2 = saved.header.normalisation == "l2"
     features = _Features(encoder, l2).eval()
@@ -400,7 +402,7 @@ def build_explainer(run, seed: int = 1) -> Explainer:
     else:
         rnd, detail = None, f"nothing: {encoder.spec.name} has no weights and the {saved.name} head is not a torch module"
     spatial = features.backbone is not None and _has_spatial(features, pre.size)
-    return Explainer(scoring, rnd, detail, pre, load_pil, list(run.genres), run.thresholds, differentiable, spatial)
+    return Explainer(scoring, rnd, detail, pre, load_pil, list(run.genres), run.thresholds, differentiable, spatial, saved.source or str(run.path))
 
 
 # -- which layer Grad-CAM reads ---------------------------------------------------------------
@@ -564,7 +566,7 @@ def explain_poster(ex: Explainer, source: str | bytes, config: ExplainConfig = E
     config.validate()
     img = ex.load_pil(source)  # the poster the maps are drawn on (its size)
     x = ex.preprocess.normalise(ex.preprocess.load(source)[None])  # the pixels predict feeds the network
-    P = ex.network.probabilities(x)[0]
+    P = refuse_nonfinite(ex.network.probabilities(x), ex.source)[0]
     if config.genres:
         unknown = [g for g in config.genres if g not in ex.genres]
         if unknown:
@@ -622,6 +624,32 @@ def explain_poster(ex: Explainer, source: str | bytes, config: ExplainConfig = E
 
 
 # -- writing -------------------------------------------------------------------------------
+# The overlay figure is bounded in pixels whatever the poster's shape or the number of genres: each
+# panel's aspect ratio is clipped (a 1 x 5000 strip is drawn stretched in a tall panel, not as a
+# 13000-inch figure), panels wrap into rows, and the whole figure is scaled to fit OVERLAY_MAX_FIG_PX.
+OVERLAY_DPI = 100
+OVERLAY_PANEL_IN = 2.6  # inches per panel side (width)
+OVERLAY_ASPECT = (0.25, 4.0)  # the most extreme height / width a panel is drawn with
+OVERLAY_COLS = 6
+OVERLAY_MAX_PX = 512  # the poster is drawn from a copy at most this many pixels a side
+OVERLAY_MAX_FIG_PX = 4000  # the figure's width and height, at most, in pixels
+
+
+def overlay_layout(size: tuple[int, int], panels: int) -> tuple[float, float, int, int, str]:
+    """Figure width and height (inches), columns, rows and the imshow aspect for ``panels`` panels of
+    a ``size = (width, height)`` poster; never more than :data:`OVERLAY_MAX_FIG_PX` pixels a side."""
+    w, h = max(1, size[0]), max(1, size[1])
+    ratio = h / w
+    clipped = min(max(ratio, OVERLAY_ASPECT[0]), OVERLAY_ASPECT[1])
+    cols = min(panels, OVERLAY_COLS)
+    rows = -(-panels // cols)
+    width = OVERLAY_PANEL_IN * cols + 0.8
+    height = (OVERLAY_PANEL_IN * clipped + 0.6) * rows + 0.4
+    scale = min(1.0, OVERLAY_MAX_FIG_PX / OVERLAY_DPI / max(width, height))
+    # "equal" keeps the poster's shape where the panel has it; "auto" stretches a clipped one to its panel.
+    return width * scale, height * scale, cols, rows, "equal" if clipped == ratio else "auto"
+
+
 def overlay_figure(e: Explanation, image: Image.Image, path: Path) -> Path:
     """The poster, then one heat map per genre over it, titled with the genre's probability, and
     a colour scale: each map is scaled to its own maximum (1 = where the genre's evidence peaks)."""
@@ -633,17 +661,24 @@ def overlay_figure(e: Explanation, image: Image.Image, path: Path) -> Path:
     from genrekit.atomic import atomic_open
 
     n = len(e.genres) + 1
+    width_in, height_in, cols, rows, aspect = overlay_layout(image.size, n)
+    # Drawn from a bounded copy: a 10000 x 10000 poster is shown at panel resolution, not decoded again per panel.
+    shown = image.copy()
+    shown.thumbnail((OVERLAY_MAX_PX, OVERLAY_MAX_PX))
     # File names and genres are the user's text: never parsed as mathtext ("$x$" stays "$x$").
     with matplotlib.rc_context({"text.parse_math": False, "figure.constrained_layout.use": True}):
-        fig, axes = plt.subplots(1, n, figsize=(2.6 * n + 0.8, 2.6 * image.size[1] / image.size[0] + 1.0), squeeze=False)
-        axes = axes[0]
-        axes[0].imshow(image)
+        fig, grid = plt.subplots(rows, cols, figsize=(width_in, height_in), dpi=OVERLAY_DPI, squeeze=False)
+        for ax in grid.ravel()[n:]:
+            ax.axis("off")
+        axes = grid.ravel()[:n]
+        axes[0].imshow(shown, aspect=aspect)
         axes[0].set_title(Path(e.path).name[:28], fontsize=10)
         im = None
         for ax, g, p, d, s in zip(axes[1:], e.genres, e.probabilities, e.predicted, (e.sanity[g] for g in e.genres)):
-            ax.imshow(image)
+            ax.imshow(shown, aspect=aspect)
             peak = max(float(e.maps[g].max()), 1e-6)
-            im = ax.imshow(e.maps[g] / peak, cmap="jet", alpha=0.5, vmin=0, vmax=1)
+            heat = Image.fromarray(np.asarray(e.maps[g] / peak, np.float32), mode="F").resize(shown.size, Image.BILINEAR)
+            im = ax.imshow(np.asarray(heat), cmap="jet", alpha=0.5, vmin=0, vmax=1, aspect=aspect)
             sc = "n/a" if s is None else f"{s:.2f}"
             ax.set_title(f"{g}{'*' if d else ''} p={p:.2f}\nvs random: rho={sc}", fontsize=10)
         for ax in axes:
@@ -655,7 +690,7 @@ def overlay_figure(e: Explanation, image: Image.Image, path: Path) -> Path:
         dist = "n/a" if e.distinctness is None else f"{e.distinctness:.2f}"
         fig.suptitle(f"{e.method}; genre maps mean pairwise rho={dist} (* = predicted)", fontsize=10)
         with atomic_open(path, "wb") as fh:
-            fig.savefig(fh, format="png", dpi=100)
+            fig.savefig(fh, format="png", dpi=OVERLAY_DPI)
         plt.close(fig)
     return path
 

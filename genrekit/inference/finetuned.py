@@ -14,10 +14,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from genrekit.backbones.finetuned import load_network, network_input
+from genrekit.backbones.finetuned import BACKBONE_FILE, load_network, network_input
 from genrekit.evaluation.thresholds import Thresholds
 from genrekit.inference.loaded import Item, register_loader
-from genrekit.rundir import FINETUNE_FILE, read_json
+from genrekit.rundir import FINETUNE_FILE, read_json, refuse_nonfinite
 
 
 class FinetunedRun:
@@ -67,7 +67,8 @@ class FinetunedRun:
         for s in range(0, len(ok), self.batch_size):
             x = network_input(self.encoder.preprocess, pixels[s : s + self.batch_size], self.device, self.channels_last)
             out.append(torch.sigmoid(self.loaded.logits(x)).cpu())
-        return torch.cat(out).numpy().astype(np.float32), [idx[i] for i in ok], failures
+        P = refuse_nonfinite(torch.cat(out).float().numpy().astype(np.float32), self.path / BACKBONE_FILE)
+        return P, [idx[i] for i in ok], failures
 
 
 register_loader("finetune", lambda run, device, precision="auto": FinetunedRun(run.path, device, precision=precision))

@@ -23,7 +23,7 @@ from genrekit.errors import ConfigError
 from genrekit.evaluation.thresholds import Thresholds
 from genrekit.heads.saved import SavedHead
 from genrekit.inference.predict import Prediction, _as_saved, rank
-from genrekit.rundir import open_run
+from genrekit.rundir import open_run, refuse_nonfinite
 
 
 @dataclass(frozen=True)
@@ -79,8 +79,8 @@ def name_failures(items: Sequence[Item], failures: Sequence[tuple[int, str]]) ->
 def predict_items(run: LoadedRun, items: Sequence[Item]) -> tuple[list[Prediction], list[tuple[str, str]]]:
     """Ranked genres of each usable item, and ``(item name, reason)`` for the others.
 
-    An item whose probabilities are not finite (NaN, inf: broken weights) is a failure, never a
-    prediction."""
+    Probabilities that are not finite (NaN, inf: broken weights) are refused in one line
+    (:func:`genrekit.rundir.refuse_nonfinite`), never ranked."""
     return predict_groups(run, [items])[0]
 
 
@@ -90,11 +90,7 @@ def predict_groups(run: LoadedRun, groups: Sequence[Sequence[Item]]) -> list[tup
     ``genrekit serve`` answers the requests that wait for the model together this way."""
     items = [it for g in groups for it in g]
     P, ok, failures = run.predict_proba(items)
-    broken = ~np.isfinite(P).all(axis=1)
-    if broken.any():
-        why = f"the {run.kind} run {run.name!r} gave non-finite probabilities (NaN or inf): its weights are broken; retrain it"
-        failures = sorted([*failures, *((ok[i], why) for i in np.flatnonzero(broken))])
-        P, ok = P[~broken], [k for k, b in zip(ok, broken) if not b]
+    refuse_nonfinite(P, run.path)  # every run kind: never rank nor print a NaN
     decided = run.thresholds.apply(P) if ok else np.zeros(P.shape, bool)
     row = {k: r for r, k in enumerate(ok)}
     out, start = [], 0

@@ -119,7 +119,19 @@ def _legend_right(ax, **kw) -> None:
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0, frameon=False, **kw)
 
 
+# A per-genre grid draws one panel per genre: a run with thousands of genres would be a figure tens of
+# thousands of pixels tall, so grids show the run's first MAX_GRID_PANELS genres and say so.
+MAX_GRID_PANELS = 40
+
+
+def _shown(genres: Sequence[str]) -> tuple[list[str], str]:
+    """The genres a grid draws, and a note for its title when some are left out."""
+    n = len(genres)
+    return list(genres[:MAX_GRID_PANELS]), (f" - the first {MAX_GRID_PANELS} of {n} genres" if n > MAX_GRID_PANELS else "")
+
+
 def _grid(n: int, cols: int = 5, height: float = 2.5):
+    n = min(n, MAX_GRID_PANELS)
     rows = max(1, -(-n // cols))
     fig, axes = _plt().subplots(rows, cols, figsize=(WIDTH, height * rows + 0.6), squeeze=False)
     for ax in axes.ravel()[n:]:
@@ -193,6 +205,7 @@ def fig_per_genre(per_genre: dict[str, dict] | list[dict], genres: list[str], he
 def fig_curves(Y: np.ndarray, P: np.ndarray, genres: list[str], kind: str, head: str):
     from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score, roc_curve
 
+    genres, more = _shown(genres)
     fig, axes = _grid(len(genres))
     for j, g in enumerate(genres):
         ax, y, p = axes[j], Y[:, j], P[:, j]
@@ -218,7 +231,7 @@ def fig_curves(Y: np.ndarray, P: np.ndarray, genres: list[str], kind: str, head:
         ax.set_ylim(0, 1.02)
         ax.set_xticks([0, 0.5, 1])
         ax.set_yticks([0, 0.5, 1])
-    fig.suptitle(f"{head}: {'precision-recall' if kind == 'pr' else 'ROC'} curves per genre (test; dotted: chance)")
+    fig.suptitle(f"{head}: {'precision-recall' if kind == 'pr' else 'ROC'} curves per genre (test; dotted: chance){more}")
     return fig
 
 
@@ -253,6 +266,7 @@ def fig_threshold_global(Yv, Pv, Yt, Pt, thresholds: dict, head: str):
 
 @figure
 def fig_threshold_per_genre(Yv, Pv, Yt, Pt, genres: list[str], per_genre: Sequence[float] | None, head: str, fallback: Sequence[str] = ()):
+    genres, more = _shown(genres)
     fig, axes = _grid(len(genres))
     for j, g in enumerate(genres):
         ax = axes[j]
@@ -274,7 +288,7 @@ def fig_threshold_per_genre(Yv, Pv, Yt, Pt, genres: list[str], per_genre: Sequen
     handles, labels = axes[0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="outside lower center", ncols=2, frameon=False)  # below the panels, clear of the title
     note = "; red: the global threshold, a fallback" if fallback else ""
-    fig.suptitle(f"{head}: F1 against each genre's threshold (dashed: the threshold used{note})")
+    fig.suptitle(f"{head}: F1 against each genre's threshold (dashed: the threshold used{note}){more}")
     return fig
 
 
@@ -306,6 +320,7 @@ def fig_confusion(Y: np.ndarray, D: np.ndarray, genres: list[str], head: str):
     from sklearn.metrics import multilabel_confusion_matrix
 
     plt = _plt()
+    genres, more = _shown(genres)
     C = multilabel_confusion_matrix(Y, D, labels=list(range(len(genres))))
     fig, axes = _grid(len(genres), cols=6, height=2.0)
     im = None
@@ -320,7 +335,7 @@ def fig_confusion(Y: np.ndarray, D: np.ndarray, genres: list[str], head: str):
         ax.set_title(g, fontsize=10)
     if im is not None:
         fig.colorbar(im, ax=list(axes[: len(genres)]), shrink=0.6, label="share of test items", location="right")
-    fig.suptitle(f"{head}: 2x2 confusion counts per genre (test, tuned thresholds)")
+    fig.suptitle(f"{head}: 2x2 confusion counts per genre (test, tuned thresholds){more}")
     return fig
 
 

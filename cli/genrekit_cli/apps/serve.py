@@ -659,7 +659,10 @@ def create_app(run: LoadedRun, cfg: ServeConfig) -> FastAPI:
         if not batch and parsed.refused:
             _, status, reason = parsed.refused[0]
             raise ApiError(status, reason)
-        preds, failures, model_ms = await run_in_threadpool(server.predict, parsed.items) if parsed.items else ([], [], 0.0)
+        try:
+            preds, failures, model_ms = await run_in_threadpool(server.predict, parsed.items) if parsed.items else ([], [], 0.0)
+        except GenrekitError as e:  # the run itself is broken (NaN weights ...): the server's fault, said in one line
+            raise ApiError(500, str(e)) from None
         failures = [(n, r) for n, _, r in parsed.refused] + failures  # every run kind names a failure by its item
         if not preds:
             raise ApiError(422, failures[0][1] if len(failures) == 1 else "; ".join(f"{n}: {r}" for n, r in failures[:5]))
@@ -719,6 +722,8 @@ def create_app(run: LoadedRun, cfg: ServeConfig) -> FastAPI:
                 out, ms = work.result()
             except UnreadableImageError as e:
                 raise ApiError(422, str(e)) from None
+            except GenrekitError as e:
+                raise ApiError(500, str(e)) from None
             return {**out, "run": run_json, "timing_ms": {"explain": round(ms, 2), "total": round((time.perf_counter() - t0) * 1000, 2)}}
 
         if stream:

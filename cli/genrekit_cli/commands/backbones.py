@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Annotated, Optional
 
 import typer
+from rich.text import Text
 from rich.table import Table
 
 from genrekit_cli.main import app
@@ -54,13 +55,13 @@ def backbones(
     for col in ("name", "family", "modality", "dim", "input", "layers", "default weights", "offline"):
         table.add_column(col, justify="right" if col in ("dim", "input") else "left", no_wrap=col in ("name", "layers"))
     for r in rows:
-        offline = {True: "[green]yes[/]", False: "[yellow]no[/]", None: "n/a"}[r["offline"]]
+        offline = {True: Text("yes", "green"), False: Text("no", "yellow"), None: "n/a"}[r["offline"]]
         tags = r["weights"][0] + (f" (+{len(r['weights']) - 1})" if len(r["weights"]) > 1 else "") if r["weights"] else "-"
         layers = f"{r['layers']} ({r['stages']})" if r["stages"] else r["layers"]
         table.add_row(r["name"], r["family"], r["modality"], str(r["dim"] or "?"), str(r["input"] or "-"), layers, tags, offline)
     console.print(table)
     console.print(
-        "Any open_clip architecture name and [bold]timm:<name>[/] work too. Every backbone takes "
+        "Any open_clip architecture name and timm:<name> work too. Every backbone takes "
         "--weights TAG, a local checkpoint path, or none (random init). dim is the last layer's; "
         "layers: what extract pools by default (--layers; in brackets, the stages it knows).",
         style="dim",

@@ -7,6 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 from rich.table import Table
+from rich.text import Text
 
 from genrekit_cli.main import app
 from genrekit_cli.options import (
@@ -36,11 +37,11 @@ app.add_typer(
 
 def _warn(lines: list[str]) -> None:
     for w in lines:
-        err_console.print(f"[yellow]warning:[/] {w}", highlight=False, soft_wrap=True)
+        err_console.print(Text.assemble(("warning:", "yellow"), f" {w}"), highlight=False, soft_wrap=True)
 
 
 def _render_inspect(r) -> None:
-    console.print(f"[bold]{r.source}[/] ({r.format}): {r.rows:,} rows")
+    console.print(Text.assemble((str(r.source), "bold"), f" ({r.format}): {r.rows:,} rows"), highlight=False)
     t = Table(title="genres", show_lines=False)
     for col, just in (("genre", "left"), ("items", "right"), ("share", "right")):
         t.add_column(col, justify=just)  # type: ignore[arg-type]
@@ -61,14 +62,13 @@ def _render_inspect(r) -> None:
         console.print("images: not checked (--no-images)")
     elif r.image_problems:
         console.print(
-            f"[red]image problems: {len(r.image_problems):,}[/] ("
-            + ", ".join(f"{k}: {v}" for k, v in r.image_problem_counts.items())
-            + ")"
+            Text.assemble((f"image problems: {len(r.image_problems):,}", "red"), " ("
+                          + ", ".join(f"{k}: {v}" for k, v in r.image_problem_counts.items()) + ")")
         )
         for i, reason in list(r.image_problems.items())[:10]:
             console.print(f"  {i}: {reason}", highlight=False)
     else:
-        console.print("[green]images: all readable[/]")
+        console.print("images: all readable", style="green")
     _warn(r.warnings)
 
 

@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-from rich.markup import escape
+from rich.text import Text
 from rich.table import Table
 
 from genrekit_cli.main import app
@@ -76,7 +76,7 @@ def evaluate(
         atomic_write_json(json_out, res, default=_json_default)
     if predictions:
         write_predictions(predictions, ev.ids, ev.genres, ev.P, ev.true, ev.predicted)
-    t = Table(title=f"{res['head']} on {escape(source)} ({res['items']:,} items, {len(res['genres'])} shared genres)", title_justify="left")
+    t = Table(title=f"{res['head']} on {source} ({res['items']:,} items, {len(res['genres'])} shared genres)", title_justify="left")
     t.add_column("metric")
     t.add_column(f"tuned ({res['thresholds']['rule']})", justify="right")
     t.add_column("at 0.5", justify="right")
@@ -95,7 +95,7 @@ def evaluate(
     if res.get("fallbacks"):
         console.print(f"{res['fallbacks']:,} item(s) predicted without some modality (fallback as in training)", style="dim")
     if res.get("failures"):
-        err_console.print(f"[yellow]{len(res['failures']):,} item(s) not predicted[/], e.g. {escape(res['failures'][0]['item'])}: {escape(res['failures'][0]['reason'])}", highlight=False)
+        err_console.print(Text.assemble((f"{len(res['failures']):,} item(s) not predicted", "yellow"), f", e.g. {res['failures'][0]['item']}: {res['failures'][0]['reason']}"), highlight=False)
     for p, what in ((json_out, "scores"), (predictions, "predictions")):
         if p:
             console.print(f"{what}: {p}", style="dim")

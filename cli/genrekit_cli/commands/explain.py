@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+from rich.text import Text
 
 from genrekit_cli.main import app
 from genrekit_cli.ui import loading, console, err_console, print_json
@@ -55,7 +56,7 @@ def explain(
             except UnreadableImageError as e:
                 failures.append((str(p), str(e)))
     for item, reason in failures:
-        err_console.print(f"[yellow]skipped[/] {item}: {reason}", highlight=False)
+        err_console.print(Text.assemble(("skipped", "yellow"), f" {item}: {reason}"), highlight=False)
     if not done:
         raise typer.Exit(1)
     summary = write_explanations(done, ex, out, loaded.identity())
@@ -63,7 +64,7 @@ def explain(
         print_json(summary)
         return
     for e in done:
-        console.print(f"[bold]{e.path}[/] ({e.size[0]}x{e.size[1]}): {e.method_detail}", highlight=False)
+        console.print(Text.assemble((str(e.path), "bold"), f" ({e.size[0]}x{e.size[1]}): {e.method_detail}"), highlight=False)
         for g, pr, d in zip(e.genres, e.probabilities, e.predicted):
             s = e.sanity[g]
             sc = "undefined (a constant map)" if s is None else f"{s:+.2f}"

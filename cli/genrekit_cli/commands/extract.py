@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-from rich.markup import escape
+from rich.text import Text
 
 from genrekit_cli.main import app
 from genrekit_cli.options import ColumnsOpt, DeviceOpt, FormatOpt, GenreSepOpt, GenresOpt, MinCountOpt, NoSynonymsOpt, OtherOpt, SynonymOpt, TopKOpt, WeightsOpt, parse_columns, vocab_config
@@ -80,13 +80,13 @@ def extract(
         report = run(config, progress=progress)
     s = report.seconds
     console.print(
-        f"[bold green]{escape(report.store)}[/]: {report.rows} rows "
+        Text.assemble((str(report.store), "bold green"), f": {report.rows} rows "
         f"({report.encoded} encoded now, {report.skipped} already done), "
         f"{report.items_per_second:,.1f} {modality}s/s; time: read {s['read']:.1f}s, "
-        f"encode {s['encode']:.1f}s, write {s['write']:.1f}s, total {s['total']:.1f}s"
+        f"encode {s['encode']:.1f}s, write {s['write']:.1f}s, total {s['total']:.1f}s")
     )
     if report.failures:
         what = "unreadable" if modality == "image" else f"without a usable {field}"
-        console.print(f"[yellow]{len(report.failures)} {what} in this run[/] (recorded in the store; "
-                      f"`genrekit store info {escape(str(out))} --json` lists all {report.all_failures}):")
+        console.print(Text.assemble((f"{len(report.failures)} {what} in this run", "yellow"), " (recorded in the store; "
+                                    f"`genrekit store info {out} --json` lists all {report.all_failures}):"))
         print_failures(report.failures)

@@ -67,7 +67,7 @@ def finetune(
     )  # fmt: skip
     config.validate()
     refuse_overwrite(out, {"the store": store, "the heads run": run}, "--out")
-    columns = [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"), TimeElapsedColumn()]
+    columns = [TextColumn("{task.description}", style="bold", markup=False), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}", markup=False), TimeElapsedColumn()]
     with Progress(*columns, console=err_console, transient=False) as bar:
         tasks: dict[tuple[str, int], int] = {}
         # Until the first epoch reports: decoding the posters, the linear probe, the network.

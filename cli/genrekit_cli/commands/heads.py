@@ -101,7 +101,7 @@ def _print_fused(res: dict) -> None:
     console.print("test items: " + ", ".join(f"{k} {v:,}" for k, v in test.items()), highlight=False)
     same = res["same_items"]
     if not same["heads"]:
-        err_console.print("[yellow]no test item has every store[/]: fusion cannot be compared with each store alone", highlight=False)
+        err_console.print(Text.assemble(("no test item has every store", "yellow"), ": fusion cannot be compared with each store alone"), highlight=False)
         return
     parts = [*res["single"], *(["early"] if res["early"] else []), *(["late"] if res["late"] else [])]
     t = Table(
@@ -114,7 +114,7 @@ def _print_fused(res: dict) -> None:
         t.add_column(part, justify="right")
     for entry, row in same["heads"].items():
         t.add_row(entry, *(_fmt(row[p]["map_macro"]) if p in row else "-" for p in parts))
-    t.add_row("[bold]best on val[/]", *(f"{_fmt(same['best'][p]['map_macro'])} ({same['best'][p]['head']})" if p in same["best"] else "-" for p in parts))
+    t.add_row(Text("best on val", "bold"), *(f"{_fmt(same['best'][p]['map_macro'])} ({same['best'][p]['head']})" if p in same["best"] else "-" for p in parts))
     console.print(t)
     if res["late"] and res["late"]["best"]:
         b = res["late"]["heads"][res["late"]["best"]]
@@ -139,9 +139,9 @@ def _print_leaderboard(res: dict) -> None:
     if dropped:
         counts = ", ".join(f"{g} ({why.split('; ')[0]})" for g, why in dropped.items())
         need = next(iter(dropped.values())).split("; ")[-1]
-        err_console.print(f"[yellow]dropped {len(dropped)} genre(s)[/] with too few positives or negatives ({need}): {counts}", highlight=False)
+        err_console.print(Text.assemble((f"dropped {len(dropped)} genre(s)", "yellow"), f" with too few positives or negatives ({need}): {counts}"), highlight=False)
     for h, why in res["skipped_heads"].items():
-        err_console.print(f"[yellow]skipped head[/] {h}: {why}", highlight=False)
+        err_console.print(Text.assemble(("skipped head", "yellow"), f" {h}: {why}"), highlight=False)
     split = res["split"]
     t = Table(
         title=f"leaderboard: {res['features']['n_items']:,} items x {res['features']['dim']}, {len(res['genres'])} genres, "
@@ -155,7 +155,7 @@ def _print_leaderboard(res: dict) -> None:
         t.add_column(c, justify="left" if c in ("head", "balance") else "right", no_wrap=True)
     for name, e in res["heads"].items():
         m, z = e["test"]["tuned"], e["test"]["at_0.5"]
-        label = f"[bold green]{e['head']}*[/]" if name == res["best"] else e["head"]
+        label = Text(f"{e['head']}*", "bold green") if name == res["best"] else e["head"]
         t.add_row(
             label, *([e["balance"]] if multi else []), _fmt(m["f1_micro"]), _fmt(m["f1_macro"]), _fmt(m["map_macro"]),
             _fmt(m["roc_auc_macro"]), _fmt(m["hamming_loss"]), _fmt(z["f1_micro"]), f"{e['fit_seconds']:.1f}",
@@ -164,7 +164,7 @@ def _print_leaderboard(res: dict) -> None:
     if b:
         z = b["test"]["at_0.5"]
         t.add_row(
-            "[dim]baseline[/]", *(["none"] if multi else []), _fmt(z["f1_micro"]), _fmt(z["f1_macro"]), _fmt(z["map_macro"]),
+            Text("baseline", "dim"), *(["none"] if multi else []), _fmt(z["f1_micro"]), _fmt(z["f1_macro"]), _fmt(z["map_macro"]),
             _fmt(z["roc_auc_macro"]), _fmt(z["hamming_loss"]), _fmt(z["f1_micro"]), f"{b['fit_seconds']:.1f}",
         )  # fmt: skip
     console.print(t)

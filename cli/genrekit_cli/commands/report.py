@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+from rich.text import Text
 
 from genrekit_cli.main import app
 from genrekit_cli.ui import console, loading
@@ -33,4 +34,4 @@ def report(
         status.update("drawing the report")
         path = write_report(run, out, head or (), progress=lambda s: status.update(f"drawing: {s}"))
     size = path.stat().st_size / 1e6
-    console.print(f"report: [bold]{path}[/] ({size:.1f} MB, self-contained; open it in a browser)", highlight=False)
+    console.print(Text.assemble("report: ", (str(path), "bold"), f" ({size:.1f} MB, self-contained; open it in a browser)"), highlight=False)

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.text import Text
 
 from genrekit_cli.main import app
 from genrekit_cli.options import DeviceOpt, PrecisionOpt
@@ -49,7 +50,7 @@ def serve(
         request_timeout=request_timeout, device=device, precision=precision,
     ).check()  # fmt: skip
     if not is_loopback(host):
-        err_console.print(f"[yellow]warning:[/] binding to {host}: anyone who can reach this address can use the API (no authentication)")
+        err_console.print(Text.assemble(("warning:", "yellow"), f" binding to {host}: anyone who can reach this address can use the API (no authentication)"))
     shown = f"[{host}]" if ":" in host else host
     err_console.print(f"loading {run} ... then serving on http://{shown}:{port}/ (API docs at /docs); Ctrl+C stops", style="dim")
     run_server(cfg)

@@ -6,7 +6,6 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
@@ -78,5 +77,5 @@ def store_merge(
     from genrekit.store import merge_stores
 
     merged = merge_stores(stores, out)
-    console.print(f"[bold green]{escape(str(merged.path))}[/]: {len(merged):,} rows, {len(merged.genres)} genres, "
-                  f"{len(merged.failures)} failures, from {len(stores)} stores")
+    console.print(Text.assemble((str(merged.path), "bold green"), f": {len(merged):,} rows, {len(merged.genres)} genres, "
+                                f"{len(merged.failures)} failures, from {len(stores)} stores"))

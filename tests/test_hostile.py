@@ -1,0 +1,157 @@
+"""Hostile input, tried as an attacker would: every case ends in a clear one-line refusal or a right
+answer, never a crash, a silently wrong output, a lost file or unbounded memory.
+
+Cases are grouped by the class of defect they guard against (crash, resources, silently wrong, data
+loss, unclear message, relative paths); the README's reliability section counts them.
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from genrekit_cli.main import app
+
+runner = CliRunner()
+
+# Genres and file names a person may type: rich markup and matplotlib mathtext among them.
+ODD_GENRES = ["Drama[/i]", "$\\foo$", "Horror", "[bold]Action"]
+
+
+def cli(*args) -> object:
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def one_line_error(res, *needles: str, code: int = 1) -> None:
+    """A refusal: the exit code, no traceback, and the message names what it should."""
+    assert res.exit_code == code, res.output
+    assert "Traceback" not in res.output
+    assert res.exception is None or isinstance(res.exception, SystemExit), repr(res.exception)
+    for n in needles:
+        assert n in res.output, (n, res.output)
+
+
+def make_odd_collection(root: Path, n: int = 60, seed: int = 0) -> Path:
+    """``n`` small images whose genres and some file names are markup and mathtext."""
+    rng = np.random.default_rng(seed)
+    (root / "img").mkdir(parents=True, exist_ok=True)
+    rows = []
+    for i in range(n):
+        labels = [g for g in ODD_GENRES if rng.random() < 0.4] or [ODD_GENRES[i % len(ODD_GENRES)]]
+        name = f"$\\x{i}$[b].png" if i % 5 == 0 else f"{i:03d}.png"
+        colour = np.array([60 + 150 * ("Horror" in labels), 40 + 120 * ("Drama[/i]" in labels), 200 - 150 * ("$\\foo$" in labels)])
+        Image.fromarray(np.clip(colour + rng.normal(0, 25, (48, 32, 3)), 0, 255).astype(np.uint8)).save(root / "img" / name)
+        rows.append({"id": f"s{i:03d}", "title": f"Film [/i]{i}", "year": 1990 + i, "genres": "|".join(labels), "plot": "x", "image": f"img/{name}"})
+    with open(root / "labels.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    return root / "labels.csv"
+
+
+@pytest.fixture(scope="module")
+def odd(tmp_path_factory):
+    """A collection with odd genres and file names, its tiny store, and a logreg run on it."""
+    root = tmp_path_factory.mktemp("odd")
+    manifest = make_odd_collection(root / "col")
+    store, runs = root / "tiny.h5", root / "runs"
+    res = cli("extract", "--data", manifest, "--backbone", "test-tiny-cnn", "--weights", "none", "--out", store, "--device", "cpu")
+    assert res.exit_code == 0, res.output
+    res = cli("heads", "--store", store, "--head", "logreg", "--head", "mlp", "--out", runs, "--min-positives", "3", "--jobs", "1")
+    assert res.exit_code == 0, res.output
+    assert "Drama[/i]" in res.output and "[bold]Action" in res.output
+    return {"root": root, "manifest": manifest, "store": store, "runs": runs, "out": res.output,
+            "odd_image": root / "col" / "img" / "$\\x0$[b].png"}  # fmt: skip
+
+
+# -- crash: user text reaching rich or matplotlib --------------------------------------------------
+def test_crash_markup_genres_are_printed_literally_by_data_inspect_and_clean(odd, tmp_path):
+    res = cli("data", "inspect", odd["manifest"])
+    assert res.exit_code == 0, res.output
+    assert "Drama[/i]" in res.output and "[bold]Action" in res.output
+    res = cli("data", "clean", odd["manifest"], "--out", tmp_path / "clean.csv")
+    assert res.exit_code == 0, res.output
+    assert "[bold]Action, Drama[/i]" in res.output
+
+
+def test_crash_markup_and_mathtext_in_predict_explain_and_report(odd, tmp_path):
+    res = cli("predict", "--run", odd["runs"] / "logreg", odd["odd_image"])
+    assert res.exit_code == 0, res.output
+    assert "[bold]Action" in res.output and "$\\foo$" in res.output
+    res = cli("explain", "--run", odd["runs"] / "logreg", odd["odd_image"], "--genres", "$\\foo$,Drama[/i]", "--out", tmp_path / "x")
+    assert res.exit_code == 0, res.output
+    assert "$\\x0$[b].png" in res.output and "Drama[/i]" in res.output
+    res = cli("report", odd["runs"], "--out", tmp_path / "r.html")
+    assert res.exit_code == 0, res.output
+
+
+# -- resources: figures bounded in pixels whatever the input's shape ----------------------------------
+@pytest.mark.parametrize("size", [(1, 5000), (5000, 1), (1, 1), (20000, 30000)])
+@pytest.mark.parametrize("panels", [1, 3, 40])
+def test_resources_overlay_layout_is_bounded_for_any_shape(size, panels):
+    from genrekit.inference.explain import OVERLAY_DPI, OVERLAY_MAX_FIG_PX, overlay_layout
+
+    w, h, cols, rows, _ = overlay_layout(size, panels)
+    assert 0 < w * OVERLAY_DPI <= OVERLAY_MAX_FIG_PX and 0 < h * OVERLAY_DPI <= OVERLAY_MAX_FIG_PX
+    assert cols * rows >= panels
+
+
+def test_resources_explain_of_a_one_pixel_wide_strip_draws_a_bounded_figure(odd, tmp_path):
+    strip = tmp_path / "strip.png"
+    Image.new("RGB", (1, 5000), (200, 10, 10)).save(strip)  # ~100 bytes; its overlay was once 23 GB
+    res = cli("explain", "--run", odd["runs"] / "logreg", strip, "--top-k", "2", "--out", tmp_path / "x")
+    assert res.exit_code == 0, res.output
+    w, h = Image.open(tmp_path / "x" / "strip.png").size
+    assert w <= 4000 and h <= 4000, (w, h)
+    with np.load(tmp_path / "x" / "maps.npz") as z:
+        assert all(z[k].shape == (5000, 1) for k in z.files)  # the maps keep the poster's own pixel grid
+
+
+def test_resources_report_grids_are_bounded_for_a_run_with_hundreds_of_genres():
+    import base64
+    import io
+
+    from genrekit_cli.apps import report
+
+    rng = np.random.default_rng(0)
+    n = 300
+    Y, P = (rng.random((40, n)) < 0.3).astype(int), rng.random((40, n))
+    genres = [f"g{j}" for j in range(n)]
+    for png in (report.fig_curves(Y, P, genres, "pr", "h"), report.fig_confusion(Y, P > 0.5, genres, "h"),
+                report.fig_threshold_per_genre(Y, P, Y, P, genres, [0.5] * n, "h")):  # fmt: skip
+        w, h = Image.open(io.BytesIO(base64.b64decode(png))).size
+        assert w <= 1200 and h <= 2500, (w, h)
+
+
+# -- silently wrong: NaN or inf out of a run ------------------------------------------------------
+def test_silently_wrong_a_run_whose_weights_give_nan_is_refused_naming_the_file(odd, tmp_path):
+    import shutil
+
+    from safetensors.numpy import load_file, save_file
+
+    run = tmp_path / "runs"
+    shutil.copytree(odd["runs"], run)
+    weights = run / "mlp" / "model.safetensors"
+    arrays = load_file(str(weights))
+    w = arrays["0.weight"]  # finite, but +3e38 and -3e38 side by side: inf - inf = NaN in the first layer
+    arrays["0.weight"] = np.where(np.indices(w.shape).sum(0) % 2 == 0, 3e38, -3e38).astype(w.dtype)
+    save_file(arrays, str(weights))
+    image = sorted((odd["root"] / "col" / "img").glob("0*.png"))[0]
+    for args in (["predict", "--run", run / "mlp", image], ["predict", "--run", run / "mlp", image, "--json"],
+                 ["evaluate", "--run", run / "mlp", "--store", odd["store"]],
+                 ["explain", "--run", run / "mlp", image, "--out", tmp_path / "x"]):  # fmt: skip
+        res = cli(*args)
+        one_line_error(res, "model.safetensors", "non-finite")
+        assert "nan" not in res.output.replace("non-finite", "").lower().replace("(nan or inf)", ""), res.output
+    assert not (tmp_path / "x").exists()
+    # The library refuses too (serve answers through predict_items, never with null probabilities).
+    from genrekit.errors import StoreError
+    from genrekit.inference import Item, load_run, predict_items
+
+    with pytest.raises(StoreError, match="non-finite"):
+        predict_items(load_run(run / "mlp"), [Item(str(image), image=str(image))])
