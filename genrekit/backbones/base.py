@@ -80,7 +80,7 @@ class WeightsRef:
         if p.exists():
             return cls("path", str(p.resolve()))
         looks_like_path = value.startswith(("/", "./", "../", "~")) or value.endswith(
-            (".pt", ".pth", ".bin", ".safetensors", ".ckpt")
+            (".pt", ".pth", ".bin", ".safetensors", ".ckpt", ".onnx")
         )
         if looks_like_path:
             raise WeightsUnavailableError(f"weights file {value!r} does not exist")

@@ -46,6 +46,8 @@ class FinetuneNet(nn.Module):
     def __init__(self, encoder: Encoder, n_genres: int, l2: bool = False) -> None:
         super().__init__()
         if encoder.module is None:
+            if getattr(encoder, "not_trainable", None):
+                raise ConfigError(f"{encoder.spec.name} {encoder.not_trainable}; fine-tune a torch backbone (torchvision, timm, open_clip)")
             raise ConfigError(f"{encoder.spec.name} has no trainable weights; fine-tune a CNN or ViT backbone")
         self.backbone = encoder.module
         # The registry's own module (shares its parameters with a StagePool): what backbone.safetensors
@@ -86,6 +88,8 @@ def trainable_encoder(
     from genrekit.backbones.registry import create_encoder
 
     encoder = create_encoder(name, weights, str(device), precision="fp32", resize=resize, layers="last")
+    if getattr(encoder, "not_trainable", None):
+        raise ConfigError(f"{name} {encoder.not_trainable}; fine-tune a torch backbone (torchvision, timm, open_clip)")
     encoder.source_module = encoder.module
     if layers:
         with_layers(encoder, layers, layer_stats)

@@ -86,9 +86,13 @@ del _spec
 
 
 def get_spec(name: str) -> BackboneSpec:
-    """The spec of a registered backbone, any open_clip architecture, or ``timm:<model name>``."""
+    """The spec of a registered backbone, any open_clip architecture, ``timm:<model name>`` or ``onnx:PATH``."""
     if name in _REGISTRY:
         return _REGISTRY[name]
+    if name.startswith("onnx:"):
+        from genrekit.backbones.onnx import spec_from_name
+
+        return spec_from_name(name)
     if name.startswith("timm:"):
         import timm
 
