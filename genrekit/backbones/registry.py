@@ -15,7 +15,7 @@ import fnmatch
 
 import torch
 
-from genrekit.backbones import clip, colorstats, testing, text, vision
+from genrekit.backbones import clip, colorstats, onnx, testing, text, vision
 from genrekit.backbones.base import BackboneSpec, Encoder, WeightsRef, resolve_device
 from genrekit.backbones.layers import with_layers
 from genrekit.backbones.preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocess
@@ -72,6 +72,7 @@ for _spec in (
         "bert", 768, ("bert-base-uncased",), "any BERT-family encoder: --weights HUB_ID or a local folder",
         window=512, any_tag=True,  # any Hugging Face model id
     ),
+    onnx.DINOV2_S14,
     colorstats.COLORSTATS,
     testing.TINY_CNN,
     testing.TINY_CNN_STAGES,
