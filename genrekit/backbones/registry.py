@@ -186,6 +186,8 @@ def weights_present(spec: BackboneSpec, tag: str | None = None) -> bool | None:
             return (Path(torch.hub.get_dir()) / "checkpoints" / Path(w.url).name).exists()
         if spec.name == "minilm":
             return text.minilm_path().is_dir()
+        if spec.family == "onnx":
+            return onnx.graph_present(spec, tag)
         from huggingface_hub import try_to_load_from_cache
 
         if spec.family == "open_clip":

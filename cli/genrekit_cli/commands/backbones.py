@@ -61,7 +61,7 @@ def backbones(
         table.add_row(r["name"], r["family"], r["modality"], str(r["dim"] or "?"), str(r["input"] or "-"), layers, tags, offline)
     console.print(table)
     console.print(
-        "Any open_clip architecture name and timm:<name> work too. Every backbone takes "
+        "Any open_clip architecture name, timm:<name> and onnx:PATH.onnx (any ONNX image encoder) work too. Every backbone takes "
         "--weights TAG, a local checkpoint path, or none (random init). dim is the last layer's; "
         "layers: what extract pools by default (--layers; in brackets, the stages it knows).",
         style="dim",
