@@ -144,6 +144,12 @@ def test_extract_heads_predict_end_to_end_from_another_directory(vit, tmp_path, 
     assert len(out["predictions"]) == 1 and not out["failures"]
     res = runner.invoke(app, ["finetune", "--store", "posters.h5", "--run", "runs", "--epochs", "1", "--threads", "1"])
     assert res.exit_code == 1 and "is an ONNX graph" in res.output and "Traceback" not in res.output, res.output
+    # Saliency: no gradients through onnxruntime, so Grad-CAM is refused in one line; occlusion only runs the graph.
+    res = runner.invoke(app, ["explain", "--run", "runs", str(poster), "--method", "gradcam", "--out", "ex1"])
+    assert res.exit_code == 1 and "Grad-CAM does not apply" in res.output and len(res.output.strip().splitlines()) == 1, res.output
+    pytest.importorskip("matplotlib")
+    _ok("explain", "--run", "runs", poster, "--out", "ex2")
+    assert json.loads((work / "ex2" / "explain.json").read_text())
 
 
 def test_refusals_are_one_line(vit, tmp_path, monkeypatch):
