@@ -26,10 +26,10 @@ else:
     X = np.concatenate([np.load(p)["embeddings"] for p in parts]); Y = np.concatenate([np.load(p)["labels"] for p in parts])
 name = Path(src).name.split(".")[0]
 feats = {f"{name} ({X.shape[1]}-d)": X}
-for name, path in [("MobileNetV2 last (1280)", cache / "posters_mobilenet_v2.h5"),
+for label, path in [("MobileNetV2 last (1280)", cache / "posters_mobilenet_v2.h5"),
                    ("MobileNetV2 six-stage (3312)", cache / "posters_mobilenet_v2_layers.h5")]:
     st = FeatureStore(path).load(); pos = {i: k for k, i in enumerate(np.asarray(st.ids).astype(str))}
-    feats[name] = st.X[[pos[i] for i in ids]]
+    feats[label] = st.X[[pos[i] for i in ids]]
 feats[f"{name} + six-stage"] = np.concatenate([X, feats["MobileNetV2 six-stage (3312)"]], 1)
 keep = Y.sum(0) >= 20
 Y = Y[:, keep].astype(int)
