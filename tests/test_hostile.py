@@ -155,3 +155,38 @@ def test_silently_wrong_a_run_whose_weights_give_nan_is_refused_naming_the_file(
 
     with pytest.raises(StoreError, match="non-finite"):
         predict_items(load_run(run / "mlp"), [Item(str(image), image=str(image))])
+
+
+def test_silently_wrong_merge_refuses_different_genre_lists_unless_told_to_intersect(collection, tmp_path):
+    from test_store_merge import _half, _store
+
+    from genrekit.store import FeatureStore
+
+    a = _store(_half(collection, range(12), "a.csv"), tmp_path / "a.h5", genres="Drama,Comedy,Horror")
+    b = _store(_half(collection, range(12, 24), "b.csv"), tmp_path / "b.h5", genres="Horror,Action,Drama,Comedy")
+    res = cli("store", "merge", a, b, "--out", tmp_path / "m.h5")
+    one_line_error(res, "different genres", "Action", "--genres intersect")
+    assert not (tmp_path / "m.h5").exists()
+    res = cli("store", "merge", a, b, "--out", tmp_path / "m.h5", "--genres", "intersect")
+    assert res.exit_code == 0, res.output
+    m, full = FeatureStore(tmp_path / "m.h5").load(), FeatureStore(_store(collection, tmp_path / "full.h5", genres="Drama,Comedy,Horror,Action")).load()
+    assert sorted(m.genres) == ["Comedy", "Drama", "Horror"]  # Action is unknown for a's items: dropped, not negative
+    row = {i: k for k, i in enumerate(full.ids)}
+    g3 = ("Drama", "Comedy", "Horror")
+    np.testing.assert_array_equal(m.Y[:, [m.genres.index(g) for g in g3]],
+                                  full.Y[[row[i] for i in m.ids]][:, [full.genres.index(g) for g in g3]])
+    res = cli("store", "merge", a, b, "--out", tmp_path / "n.h5", "--genres", "union")
+    assert res.exit_code == 2  # a usage error: union would need an "unknown" label the store cannot hold
+
+
+def test_silently_wrong_merge_refuses_an_input_that_lists_one_id_twice(collection, tmp_path):
+    import h5py
+    from test_store_merge import _half, _store
+
+    a = _store(_half(collection, range(12), "a.csv"), tmp_path / "a.h5", genres="Drama,Comedy,Horror,Action")
+    b = _store(_half(collection, range(12, 24), "b.csv"), tmp_path / "b.h5", genres="Drama,Comedy,Horror,Action")
+    with h5py.File(b, "r+") as f:
+        f["ids"][1] = f["ids"][0]
+    res = cli("store", "merge", a, b, "--out", tmp_path / "m.h5")
+    one_line_error(res, "b.h5", "more than once", "s012")
+    assert not (tmp_path / "m.h5").exists()
