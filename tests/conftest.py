@@ -14,15 +14,20 @@ SHARED = Path(__file__).resolve().parents[2] / "shared"
 GENRES = ["Drama", "Comedy", "Horror", "Action"]
 
 
-@pytest.fixture(autouse=True)
-def _as_on_a_bf16_cpu(monkeypatch):
+@pytest.fixture(autouse=True, scope="session")
+def _as_on_a_bf16_cpu():
     """``GENREKIT_TEST_AS_BF16_CPU=1 make test`` runs the suite as on a CPU with native bf16
     (AVX512-BF16 / AMX): genrekit then picks bf16 for every encoder (emulated here, slower, same
-    code paths). Tests that need one kind of CPU set ``cpu_has_bf16`` themselves."""
-    if os.environ.get("GENREKIT_TEST_AS_BF16_CPU") == "1":
-        import genrekit.backbones.base as base
+    code paths), from the first fixture on. Tests that need one kind of CPU set ``cpu_has_bf16``
+    themselves; a test's ``monkeypatch.undo()`` leaves this in place."""
+    if os.environ.get("GENREKIT_TEST_AS_BF16_CPU") != "1":
+        yield
+        return
+    import genrekit.backbones.base as base
 
-        monkeypatch.setattr(base, "cpu_has_bf16", lambda: True)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(base, "cpu_has_bf16", lambda: True)
+        yield
 
 
 def write_manifest(path: Path, rows: list[dict]) -> Path:

@@ -192,7 +192,7 @@ def test_layers_pool_every_stage_and_the_last_stage_mean_is_the_embedding(collec
     # The pooled mean of the tiny CNN's last ReLU, through its Linear, is the last-layer embedding.
     X = multi.load().X
     means16 = X[:, 16:32]  # stage 1: mean(8), std(8); stage 2: mean(16), std(16)
-    lin = create_encoder("test-tiny-cnn").module[-1]
+    lin = create_encoder("test-tiny-cnn", precision="fp32").module[-1]  # as the stores: fp32 on any CPU
     np.testing.assert_allclose(lin(torch_from(means16)).detach().numpy(), last.load().X, rtol=1e-4, atol=1e-5)
     assert (X[:, 8:16] >= 0).all() and X[:, 8:16].max() > 0  # standard deviations
     from typer.testing import CliRunner

@@ -152,7 +152,7 @@ def test_finetune_trains_through_the_multi_layer_features_of_the_default_store(s
     assert len(preds) == 4 and not failures
     out = tmp_path / "ft.h5"
     extract(ExtractConfig(backbone="test-tiny-cnn", weights=str(tmp_path / "ft" / "backbone.safetensors"), data=str(manifest),
-                          out=str(out), layers="all", limit=4))  # fmt: skip
+                          out=str(out), layers="all", limit=4, precision="fp32"))  # fp32 like the network, on a bf16 CPU too  # fmt: skip
     x = torch.stack([run.encoder.load_image(p) for p in paths])
     with torch.no_grad():
         feats = run.network.features(x).numpy()

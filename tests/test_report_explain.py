@@ -139,6 +139,25 @@ def test_head_module_gives_the_saved_heads_probabilities(name):
     assert head_module(SavedHead("knn", None, list(fs.genres), fixed(4))) is None
 
 
+def test_an_ensemble_is_differentiable_through_its_differentiable_members():
+    from genrekit.heads.ensemble import EnsembleModel
+
+    fs = synthetic_features(n=240, dim=10, prevalence=G4, seed=4)
+    fit = lambda name, **kw: SavedHead(name, create_head(name, **kw).fit(fs.X[:160], fs.Y[:160], fs.X[160:200], fs.Y[160:200]),
+                                       list(fs.genres), fixed(4))  # fmt: skip
+    members = {"logreg": fit("logreg", Cs=(0.1,)), "knn": fit("knn", ks=(5,))}
+    saved = SavedHead("ensemble", EnsembleModel(members, {"logreg": 3, "knn": 1}), list(fs.genres), fixed(4))
+    mod = head_module(saved)
+    X = torch.from_numpy(fs.X[200:]).requires_grad_(True)
+    logits = mod(X)
+    np.testing.assert_allclose(torch.sigmoid(logits).detach().numpy(), saved.predict_proba(fs.X[200:]), atol=1e-5)  # exact output
+    logits[:, 0].sum().backward()
+    assert X.grad is not None and X.grad.abs().sum() > 0  # the gradient flows through logreg
+    assert "logreg 75%" in mod.describe() and "knn enter as constants" in mod.describe()
+    only_knn = SavedHead("ensemble", EnsembleModel({"knn": members["knn"]}, {"knn": 2}), list(fs.genres), fixed(4))
+    assert head_module(only_knn) is None  # nothing to differentiate: occlusion
+
+
 # -- explain: a model built to look at known quadrants ------------------------------------------
 class QuadrantMask(nn.Module):
     def __init__(self):
@@ -203,6 +222,28 @@ def test_maps_land_in_the_quadrant_that_holds_each_genres_evidence(quadrant_run,
     # Different genres, different maps: distinctness well below 1.
     assert e.distinctness is not None and e.distinctness < 0.5
     assert set(e.sanity) == set(QUADRANT_GENRES) and "fine-tuned network" in e.sanity_detail
+
+
+def test_progress_counts_every_step_and_a_raise_stops_the_work(quadrant_run):
+    run, poster = quadrant_run
+    ex = build_explainer(run)
+    for method, config, steps in [("gradcam", ExplainConfig(top_k=3), 2 * 3),
+                                  # a 4-px window with stride 4 on the 32-px input: 8 x 8 positions, 8 batches of 8, twice
+                                  ("occlusion", ExplainConfig(top_k=3, method="occlusion", occlusion_window=4, occlusion_stride=4), 2 * 8)]:  # fmt: skip
+        seen = []
+        e = explain_poster(ex, poster.read_bytes(), config, progress=lambda d, t, s: seen.append((d, t, s)))
+        assert [d for d, _, _ in seen] == list(range(steps + 1)) and {t for _, t, _ in seen} == {steps}, (method, seen)
+        assert seen[-1][2] == "done" and e.method == method and e.path == "(upload)"
+
+    class Stop(Exception):
+        pass
+
+    def stop_at_two(done, total, stage):
+        if done == 2:
+            raise Stop
+
+    with pytest.raises(Stop):
+        explain_poster(ex, str(poster), ExplainConfig(top_k=3), progress=stop_at_two)
 
 
 def test_explain_writes_overlays_maps_and_a_summary(quadrant_run, tmp_path):

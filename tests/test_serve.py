@@ -10,6 +10,7 @@ import tempfile
 import zlib
 from concurrent.futures import ThreadPoolExecutor
 
+import numpy as np
 import pytest
 from conftest import make_collection
 from PIL import Image
@@ -139,7 +140,8 @@ def test_similar_posters_come_from_the_runs_knn_index_with_their_files(client, r
     import csv
 
     sim = client.get("/api/info").json()["features"]["similar_posters"]
-    assert sim["available"] and sim["index"].endswith("knn") and sim["posters_on_disk"] == sim["training_items"] > 0
+    assert sim["available"] and sim["posters_on_disk"] == sim["training_items"] > 0
+    assert str(runs["root"]) not in client.get("/api/info").text  # the page shows no server paths
     split = {r["id"]: r["split"] for r in csv.DictReader(open(runs["posters"] / "split.csv"))}
     rows = {r["id"]: r for r in csv.DictReader(open(runs["root"] / "col" / "labels.csv"))}
     train_id = next(i for i in rows if split.get(i) == "train")
@@ -151,8 +153,10 @@ def test_similar_posters_come_from_the_runs_knn_index_with_their_files(client, r
     assert near[0]["id"] == train_id and near[0]["similarity"] > 0.999  # a training poster is its own nearest neighbour
     assert near[0]["title"] == rows[train_id]["title"] and set(near[0]["genres"]) <= set(rows[train_id]["genres"].split("|"))
     got = client.get(near[0]["poster"])
-    assert got.status_code == 200 and got.content == path.read_bytes() and got.headers["content-type"] == "image/jpeg"
-    for bad in ("nope", "..%2F..%2Fetc%2Fpasswd", f"{train_id}%00"):
+    assert got.status_code == 200 and got.headers["content-type"] == "image/jpeg"
+    sent, own = Image.open(io.BytesIO(got.content)), Image.open(path).convert("RGB")  # decoded and re-encoded, never the file itself
+    assert sent.size == own.size and np.abs(np.asarray(sent, float).mean((0, 1)) - np.asarray(own, float).mean((0, 1))).max() < 3
+    for bad in ("nope", "..%2F..%2Fetc%2Fpasswd", f"{train_id}%00", "a/b"):
         r = client.get(f"/api/poster/{bad}")
         assert r.status_code == 404 and r.json()["status"] == 404, bad  # a path never reaches the disk
     assert "knn index" in client.get("/api/poster/nope").json()["error"]
@@ -296,3 +300,274 @@ def test_loopback_by_default_and_a_warning_elsewhere(runs, monkeypatch):
 def test_a_missing_run_is_one_line_at_start_up(tmp_path):
     res = runner.invoke(cli, ["serve", "--run", str(tmp_path / "nope")])
     assert res.exit_code == 1 and "does not exist" in res.output
+
+
+def test_serve_takes_the_precision_and_info_reports_it(runs, monkeypatch):
+    import genrekit_cli.apps.serve as serve_mod
+
+    seen = []
+    monkeypatch.setattr(serve_mod, "serve", lambda cfg: seen.append(cfg))
+    res = runner.invoke(cli, ["serve", "--run", str(runs["posters"]), "--precision", "fp32", "--max-pending", "3"])
+    assert res.exit_code == 0 and seen[0].precision == "fp32" and seen[0].max_pending == 3
+    res = runner.invoke(cli, ["serve", "--run", str(runs["posters"]), "--precision", "fp8"])
+    assert res.exit_code == 2 and "fp8" in res.output
+    cfg = ServeConfig(run=str(runs["posters"]), precision="fp32")
+    with TestClient(create_app(load_run(cfg.run, precision="fp32"), cfg)) as c:
+        assert c.get("/api/info").json()["precision"] == "fp32"
+
+
+def test_a_run_that_gives_nan_is_an_error_never_a_probability(runs):
+    import numpy as np
+
+    cfg = ServeConfig(run=str(runs["posters"]))
+    run = load_run(cfg.run)
+    with TestClient(create_app(run, cfg)) as c:
+        run.predict_proba = lambda items: (np.full((len(items), len(run.genres)), np.nan, np.float32), list(range(len(items))), [])
+        r = c.post("/api/predict", files={"image": _file(runs["images"][0])})
+        assert r.status_code == 500 and "non-finite" in r.json()["error"] and "null" not in r.text
+        assert c.get("/healthz").status_code == 200  # one line, and the server goes on
+
+
+# -- explanations never hold predictions up; limits on a real uvicorn --------------------------------------
+class SlowSaliency:
+    """Stands in for a run's saliency: ``steps`` steps of ``pause`` s, recording how it ended."""
+
+    def __init__(self, steps=200, pause=0.02):
+        import threading
+
+        self.steps, self.pause, self.ended, self.started = steps, pause, [], threading.Event()
+
+    def maps(self, poster, top_k, progress):
+        import time
+
+        from genrekit_cli.apps.serve import Cancelled
+
+        self.started.set()
+        try:
+            for i in range(self.steps):
+                progress(i, self.steps, "slow")
+                time.sleep(self.pause)
+        except Cancelled:
+            self.ended.append("cancelled")
+            raise
+        self.ended.append("finished")
+        return "maps"
+
+    def render(self, maps, poster):
+        return {"genres": [], "method": "slow"}
+
+    def install(self, server) -> SlowSaliency:
+        server.saliency.maps, server.saliency.render = self.maps, self.render
+        return self
+
+
+def test_the_model_lock_lets_predictions_pass_an_explanation_between_its_steps():
+    import threading
+
+    from genrekit_cli.apps.serve import ModelLock
+
+    lock, order = ModelLock(), []
+    in_step, go_on = threading.Event(), threading.Event()
+
+    def explanation():
+        with lock.background():
+            order.append("explain step 1")
+            in_step.set()
+            go_on.wait(10)
+            lock.yield_to_urgent()  # between steps
+            order.append("explain step 2")
+
+    def prediction():
+        with lock.urgent():
+            order.append("predict")
+
+    t = threading.Thread(target=explanation)
+    t.start()
+    in_step.wait(10)
+    p = threading.Thread(target=prediction)
+    p.start()
+    while not lock._urgent:  # the prediction waits for the step in progress
+        pass
+    go_on.set()
+    t.join(10), p.join(10)
+    assert order == ["explain step 1", "predict", "explain step 2"]
+
+
+def test_a_steady_stream_of_predictions_cannot_starve_an_explanation_for_ever():
+    import threading
+    import time
+
+    from genrekit_cli.apps.serve import ModelLock
+
+    lock, stop, got = ModelLock(share_s=0.2), threading.Event(), []
+
+    def predictions():  # two clients: one always waits while the other holds the model
+        while not stop.is_set():
+            with lock.urgent():
+                time.sleep(0.01)
+
+    hammer = [threading.Thread(target=predictions) for _ in range(2)]
+    for t in hammer:
+        t.start()
+    time.sleep(0.1)
+    def explanation():
+        with lock.background():
+            got.append("a step")
+
+    waiter = threading.Thread(target=explanation)
+    waiter.start()
+    waiter.join(20)
+    stop.set()
+    for t in hammer:
+        t.join(10)
+    assert got, "the explanation never got the model while predictions kept coming"
+
+
+def test_explain_streams_progress_and_a_second_one_is_refused_while_busy(runs):
+    cfg = ServeConfig(run=str(runs["posters"]), max_explains=1)
+    with TestClient(create_app(load_run(cfg.run), cfg)) as c:
+        lines = [json.loads(x) for x in c.post("/api/explain?top_k=2&stream=true", files={"image": _file(runs["images"][0])}).text.splitlines()]
+        assert "result" in lines[-1] and lines[-1]["result"]["method"] == "occlusion" and len(lines[-1]["result"]["genres"]) == 2
+        slow = SlowSaliency(steps=100).install(c.app.state.server)
+        with ThreadPoolExecutor(1) as pool:
+            first = pool.submit(c.post, "/api/explain?stream=true", files={"image": _file(runs["images"][0])})
+            slow.started.wait(30)
+            busy = c.post("/api/explain", files={"image": _file(runs["images"][1])})
+            assert busy.status_code == 503 and busy.headers["retry-after"] == "5" and "--max-explains" in busy.json()["error"]
+            pred = c.post("/api/predict", files={"image": _file(runs["images"][1])})
+            assert pred.status_code == 200 and slow.ended == []  # answered while the explanation still runs
+            events = [json.loads(x) for x in first.result().text.splitlines()]
+        assert slow.ended == ["finished"] and events[-1]["result"]["method"] == "slow"
+        assert any(0 < e.get("progress", 0) < 1 and e["stage"] == "slow" for e in events[:-1])
+
+
+@pytest.fixture
+def live(runs):
+    """A real uvicorn (with genrekit's protocol) serving the poster run: ``with live(**limits) as (port, server)``."""
+    import contextlib
+
+    from liveserver import live_server
+
+    @contextlib.contextmanager
+    def start(**limits):
+        cfg = ServeConfig(run=str(runs["posters"]), **limits)
+        app = create_app(load_run(cfg.run), cfg)
+        with live_server(app, cfg.request_timeout) as port:
+            yield port, app.state.server
+
+    return start
+
+
+def _connect(port):
+    import socket
+
+    s = socket.create_connection(("127.0.0.1", port), timeout=20)
+    return s
+
+
+def test_a_half_sent_request_is_closed_and_uploads_beyond_max_pending_get_503(live, runs):
+    import time
+
+    with live(request_timeout=1.0, max_pending=1) as (port, _):
+        slow = _connect(port)
+        slow.sendall(b"POST /api/predict HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=b\r\nContent-Length: 5000\r\n\r\n--b")
+        time.sleep(0.3)  # its body never completes: it holds the one upload slot ...
+        other = _connect(port)
+        other.sendall(b"POST /api/predict HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+        answer = b""
+        while chunk := other.recv(4096):  # Connection: close, so the answer ends with the connection
+            answer += chunk
+        answer = answer.decode()
+        assert answer.startswith("HTTP/1.1 503") and "retry-after: 1" in answer.lower() and "--max-pending" in answer
+        t = time.monotonic()
+        while slow.recv(4096):  # ... until the request deadline closes its connection
+            pass
+        assert time.monotonic() - t < 15
+        idle = _connect(port)  # a connection that sends nothing at all is closed too
+        assert idle.recv(4096) == b""
+        import httpx
+
+        assert httpx.post(f"http://127.0.0.1:{port}/api/predict", files={"image": _file(runs["images"][0])}, timeout=30).status_code == 200
+
+
+def test_a_client_that_leaves_stops_its_explanation(live, runs):
+    import time
+
+    with live() as (port, server):
+        slow = SlowSaliency(steps=2000).install(server)
+        body, ctype = _multipart(runs["images"][0])
+        s = _connect(port)
+        s.sendall(f"POST /api/explain?stream=true HTTP/1.1\r\nHost: x\r\nContent-Type: {ctype}\r\nContent-Length: {len(body)}\r\n\r\n".encode() + body)
+        assert b'"progress"' in s.recv(65536) or b'"progress"' in s.recv(65536)
+        s.close()
+        deadline = time.monotonic() + 20
+        while not slow.ended and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert slow.ended == ["cancelled"]
+        assert server.explain_slots.acquire(blocking=False)  # its slot is free again
+        server.explain_slots.release()
+
+
+def _multipart(path):
+    data = path.read_bytes()
+    head = f'--bnd\r\nContent-Disposition: form-data; name="image"; filename="{path.name}"\r\nContent-Type: image/jpeg\r\n\r\n'
+    return head.encode() + data + b"\r\n--bnd--\r\n", "multipart/form-data; boundary=bnd"
+
+
+def test_poster_serves_only_images_from_the_manifests_absolute_paths(tmp_path):
+    import csv
+
+    manifest = make_collection(tmp_path / "col", n=60)
+    store = tmp_path / "p.h5"
+    extract(ExtractConfig(backbone="colorstats", weights="none", data=str(manifest), out=str(store), device="cpu"))
+    res = runner.invoke(cli, ["heads", "--store", str(store), "--head", "knn", "--out", str(tmp_path / "runs"), "--min-positives", "3", "--jobs", "1"])
+    assert res.exit_code == 0, res.output
+    split = {r["id"]: r["split"] for r in csv.DictReader(open(tmp_path / "runs" / "split.csv"))}
+    rows = list(csv.DictReader(open(manifest)))
+    secret = tmp_path / "secret.txt"
+    secret.write_text("root:x:0:0:the password file\n")
+    train = [r["id"] for r in rows if split.get(r["id"]) == "train"]
+    for r in rows:  # after training, the manifest names a text file and a relative path for two training ids
+        if r["id"] == train[0]:
+            r["image"] = str(secret)
+        if r["id"] == train[1]:
+            r["image"] = "../secret.txt"
+    with open(manifest, "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    cfg = ServeConfig(run=str(tmp_path / "runs" / "knn"))
+    cwd = os.getcwd()
+    os.chdir(tmp_path)  # a file where the server starts decides nothing
+    try:
+        with TestClient(create_app(load_run(cfg.run), cfg)) as c:
+            for i in train[:2]:
+                r = c.get(f"/api/poster/{i}")
+                assert r.status_code == 404 and "password" not in r.text, r.text
+            assert c.get(f"/api/poster/{train[2]}").status_code == 200
+    finally:
+        os.chdir(cwd)
+
+
+def test_predictions_that_wait_for_the_model_run_together_and_each_gets_its_own_answer(runs, monkeypatch):
+    import time
+
+    import genrekit_cli.apps.serve as serve_mod
+
+    cfg = ServeConfig(run=str(runs["posters"]), max_batch=6)
+    with TestClient(create_app(load_run(cfg.run), cfg)) as c:
+        server = c.app.state.server
+        paths = runs["images"][:8]
+        want = {p.name: c.post("/api/predict", files={"image": _file(p)}).json()["probabilities"] for p in paths}
+        calls = []
+        real = serve_mod.predict_groups
+        monkeypatch.setattr(serve_mod, "predict_groups", lambda run, groups: calls.append([len(g) for g in groups]) or real(run, groups))
+        with ThreadPoolExecutor(8) as pool:
+            with server.lock.urgent():  # the model is busy: all eight requests wait
+                futures = [pool.submit(c.post, "/api/predict", files={"image": _file(p)}) for p in paths]
+                deadline = time.monotonic() + 60
+                while len(server._waiting) < 8 and time.monotonic() < deadline:
+                    time.sleep(0.01)
+            got = [f.result().json() for f in futures]
+        assert [g["probabilities"] for g in got] == [want[p.name] for p in paths] and [g["item"] for g in got] == [p.name for p in paths]
+        assert sorted(len(x) for x in calls) == [2, 6] and all(n == 1 for x in calls for n in x)  # two passes, at most --max-batch items

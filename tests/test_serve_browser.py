@@ -110,3 +110,51 @@ def test_upload_a_poster_in_chromium_shows_the_apis_top_genre(served, tmp_path):
     assert near == [n["id"] for n in similar["neighbours"]]  # the nearest training posters, drawn from /api/poster
     assert all(u.startswith(served["url"]) or u.startswith(("blob:", "data:")) for u in requests), requests  # offline: nothing else fetched
     assert shot.stat().st_size > 10_000
+
+
+def test_genres_show_while_another_explanation_runs(served, tmp_path):
+    """A person drops a poster while someone else's saliency maps are being made: the page shows
+    the genres without waiting for them (the explanation runs on, between its steps)."""
+    import threading
+
+    import httpx
+    from liveserver import live_server
+    from playwright.sync_api import sync_playwright
+    from test_serve import SlowSaliency
+
+    from genrekit.inference.loaded import load_run
+    from genrekit_cli.apps.serve import ServeConfig, create_app
+
+    cfg = ServeConfig(run=str(served["root"] / "runs"), max_explains=3)
+    app = create_app(load_run(cfg.run), cfg)
+    slow = SlowSaliency(steps=1500, pause=0.02).install(app.state.server)  # about 30 s of steps, each giving the model up to waiting predictions
+    poster = served["posters"][1]
+    with live_server(app) as port:
+        url = f"http://127.0.0.1:{port}"
+
+        def someone_else():
+            with httpx.stream("POST", f"{url}/api/explain?stream=true", files={"image": (poster.name, poster.read_bytes(), "image/jpeg")}, timeout=120) as r:
+                for _ in r.iter_lines():
+                    pass
+
+        other = threading.Thread(target=someone_else, daemon=True)
+        other.start()
+        assert slow.started.wait(30)
+        with sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path=CHROMIUM if Path(CHROMIUM).is_file() else shutil.which("chromium"), args=ARGS)
+            try:
+                page = browser.new_page(viewport={"width": 1100, "height": 760})
+                page.goto(url + "/", timeout=60_000)
+                page.wait_for_function("document.getElementById('run').textContent.includes('encoder')", timeout=60_000)
+                t = time.monotonic()
+                page.set_input_files("#poster", str(served["posters"][2]))
+                page.wait_for_selector("#top-genre", timeout=60_000)
+                seconds = time.monotonic() - t
+                running = slow.ended == []
+                page.wait_for_function("document.getElementById('saliency-note').textContent.includes('Computing the maps:')", timeout=30_000)
+                note = page.inner_text("#saliency-note")
+            finally:
+                browser.close()
+        print(f"genres on the page {seconds:.2f} s after the drop, with an explanation running")
+        assert running, "the genres waited for the explanation to finish"
+        assert "predictions are not held up" in note and "%" in note  # the page's own maps show their progress

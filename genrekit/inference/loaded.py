@@ -77,13 +77,30 @@ def name_failures(items: Sequence[Item], failures: Sequence[tuple[int, str]]) ->
 
 
 def predict_items(run: LoadedRun, items: Sequence[Item]) -> tuple[list[Prediction], list[tuple[str, str]]]:
-    """Ranked genres of each usable item, and ``(item name, reason)`` for the others."""
+    """Ranked genres of each usable item, and ``(item name, reason)`` for the others.
+
+    Probabilities that are not finite (NaN, inf: broken weights) are refused in one line
+    (:func:`genrekit.rundir.refuse_nonfinite`), never ranked."""
+    return predict_groups(run, [items])[0]
+
+
+def predict_groups(run: LoadedRun, groups: Sequence[Sequence[Item]]) -> list[tuple[list[Prediction], list[tuple[str, str]]]]:
+    """:func:`predict_items` of several lists of items in one pass through the run (one encoder
+    batch): each list gets what it would get alone, up to the float rounding of a larger batch.
+    ``genrekit serve`` answers the requests that wait for the model together this way."""
+    items = [it for g in groups for it in g]
     P, ok, failures = run.predict_proba(items)
     refuse_nonfinite(P, run.path)  # every run kind: never rank nor print a NaN
-    named = name_failures(items, failures)
-    if not ok:
-        return [], named
-    return rank([items[i].name for i in ok], P, run.thresholds.apply(P), run.genres, run.thresholds), named
+    decided = run.thresholds.apply(P) if ok else np.zeros(P.shape, bool)
+    row = {k: r for r, k in enumerate(ok)}
+    out, start = [], 0
+    for g in groups:
+        ks = [k for k in range(start, start + len(g)) if k in row]
+        rows = [row[k] for k in ks]
+        preds = rank([items[k].name for k in ks], P[rows], decided[rows], run.genres, run.thresholds) if rows else []
+        out.append((preds, [(items[k].name, reason) for k, reason in failures if start <= k < start + len(g)]))
+        start += len(g)
+    return out
 
 
 # -- the single-head run -------------------------------------------------------------------------

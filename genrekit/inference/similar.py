@@ -49,13 +49,18 @@ class SimilarIndex:
         source = saved.header.manifest_source()
         if source is None:
             raise ConfigError("the store records no manifest, so the training posters cannot be shown")
+        if not Path(source.path).is_absolute():  # a store made before paths were recorded absolute
+            raise ConfigError(f"the store records its manifest as a relative path ({source.path}), which would be read against "
+                              f"the working directory; re-extract the store to show its training posters")  # fmt: skip
         try:
             samples = {s.id: s for s in source.read().samples}
         except GenrekitError as e:
             raise ConfigError(f"the training posters cannot be shown: {e}") from None
         self.directory, self.saved, self.head, self.device = directory, saved, head, device
         self.items = [samples.get(i) for i in ids]
-        self.posters = {s.id: s.image for s in self.items if s is not None and s.image and Path(s.image).is_file()}
+        # Only absolute paths (the manifest reader resolves relative cells against the manifest's
+        # folder): nothing here is read relative to the server's working directory.
+        self.posters = {s.id: s.image for s in self.items if s is not None and s.image and Path(s.image).is_absolute() and Path(s.image).is_file()}
         # A head of the same store already rebuilds this encoder: share it rather than load a second copy.
         self._run = run if getattr(getattr(run, "saved", None), "header", None) == saved.header else None
         self._encoder = None
@@ -79,8 +84,8 @@ class SimilarIndex:
             self._encoder = encoder_from_header(self.saved.header, device=self.device)
         return self._encoder
 
-    def search(self, path: str, k: int = 6) -> list[dict]:
-        """The ``k`` training items nearest to the poster at ``path``, most similar first.
+    def search(self, path: str | bytes, k: int = 6) -> list[dict]:
+        """The ``k`` training items nearest to the poster (a file path, or its bytes), most similar first.
 
         Raises :class:`~genrekit.errors.UnreadableImageError` for a poster that cannot be read.
         """

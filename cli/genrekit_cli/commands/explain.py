@@ -31,7 +31,7 @@ def explain(
     json: Annotated[bool, typer.Option("--json", help="Print the JSON summary instead of lines.")] = False,
 ) -> None:
     """Per-genre saliency maps of the run's own encoder and head, with a sanity check and genre distinctness."""
-    with loading("starting: importing torch, captum and pytorch-grad-cam") as status:
+    with loading("starting: importing torch and pytorch-grad-cam") as status:
         from genrekit.inference.explain import ExplainConfig, build_explainer, explain_poster, write_explanations
         from genrekit.inference.loaded import load_run
 

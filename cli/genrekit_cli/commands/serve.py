@@ -9,7 +9,7 @@ import typer
 from rich.text import Text
 
 from genrekit_cli.main import app
-from genrekit_cli.options import DeviceOpt
+from genrekit_cli.options import DeviceOpt, PrecisionOpt
 from genrekit_cli.ui import err_console
 
 SERVE_EXAMPLES = """
@@ -29,7 +29,12 @@ def serve(
     max_upload_mb: Annotated[float, typer.Option("--max-upload-mb", help="Largest poster file in MB (413 above it).")] = 10.0,
     max_pixels: Annotated[int, typer.Option("--max-pixels", help="Largest image in pixels, width x height (413 above it).")] = 40_000_000,
     max_batch: Annotated[int, typer.Option("--max-batch", help="Most items in one /api/predict/batch request.")] = 32,
+    max_batch_mb: Annotated[float, typer.Option("--max-batch-mb", help="Largest /api/predict/batch request in MB (413 above it).")] = 64.0,
+    max_pending: Annotated[int, typer.Option("--max-pending", help="Most requests with uploads at once per worker (503 + Retry-After beyond).")] = 16,
+    max_explains: Annotated[int, typer.Option("--max-explains", help="Most saliency requests running or waiting per worker (503 beyond).")] = 2,
+    request_timeout: Annotated[float, typer.Option("--request-timeout", help="Seconds a client has to send a whole request; slower connections are closed.")] = 30.0,
     device: DeviceOpt = "cpu",
+    precision: PrecisionOpt = "auto",
 ) -> None:
     """Serve a run: a drop-a-poster page at / and a JSON API at /api/predict (OpenAPI docs at /docs)."""
     from genrekit.errors import MissingDependencyError
@@ -41,7 +46,8 @@ def serve(
         raise MissingDependencyError(f"serving needs FastAPI and uvicorn ({e}); pip install 'genrekit[serve]'") from None
     cfg = ServeConfig(
         run=str(run), host=host, port=port, workers=workers, max_upload_mb=max_upload_mb, max_pixels=max_pixels,
-        max_batch=max_batch, device=device,
+        max_batch=max_batch, max_batch_mb=max_batch_mb, max_pending=max_pending, max_explains=max_explains,
+        request_timeout=request_timeout, device=device, precision=precision,
     ).check()  # fmt: skip
     if not is_loopback(host):
         err_console.print(Text.assemble(("warning:", "yellow"), f" binding to {host}: anyone who can reach this address can use the API (no authentication)"))
