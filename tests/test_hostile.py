@@ -190,3 +190,63 @@ def test_silently_wrong_merge_refuses_an_input_that_lists_one_id_twice(collectio
     res = cli("store", "merge", a, b, "--out", tmp_path / "m.h5")
     one_line_error(res, "b.h5", "more than once", "s012")
     assert not (tmp_path / "m.h5").exists()
+
+
+# -- data loss: outputs never replace a file genrekit did not write for that purpose ------------------
+def test_data_loss_evaluate_outputs_never_replace_a_run_file_or_a_users_file(odd, tmp_path):
+    run = odd["runs"] / "logreg"
+    npz = run / "predictions.npz"
+    before = npz.read_bytes()
+    for extra in ([], ["--force"]):  # a run's own file: refused even with --force
+        res = cli("evaluate", "--run", run, "--store", odd["store"], "--json", npz, *extra)
+        one_line_error(res, "--json", "would overwrite the run")
+    assert npz.read_bytes() == before
+    other = odd["runs"] / "mlp" / "predictions.npz"  # another run's file: not an evaluate JSON
+    res = cli("evaluate", "--run", run, "--store", odd["store"], "--json", other)
+    one_line_error(res, "--json", "--force")
+    readme = tmp_path / "README.md"
+    readme.write_text("# my notes\n")
+    for flag in ("--json", "--predictions"):
+        res = cli("evaluate", "--run", run, "--store", odd["store"], flag, readme)
+        one_line_error(res, flag, "--force")
+        assert readme.read_text() == "# my notes\n"
+    # genrekit's own outputs are replaced on a re-run; --force replaces anything else.
+    for _ in range(2):
+        res = cli("evaluate", "--run", run, "--store", odd["store"], "--json", tmp_path / "ev.json", "--predictions", tmp_path / "p.csv")
+        assert res.exit_code == 0, res.output
+    res = cli("evaluate", "--run", run, "--store", odd["store"], "--json", readme, "--force")
+    assert res.exit_code == 0 and '"per_genre"' in readme.read_text()
+
+
+@pytest.mark.parametrize("command", ["report", "split", "clean", "clean-removed"])
+def test_data_loss_file_outputs_refuse_a_users_file_without_force(odd, tmp_path, command):
+    readme = tmp_path / "README.md"
+    readme.write_text("# my notes\n")
+    args = {"report": ["report", odd["runs"], "--out", readme],
+            "split": ["data", "split", odd["manifest"], "--out", readme],
+            "clean": ["data", "clean", odd["manifest"], "--out", readme],
+            "clean-removed": ["data", "clean", odd["manifest"], "--out", tmp_path / "c.csv", "--removed", readme]}[command]  # fmt: skip
+    one_line_error(cli(*args), "README.md", "--force")
+    assert readme.read_text() == "# my notes\n"
+    if command != "report":  # its own earlier output is replaced
+        first = tmp_path / "own.csv"
+        args = [a if a != readme else first for a in args]
+        assert cli(*args).exit_code == 0 and cli(*args).exit_code == 0
+
+
+def test_data_loss_folder_outputs_refuse_a_users_folder_and_never_write_over_a_poster(odd, tmp_path):
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "README.md").write_text("# my notes\n")
+    poster = mine / "p.png"
+    Image.new("RGB", (32, 48), (10, 200, 10)).save(poster)
+    before = poster.read_bytes()
+    one_line_error(cli("explain", "--run", odd["runs"] / "logreg", poster, "--out", mine), "--out", "--force")
+    one_line_error(cli("heads", "--store", odd["store"], "--head", "logreg", "--out", mine), "--out", "--force")
+    one_line_error(cli("data", "demo", "--out", mine, "--n", "4"), "--out", "--force")
+    res = cli("explain", "--run", odd["runs"] / "logreg", poster, "--out", mine, "--force")
+    assert res.exit_code == 0, res.output
+    assert poster.read_bytes() == before and (mine / "p-2.png").is_file()  # the overlay beside the poster, not over it
+    assert (mine / "README.md").read_text() == "# my notes\n"
+    res = cli("explain", "--run", odd["runs"] / "logreg", poster, "--out", mine)  # now explain's folder: no --force needed
+    assert res.exit_code == 0, res.output
