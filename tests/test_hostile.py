@@ -62,7 +62,7 @@ def odd(tmp_path_factory):
     store, runs = root / "tiny.h5", root / "runs"
     res = cli("extract", "--data", manifest, "--backbone", "test-tiny-cnn", "--weights", "none", "--out", store, "--device", "cpu")
     assert res.exit_code == 0, res.output
-    res = cli("heads", "--store", store, "--head", "logreg", "--head", "mlp", "--out", runs, "--min-positives", "3", "--jobs", "1")
+    res = cli("heads", "--store", store, "--head", "logreg", "--head", "mlp", "--head", "ensemble", "--out", runs, "--min-positives", "3", "--jobs", "1")
     assert res.exit_code == 0, res.output
     assert "Drama[/i]" in res.output and "[bold]Action" in res.output
     return {"root": root, "manifest": manifest, "store": store, "runs": runs, "out": res.output,
@@ -250,3 +250,92 @@ def test_data_loss_folder_outputs_refuse_a_users_folder_and_never_write_over_a_p
     assert (mine / "README.md").read_text() == "# my notes\n"
     res = cli("explain", "--run", odd["runs"] / "logreg", poster, "--out", mine)  # now explain's folder: no --force needed
     assert res.exit_code == 0, res.output
+
+
+# -- unclear: every file a run reads is checked like run.json (one line naming the file and field) ----
+def _edited_copy(odd, tmp_path, rel: str, text: str | bytes) -> Path:
+    import shutil
+
+    run = tmp_path / "runs"
+    shutil.copytree(odd["runs"], run)
+    target = run / rel
+    target.write_bytes(text.encode() if isinstance(text, str) else text)
+    return run
+
+
+ENSEMBLE_EDITS = [
+    ("{}", "'genres' is missing"),
+    ('{"genres": ["Horror"], "thresholds": {"rule": "global", "values": [0.5]}, "members": 5}', "'members' is a int"),
+    ('{"genres": ["Horror"], "thresholds": {"rule": "global", "values": [0.5]}, "members": {"logreg": {}}}', "'dir' is missing"),
+    ('{"genres": ["Horror"], "thresholds": {"rule": "global", "values": [0.5]}, "members": {"logreg": {"dir": "../logreg", "weight": NaN}}}',
+     "members.logreg.weight"),
+    ("[" * 100000, "not readable JSON"),
+]
+
+
+@pytest.mark.parametrize("text, message", ENSEMBLE_EDITS)
+def test_unclear_an_edited_ensemble_json_is_named_with_its_field(odd, tmp_path, text, message):
+    run = _edited_copy(odd, tmp_path, "ensemble/ensemble.json", text)
+    one_line_error(cli("predict", "--run", run / "ensemble", odd["odd_image"]), "ensemble.json", message)
+
+
+RESULTS_EDITS = [
+    ('{"heads": 5}', "'heads' is not an object"),
+    ('{"heads": {"logreg": 5}, "best": "logreg"}', "entry 'logreg' is not an object"),
+    ('{"heads": {"logreg": {"test": 1}}, "best": "logreg"}', "'logreg.test' is a int"),
+    ('{"heads": {"logreg": {}}, "best": "logreg", "genres": ["a"]}', "'test' is missing"),
+    ('{"heads": {"logreg": {}}, "best": "logreg", "genres": 7}', "'genres'"),
+    ("[" * 100000, "not readable JSON"),
+]
+
+
+@pytest.mark.parametrize("text, message", RESULTS_EDITS)
+def test_unclear_an_edited_results_json_is_named_by_report_leaderboard_and_predict(odd, tmp_path, text, message):
+    run = _edited_copy(odd, tmp_path, "results.json", text)
+    one_line_error(cli("report", run, "--out", tmp_path / "r.html"), "results.json", message)
+    if "'test' is missing" not in message:  # the leaderboard and predict need fewer fields than the report
+        one_line_error(cli("leaderboard", run), "results.json", message)
+        one_line_error(cli("predict", "--run", run, odd["odd_image"]), "results.json", message)
+
+
+@pytest.mark.parametrize("edit, message", [("nan", "'P_test'"), ("drop", "'Y_val' is missing"), ("shape", "'P_val'"), ("garbage", "not a readable npz")])
+def test_unclear_an_edited_predictions_npz_is_named_by_report(odd, tmp_path, edit, message):
+    import io
+
+    with np.load(odd["runs"] / "logreg" / "predictions.npz") as z:
+        arrays = {k: z[k] for k in z.files}
+    if edit == "nan":
+        arrays["P_test"] = arrays["P_test"].copy()
+        arrays["P_test"][0, 0] = np.nan
+    elif edit == "drop":
+        del arrays["Y_val"]
+    elif edit == "shape":
+        arrays["P_val"] = arrays["P_val"][:, :1]
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    run = _edited_copy(odd, tmp_path, "logreg/predictions.npz", b"garbage" if edit == "garbage" else buf.getvalue())
+    one_line_error(cli("report", run, "--out", tmp_path / "r.html", "--head", "logreg"), "predictions.npz", message)
+
+
+FINETUNE_EDITS = [
+    ('del r["weights_sha256"]', "'weights_sha256' is missing"),
+    ('r["preprocessing"] = "x"', "'preprocessing' is a str"),
+    ('r["genres"] = 5', "'genres' is a int"),
+    ('r["thresholds"]["values"] = [float("nan")] * len(r["genres"])', "'thresholds.values'"),
+    ('r["format"] = "abc"', "'format' is a str"),
+    ('r["preprocessing"]["size"] = 10**9', "'preprocessing.size'"),
+]
+
+
+@pytest.mark.parametrize("edit, message", FINETUNE_EDITS)
+def test_unclear_an_edited_finetune_json_is_named_with_its_field(tmp_path, edit, message):
+    from genrekit.backbones.finetuned import check_record
+    from genrekit.errors import StoreError
+
+    r = {"format": 1, "weights_sha256": "0" * 64, "head_sha256": "0" * 64, "backbone": "test-tiny-cnn",
+         "preprocessing": {"size": 32}, "genres": ["Drama", "Horror"], "thresholds": {"rule": "global", "values": [0.5, 0.5]}}  # fmt: skip
+    check_record(r, tmp_path)
+    exec(edit)
+    with pytest.raises(StoreError, match="finetune.json") as e:
+        check_record(r, tmp_path)
+    assert message in str(e.value)
