@@ -202,6 +202,8 @@ class FeatureStore:
                     f"{self.path} is incomplete: its extraction stopped before the end "
                     f"(partial rows are in {parts.name}/); re-run the same `genrekit extract` command to finish it"
                 )
+            if self.path.is_dir():
+                raise StoreError(f"feature store {str(self.path)!r} is a folder, not a store file; pass the .h5 file `genrekit extract --out` made")
             raise StoreError(f"feature store {str(self.path)!r} does not exist (make one with `genrekit extract`)")
         try:
             with h5py.File(self.path, "r") as f:

@@ -339,3 +339,62 @@ def test_unclear_an_edited_finetune_json_is_named_with_its_field(tmp_path, edit,
     with pytest.raises(StoreError, match="finetune.json") as e:
         check_record(r, tmp_path)
     assert message in str(e.value)
+
+
+def test_unclear_a_folder_given_as_a_store_is_called_a_folder(odd, tmp_path):
+    (tmp_path / "store.h5").mkdir()
+    for args in (["store", "info", tmp_path / "store.h5"], ["evaluate", "--run", odd["runs"] / "logreg", "--store", tmp_path / "store.h5"]):
+        one_line_error(cli(*args), "is a folder, not a store file")
+
+
+def _rows_csv(path: Path, header: str, rows: list[str], encoding: str = "utf-8") -> Path:
+    path.write_text("\n".join([header, *rows]) + "\n", encoding=encoding)
+    return path
+
+
+def test_unclear_utf16_manifests_are_read_or_named_and_duplicate_columns_refused(odd, tmp_path):
+    image = sorted((odd["root"] / "col" / "img").glob("0*.png"))[0]
+    rows = [f"s1,Drama,{image}", f"s2,Horror,{image}"]
+    res = cli("data", "inspect", _rows_csv(tmp_path / "u16.csv", "id,genres,image", rows, "utf-16"), "--no-images")
+    assert res.exit_code == 0 and "│ Horror │" in res.output, res.output  # a byte-order mark: read as UTF-16
+    res = cli("data", "inspect", _rows_csv(tmp_path / "u16le.csv", "id,genres,image", rows, "utf-16-le"), "--no-images")
+    one_line_error(res, "UTF-16", "save it as UTF-8")
+    res = cli("data", "inspect", _rows_csv(tmp_path / "dup.csv", "id,genres,image,genres", [f"s1,Drama,{image},Horror"]), "--no-images")
+    one_line_error(res, "'genres' more than once")
+
+
+def test_unclear_mixed_genre_separators_are_warned_about_once(odd, tmp_path):
+    image = sorted((odd["root"] / "col" / "img").glob("0*.png"))[0]
+    m = _rows_csv(tmp_path / "mix.csv", "id,genres,image", [f"s1,Drama|Horror,{image}", f's2,"Comedy, Action",{image}', f"s3,Drama,{image}"])
+    res = cli("data", "inspect", m, "--no-images")
+    assert res.exit_code == 0, res.output
+    assert res.output.count("mixes separators") == 1 and "row 3" in res.output
+    res = cli("data", "inspect", m, "--no-images", "--genre-sep", "|")  # said explicitly: no warning
+    assert "mixes separators" not in res.output
+
+
+def test_unclear_manifest_warnings_are_printed_once(odd, tmp_path, caplog):
+    image = sorted((odd["root"] / "col" / "img").glob("0*.png"))[0]
+    m = _rows_csv(tmp_path / "dupid.csv", "id,genres,image", [f"s1,Drama,{image}", f"s1,Horror,{image}", f"s3,Drama,{image}"])
+    res = cli("data", "inspect", m, "--no-images")
+    assert res.exit_code == 0, res.output
+    shown = res.output.count("repeat an earlier id") + sum("repeat an earlier id" in r.getMessage() for r in caplog.records if r.levelname == "WARNING")
+    assert shown == 1, (res.output, caplog.records)
+
+
+def test_unclear_file_uris_are_local_paths(odd, tmp_path):
+    from urllib.parse import quote
+
+    image = sorted((odd["root"] / "col" / "img").glob("0*.png"))[0]
+    m = _rows_csv(tmp_path / "uri.csv", "id,genres,image", [f"s1,Drama,file://{quote(str(image))}", f"s2,Horror,file://localhost{quote(str(image))}"])
+    res = cli("data", "inspect", m)
+    assert res.exit_code == 0 and "images: all readable" in res.output, res.output
+
+
+def test_unclear_a_long_plot_is_not_echoed_back(tmp_path):
+    plot = "A sheriff rides into a town that has forgotten the law. " * 2000  # ~110 KB
+    res = cli("zeroshot", "--plot", plot, "--backbone", "test-tiny-text")
+    assert res.exit_code == 0, res.output
+    assert len(res.output) < 5000 and "characters)" in res.output
+    res = cli("zeroshot", "--plot", plot, "--backbone", "test-tiny-text", "--json")
+    assert res.exit_code == 0 and len(res.output) < 20000

@@ -196,6 +196,7 @@ def split_cmd(
     check_output(out, {"the manifest": manifest}, "--out", SPLIT_CSV, force)
     m = load_manifest(manifest, format, columns, genre_sep)
     split, warnings = split_manifest(m, cfg)
+    warnings = [*m.warnings, *warnings]
     write_split_file(out, list(split), split)
     counts = {p: sum(1 for v in split.values() if v == p) for p in PARTS}
     if json:
@@ -229,6 +230,7 @@ def download_cmd(
     m = load_manifest(manifest, format, columns, genre_sep)
     cfg = DownloadConfig(workers=workers, timeout=timeout, deadline=deadline, retries=retries, backoff=backoff,
                          max_retry_after=max_retry_after)
+    _warn(m.warnings)
     with progress_bar("posters") as progress:
         _, report = download_posters(m, out, cfg, progress=progress)
     if json:
