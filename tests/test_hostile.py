@@ -190,6 +190,7 @@ def test_silently_wrong_merge_refuses_an_input_that_lists_one_id_twice(collectio
     res = cli("store", "merge", a, b, "--out", tmp_path / "m.h5")
     one_line_error(res, "b.h5", "more than once", "s012")
     assert not (tmp_path / "m.h5").exists()
+    one_line_error(cli("store", "merge", a, tmp_path / "." / "a.h5", "--out", tmp_path / "m.h5"), "given twice")
 
 
 # -- data loss: outputs never replace a file genrekit did not write for that purpose ------------------
