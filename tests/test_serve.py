@@ -410,6 +410,7 @@ def test_a_steady_stream_of_predictions_cannot_starve_an_explanation_for_ever():
     for t in hammer:
         t.start()
     time.sleep(0.1)
+
     def explanation():
         with lock.background():
             got.append("a step")

@@ -788,7 +788,7 @@ def keep_memory_bounded() -> None:
 
     glibc raises its mmap threshold after big buffers are freed, so a flood of 10 MB uploads
     then lands in the heap of each thread and RSS only grows (+690 MB after 200 uploads, kept;
-    with a fixed threshold +220 MB at the peak and +30 MB after: ``bench_serve.py --flood``).
+    with a fixed threshold +220 MB at the peak and +30 MB after: the flood of ``benchmarks/bench_serve.py``).
     Elsewhere than glibc this does nothing.
     """
     import ctypes
