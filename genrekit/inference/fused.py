@@ -75,7 +75,7 @@ class FusedRun:
                 raise StoreError(f"{head_dir}: this early-fused run predates saved block scaling; re-run `genrekit heads` to use it")
             self.store_order = list(fusion["store_order"])
             self.headers = {n: StoreHeader.from_json(fusion["stores"][n]) for n in self.store_order}
-            with np.load(self._inside(head_dir, head_dir / str(fusion["scaling"]), head_dir / "run.json"), allow_pickle=False) as z:
+            with np.load(self._inside(path, head_dir / str(fusion["scaling"]), head_dir / "run.json"), allow_pickle=False) as z:
                 self.scaling = BlockScaling.from_arrays(self.store_order, {k: z[k] for k in z.files})
             self.genres, self.thresholds = list(self.saved.genres), self.saved.thresholds
             self.weights = None
