@@ -858,9 +858,13 @@ def merge_stores(paths: Sequence[str | Path], out: str | Path, atol: float = 1e-
         raise StoreError(f"merge needs at least two stores; got {len(paths)}")
     if out.exists():
         raise StoreError(f"{out} exists; merge writes a new store (choose another --out or remove it)")
+    seen_paths: dict[Path, Path] = {}
     for p in paths:
         if out.resolve() == p.resolve():
             raise StoreError(f"--out {out} is one of the stores being merged; choose another file")
+        if p.resolve() in seen_paths:
+            raise StoreError(f"{p} is given twice (as {seen_paths[p.resolve()]} too); merge each store once")
+        seen_paths[p.resolve()] = p
     if genres not in MERGE_GENRES:
         raise ConfigError(f"--genres {genres!r} must be one of {', '.join(MERGE_GENRES)}")
     how = genres

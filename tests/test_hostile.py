@@ -190,6 +190,7 @@ def test_silently_wrong_merge_refuses_an_input_that_lists_one_id_twice(collectio
     res = cli("store", "merge", a, b, "--out", tmp_path / "m.h5")
     one_line_error(res, "b.h5", "more than once", "s012")
     assert not (tmp_path / "m.h5").exists()
+    one_line_error(cli("store", "merge", a, tmp_path / "." / "a.h5", "--out", tmp_path / "m.h5"), "given twice")
 
 
 # -- data loss: outputs never replace a file genrekit did not write for that purpose ------------------
@@ -398,3 +399,53 @@ def test_unclear_a_long_plot_is_not_echoed_back(tmp_path):
     assert len(res.output) < 5000 and "characters)" in res.output
     res = cli("zeroshot", "--plot", plot, "--backbone", "test-tiny-text", "--json")
     assert res.exit_code == 0 and len(res.output) < 20000
+
+
+FUSION_EDITS = [
+    ("late/logreg/fusion.json", lambda r: r.pop("stores"), "'stores' is missing"),
+    ("late/logreg/fusion.json", lambda r: r.update(heads=5), "malformed"),
+    ("late/logreg/fusion.json", lambda r: r["heads"].update({k: "../../../../../etc" for k in r["heads"]}), "points outside the run"),
+    ("late/logreg/fusion.json", lambda r: r.update(weights={k: float("nan") for k in r["weights"]}), "'weights'"),
+    ("early/logreg/run.json", lambda r: r["fusion"].update(scaling="../../../../../../etc/passwd"), "points outside the run"),
+]
+
+
+@pytest.mark.parametrize("rel, edit, message", FUSION_EDITS, ids=["no-stores", "heads-int", "heads-outside", "weights-nan", "scaling-outside"])
+def test_unclear_an_edited_fused_run_is_named_with_its_file(tmp_path, tmp_path_factory, rel, edit, message):
+    import json
+    import shutil
+
+    from genrekit.errors import StoreError
+    from genrekit.inference import load_run
+
+    src = _fused_run(tmp_path_factory)
+    run = tmp_path / "runs"
+    shutil.copytree(src, run)
+    rec = json.loads((run / rel).read_text())
+    edit(rec)
+    (run / rel).write_text(json.dumps(rec))
+    with pytest.raises(StoreError, match=rel.split("/")[-1]) as e:
+        load_run(run / rel.rsplit("/", 1)[0])
+    assert message in str(e.value)
+
+
+_FUSED: dict = {}
+
+
+def _fused_run(tmp_path_factory) -> Path:
+    """One small fused run (posters + titles), built once for the edits above."""
+    if "runs" not in _FUSED:
+        from test_fused_runs import collection
+
+        from genrekit.extraction import ExtractConfig, extract
+
+        root = tmp_path_factory.mktemp("fusedodd")
+        manifest = collection(root / "a", 120)
+        posters, titles = root / "posters.h5", root / "titles.h5"
+        extract(ExtractConfig(backbone="test-tiny-cnn", weights="none", data=str(manifest), out=str(posters), device="cpu"))
+        extract(ExtractConfig(backbone="test-tiny-text", weights="none", data=str(manifest), out=str(titles), device="cpu",
+                              modality="text", text_field="title"))  # fmt: skip
+        res = cli("heads", "--store", posters, "--store", titles, "--head", "logreg", "--out", root / "runs", "--min-positives", "5", "--jobs", "1")
+        assert res.exit_code == 0, res.output
+        _FUSED["runs"] = root / "runs"
+    return _FUSED["runs"]

@@ -345,6 +345,11 @@ class ManifestSource:
     def read(self) -> Manifest:
         """The manifest, read as it was for the store; a missing file is named as the store's record."""
         if not Path(self.path).exists():
+            if not Path(self.path).is_absolute():  # older stores recorded the path as typed, relative to where extract ran
+                raise ManifestError(
+                    f"the store records the manifest it was made from as the relative path {self.path!r}, which is not there from "
+                    f"the current directory ({os.getcwd()}); run from the directory `genrekit extract` ran in, or re-extract the store"
+                )
             raise ManifestError(f"the manifest the store was made from ({self.path}) is not there any more; put it back, "
                                 f"or re-extract the store from the manifest where it is now")  # fmt: skip
         return read_manifest(self.path, self.format, columns=self.columns, genre_sep=self.genre_sep)
