@@ -5,7 +5,8 @@
 redirect the write; on success the temporary file is renamed over the target, which replaces a
 link at the target itself rather than writing into what it points to; on any error it is removed
 and the target is left as it was. :func:`refuse_overwrite` stops an output from replacing one of
-the command's own inputs.
+the command's own inputs; :func:`check_output` (every file output of the CLI: ``--out``, ``--json``, ``--predictions``, ``--removed``)
+also stops it from replacing a file genrekit did not write for that purpose, unless forced.
 """
 
 from __future__ import annotations
@@ -90,7 +91,98 @@ def refuse_overwrite(out: str | Path, inputs: Mapping[str, str | Path | None], f
 # Files a run directory holds; an output may not replace them.
 _RUN_FILES = {"run.json", "results.json", "results.csv", "fusion.json", "split.csv", "model.skops",
               "model.safetensors", "model.npz", "scaler.npz", "config.json", "backbone.safetensors",
-              "ensemble.json", "blocks.npz"}
+              "ensemble.json", "blocks.npz", "predictions.npz", "finetune.json", "head.safetensors"}
+
+
+class OutputKind:
+    """What a command writes to a file, and how to recognise a file genrekit wrote for it.
+
+    A CSV by its exact header line and HTML by genrekit's generator mark, both in the file's first
+    :data:`SNIFF_BYTES`; JSON by its top-level keys (files up to :data:`SNIFF_JSON_BYTES`).
+    """
+
+    def __init__(self, what: str, *, csv_headers: tuple[str, ...] = (), csv_prefixes: tuple[str, ...] = (),
+                 json_keys: tuple[str, ...] = (), marker: str | None = None):  # fmt: skip
+        self.what, self.csv_headers, self.csv_prefixes = what, csv_headers, csv_prefixes
+        self.json_keys, self.marker = json_keys, marker
+
+    def owns(self, path: Path) -> bool:
+        """Whether the file ``path`` is one genrekit wrote as this kind."""
+        if not path.is_file():
+            return False
+        if self.json_keys:
+            if path.stat().st_size > SNIFF_JSON_BYTES:
+                return False
+            try:
+                obj = json.loads(path.read_bytes())
+            except (ValueError, RecursionError):
+                return False
+            return isinstance(obj, dict) and all(k in obj for k in self.json_keys)
+        with open(path, "rb") as fh:
+            text = fh.read(SNIFF_BYTES).decode("utf-8", errors="replace")
+        first = text.split("\n", 1)[0].rstrip("\r")
+        if self.csv_headers or self.csv_prefixes:
+            return first in self.csv_headers or any(first.startswith(p) for p in self.csv_prefixes)
+        return self.marker is not None and self.marker in text
+
+
+SNIFF_BYTES = 4096
+SNIFF_JSON_BYTES = 64 << 20
+# The report's <head> carries this, so a later report may replace an earlier one.
+REPORT_MARK = '<meta name="generator" content="genrekit report">'
+
+# Every file output of the CLI, as its writer's first line (CSV), keys (JSON) or mark (HTML) shows it.
+MANIFEST_CSV = OutputKind("manifest CSV", csv_headers=("id,title,year,genres,plot,image", "id,title,year,genres,plot,image,split"))
+REMOVED_CSV = OutputKind("removed-rows CSV", csv_headers=("id,reason,detail,title",))
+SPLIT_CSV = OutputKind("split CSV", csv_headers=("id,split",))
+PREDICTIONS_CSV = OutputKind("predictions CSV", csv_prefixes=("id,true_genres,", "id,predicted_genres,"))
+EVALUATE_JSON = OutputKind("evaluate JSON", json_keys=("head", "items", "split", "metrics", "per_genre"))
+REPORT_HTML = OutputKind("report", marker=REPORT_MARK)
+
+
+def check_output(out: str | Path, inputs: Mapping[str, str | Path | None], flag: str, kind: OutputKind, force: bool = False) -> Path:
+    """The one check before a command writes the file ``out`` (``--out``, ``--json``, ``--predictions`` ...).
+
+    Refused with a :class:`ConfigError` naming ``flag``: an input of the command (always, see
+    :func:`refuse_overwrite`), a directory, and an existing file that genrekit did not write as
+    ``kind`` (a README, another run's predictions.npz, a manifest) unless ``force``.
+    """
+    refuse_overwrite(out, inputs, flag)
+    o = Path(out)
+    if o.is_dir():
+        raise ConfigError(f"{flag} {out} is a directory; give the {kind.what} file to write")
+    if not os.path.lexists(o):
+        return o
+    if force:
+        return o
+    if not kind.owns(o):
+        raise ConfigError(
+            f"{flag} {out} exists and is not a file genrekit wrote as its {kind.what}; it is left as it is: "
+            "choose another file, or pass --force to replace it"
+        )
+    return o
+
+
+def check_output_dir(out: str | Path, inputs: Mapping[str, str | Path | None], flag: str, what: str, marks: tuple[str, ...],
+                     force: bool = False) -> Path:  # fmt: skip
+    """The one check before a command writes into the folder ``out`` (a run, explain's overlays).
+
+    A folder that is missing, empty, or holds one of ``marks`` (a file genrekit writes there: the
+    run's ``results.json``, ``explain.json`` ...) is genrekit's; another folder's files may share
+    the names genrekit writes, so it is refused unless ``force``, as are a file and an input.
+    """
+    refuse_overwrite(out, inputs, flag)
+    o = Path(out)
+    if os.path.lexists(o) and not o.is_dir():
+        raise ConfigError(f"{flag} {out} is a file, not a folder; give a folder for the {what}")
+    if force or not o.exists() or any((o / m).exists() for m in marks):
+        return o
+    if next(o.iterdir(), None) is not None:
+        raise ConfigError(
+            f"{flag} {out} is a folder genrekit did not make for the {what} (it holds other files, which genrekit's "
+            "could replace); choose a new or empty folder, or pass --force to write into it"
+        )
+    return o
 
 
 def _same_file(a: Path, b: Path) -> bool:

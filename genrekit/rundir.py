@@ -104,6 +104,41 @@ def save_part_predictions(directory: str | Path, ids: Mapping[str, object], Y: M
     return path
 
 
+def load_part_predictions(directory: str | Path, n_genres: int | None = None) -> dict | None:
+    """The arrays of a run's ``predictions.npz`` (see :func:`save_part_predictions`), checked like
+    ``run.json``: ``None`` when there is none; a damaged or edited file is refused in one line
+    naming the file and the array (missing, wrong shape, labels not 0/1, probabilities not finite
+    or outside [0, 1])."""
+    import numpy as np
+
+    path = Path(directory) / PREDICTIONS_FILE
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files}
+    except Exception as e:  # zip, npy header and pickle refusals all mean "not the file we wrote"
+        raise _bad(path, f"not a readable npz file ({type(e).__name__}: {str(e)[:120]})") from None
+    need = ["P_val", "P_test", *(f"{a}_{p}" for p in ("train", "val", "test") for a in ("ids", "Y"))]
+    for k in need:
+        if k not in arrays:
+            raise _bad(path, f"the array {k!r} is missing")
+    cols = n_genres if n_genres is not None else (arrays["P_test"].shape[1] if arrays["P_test"].ndim == 2 else -1)
+    for part in ("train", "val", "test"):
+        ids, Y = arrays[f"ids_{part}"], arrays[f"Y_{part}"]
+        if ids.ndim != 1 or ids.dtype.kind not in "UO":
+            raise _bad(path, f"the array 'ids_{part}' is not a list of ids")
+        if Y.ndim != 2 or Y.shape != (len(ids), cols) or Y.dtype.kind not in "biu" or ((Y != 0) & (Y != 1)).any():
+            raise _bad(path, f"the array 'Y_{part}' must be 0/1 labels of shape ({len(ids)}, {cols}); got {Y.dtype} {Y.shape}")
+    for part in ("val", "test"):
+        P = arrays[f"P_{part}"]
+        if P.ndim != 2 or P.shape != arrays[f"Y_{part}"].shape or P.dtype.kind != "f":
+            raise _bad(path, f"the array 'P_{part}' must be probabilities of shape {arrays[f'Y_{part}'].shape}; got {P.dtype} {P.shape}")
+        if not np.isfinite(P).all() or (P < 0).any() or (P > 1).any():
+            raise _bad(path, f"the array 'P_{part}' holds values that are not probabilities (NaN, inf, or outside [0, 1])")
+    return arrays
+
+
 # -- typed results -------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class HeadResult:
@@ -142,9 +177,24 @@ class HeadResult:
     def from_json(cls, entry: str, d: Mapping, path: Path) -> HeadResult:
         if not isinstance(d, Mapping):
             raise _bad(path, f"the leaderboard entry {entry!r} is not an object")
-        test = d.get("test") or {}
+
+        def obj(v, name: str) -> Mapping:
+            if v is None:
+                return {}
+            if not isinstance(v, Mapping):
+                raise _bad(path, f"the field '{entry}.{name}' is a {type(v).__name__}, expected an object")
+            return v
+
+        test = obj(d.get("test"), "test")
         tuned, at05 = (test.get("tuned"), test.get("at_0.5")) if "tuned" in test else (test, d.get("test_at_0.5"))
-        val = d.get("val") or {}
+        tuned, at05 = obj(tuned, "test.tuned"), obj(at05, "test.at_0.5")
+        val = obj(d.get("val"), "val")
+        per_genre = d.get("per_genre") or []
+        if not isinstance(per_genre, list) or not all(isinstance(r, Mapping) and isinstance(r.get("genre"), str) for r in per_genre):
+            raise _bad(path, f"the field '{entry}.per_genre' must be a list of objects with a 'genre'")
+        notes = d.get("notes") or ()
+        if not isinstance(notes, (list, tuple)):
+            raise _bad(path, f"the field '{entry}.notes' is a {type(notes).__name__}, expected a list")
         val_map = _number(val.get("map_macro") if isinstance(val, Mapping) else None) if "val_map_macro" not in d else _number(d["val_map_macro"])
         th = None
         if isinstance(d.get("thresholds"), Mapping):
@@ -160,8 +210,8 @@ class HeadResult:
             test={k: _number(v) for k, v in (tuned or {}).items()},
             test_at_05={k: _number(v) for k, v in (at05 or {}).items()},
             thresholds=th,
-            per_genre=list(d.get("per_genre") or []),
-            notes=tuple(str(n) for n in d.get("notes") or ()),
+            per_genre=list(per_genre),
+            notes=tuple(str(n) for n in notes),
             fit_seconds=_number(d.get("fit_seconds")),
         )
 
@@ -193,20 +243,30 @@ class Results:
             best = rec.get("best")
             best_name = f"{best['part']}/{best['entry']}" if isinstance(best, Mapping) and {"part", "entry"} <= set(best) else None
             late = rec.get("late") or {}
+            if not isinstance(late, Mapping) or not isinstance(late.get("heads") or {}, Mapping):
+                raise _bad(path, "the field 'late' is not an object with 'heads'")
             heads = {f"late/{n}": HeadResult.from_json(f"late/{n}", e, path) for n, e in (late.get("heads") or {}).items()}
             genres = list((rec.get("same_items") or {}).get("genres") or late.get("genres") or [])
             return cls(kind, best_name, genres, heads, rec)
         if kind == "finetune":
             final = rec.get("final") or {}
+            if not isinstance(final, Mapping):
+                raise _bad(path, f"the field 'final' is a {type(final).__name__}, expected an object")
             row = HeadResult.from_json(str(rec.get("best") or "finetune"), {**final, "head": "finetune"}, path)
-            return cls(kind, row.entry, list(rec.get("genres") or []), {row.entry: row}, rec)
+            genres = rec.get("genres") or []
+            if not isinstance(genres, list) or not all(isinstance(g, str) for g in genres):
+                raise _bad(path, "the field 'genres' must be a list of genre names")
+            return cls(kind, row.entry, list(genres), {row.entry: row}, rec)
         heads = rec.get("heads")
         if not isinstance(heads, Mapping):
             raise _bad(path, "the field 'heads' is not an object")
         best = rec.get("best")
         if best is not None and (not isinstance(best, str) or Path(best).name != best or best in (".", "..")):
             raise _bad(path, f"the field 'best' is {best!r}, not the name of a head directory")
-        return cls(kind, best, [str(g) for g in rec.get("genres") or []], {n: HeadResult.from_json(n, e, path) for n, e in heads.items()}, rec)
+        genres = rec.get("genres", [])
+        if not isinstance(genres, list) or not all(isinstance(g, str) for g in genres):
+            raise _bad(path, "the field 'genres' must be a list of genre names")
+        return cls(kind, best, list(genres), {n: HeadResult.from_json(n, e, path) for n, e in heads.items()}, rec)
 
 
 def leaderboard_rows(run: str | Path) -> tuple[Results, list[HeadResult]]:

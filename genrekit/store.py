@@ -51,7 +51,7 @@ except ImportError:  # not POSIX: no advisory locks (see store_lock)
 from genrekit import __version__
 from genrekit.atomic import atomic_path, atomic_write
 from genrekit.data.manifest import PARTS
-from genrekit.errors import StoreError, StoreMismatchError
+from genrekit.errors import ConfigError, StoreError, StoreMismatchError
 
 log = logging.getLogger(__name__)
 FORMAT_VERSION = 1
@@ -202,6 +202,8 @@ class FeatureStore:
                     f"{self.path} is incomplete: its extraction stopped before the end "
                     f"(partial rows are in {parts.name}/); re-run the same `genrekit extract` command to finish it"
                 )
+            if self.path.is_dir():
+                raise StoreError(f"feature store {str(self.path)!r} is a folder, not a store file; pass the .h5 file `genrekit extract --out` made")
             raise StoreError(f"feature store {str(self.path)!r} does not exist (make one with `genrekit extract`)")
         try:
             with h5py.File(self.path, "r") as f:
@@ -822,18 +824,26 @@ def _write_attrs(out: h5py.File, h: StoreHeader) -> None:
 
 
 # -- merging stores made on different machines -------------------------------------------------
-def merge_stores(paths: Sequence[str | Path], out: str | Path, atol: float = 1e-5) -> FeatureStore:
+MERGE_GENRES = ("same", "intersect")
+
+
+def merge_stores(paths: Sequence[str | Path], out: str | Path, atol: float = 1e-5, genres: str = "same") -> FeatureStore:
     """Merge stores of one encoder (made on different machines or shards) into one new store.
 
     Streams each store in batches (no store is loaded whole) through a :class:`StoreWriter`, so an
-    interrupted merge resumes like an extraction. Genres are the union of the stores' genres,
-    aligned by name; splits are carried over.
+    interrupted merge resumes like an extraction. Genres are aligned by name; splits are carried over.
+
+    A store holds 0/1 labels only, with no "unknown": a genre missing from one store's list is not
+    known to be absent from its items, so stores with different genre lists are refused unless
+    ``genres="intersect"`` (keep the genres every store has; the others are dropped, never turned
+    into negatives). A store that lists one id twice is refused (which row is the item?).
 
     Args:
         paths: two or more stores with the same encoder, weights, preprocessing, normalisation,
             modality and dtype.
         out: the merged store to create (it must not exist).
         atol: duplicate ids are kept once when their embeddings agree within this tolerance.
+        genres: ``same`` (the stores must list the same genres, in any order) or ``intersect``.
 
     Raises:
         StoreMismatchError: the stores differ in an identity field (named), or one id has other
@@ -848,18 +858,45 @@ def merge_stores(paths: Sequence[str | Path], out: str | Path, atol: float = 1e-
         raise StoreError(f"merge needs at least two stores; got {len(paths)}")
     if out.exists():
         raise StoreError(f"{out} exists; merge writes a new store (choose another --out or remove it)")
+    seen_paths: dict[Path, Path] = {}
     for p in paths:
         if out.resolve() == p.resolve():
             raise StoreError(f"--out {out} is one of the stores being merged; choose another file")
+        if p.resolve() in seen_paths:
+            raise StoreError(f"{p} is given twice (as {seen_paths[p.resolve()]} too); merge each store once")
+        seen_paths[p.resolve()] = p
+    if genres not in MERGE_GENRES:
+        raise ConfigError(f"--genres {genres!r} must be one of {', '.join(MERGE_GENRES)}")
+    how = genres
     stores = [FeatureStore(p) for p in paths]
     first = stores[0]
     for s in stores[1:]:
         for f, a, b in first.header.diff(s.header):
             if f != "genres":
                 raise StoreMismatchError(f"{s.path} differs from {first.path} in {f}: {b!r} vs {a!r}; only stores of one encoder and preprocessing merge")
-    genres = list(dict.fromkeys(g for s in stores for g in s.genres))
+    for s in stores:
+        seen: set[str] = set()
+        for i in s.ids:
+            if i in seen:
+                raise StoreError(f"{s.path} lists the id {i!r} more than once; which row is the item is unknown: re-extract that store")
+            seen.add(i)
+    genres = list(first.genres)
+    for s in stores[1:]:
+        if set(s.genres) != set(genres):
+            if how == "same":
+                only_a = sorted(set(genres) - set(s.genres))[:5]
+                only_b = sorted(set(s.genres) - set(genres))[:5]
+                raise StoreMismatchError(
+                    f"{s.path} and {first.path} list different genres (only in {first.path}: {', '.join(only_a) or '-'}; only in "
+                    f"{s.path}: {', '.join(only_b) or '-'}): a genre a store does not list is unknown for its items, not absent. "
+                    "Extract every store with the same --genres, or pass --genres intersect to keep only the genres all stores list"
+                )
+            genres = [g for g in genres if g in set(s.genres)]
+    if not genres:
+        raise StoreMismatchError(f"the stores {', '.join(str(p) for p in paths)} share no genre; --genres intersect would leave none")
     header = StoreHeader(**{**first.header.to_json(), "genres": tuple(genres),
-                            "config": {**dict(first.header.config), "merged_from": [str(p) for p in paths]}})  # fmt: skip
+                            "config": {**dict(first.header.config), "merged_from": [str(p) for p in paths],
+                                       "merge_genres": how}})  # fmt: skip
     # Ids in more than one store: keep the first store's row, compare the others' against it.
     owner: dict[str, int] = {}
     dup: set[str] = set()
@@ -872,7 +909,8 @@ def merge_stores(paths: Sequence[str | Path], out: str | Path, atol: float = 1e-
     split: dict[str, str] = {}
     writer = StoreWriter(out, header)
     for k, s in enumerate(stores):
-        cols = np.array([genres.index(g) for g in s.genres], dtype=np.int64)
+        src = np.array([j for j, g in enumerate(s.genres) if g in genres], dtype=np.int64)  # intersect drops the others
+        cols = np.array([genres.index(s.genres[j]) for j in src], dtype=np.int64)
         s_split = dict(zip(s.ids, s.split)) if s.split is not None else {}
         with h5py.File(s.path, "r") as f:
             for start in range(0, len(s), 4096):
@@ -880,7 +918,7 @@ def merge_stores(paths: Sequence[str | Path], out: str | Path, atol: float = 1e-
                 ids = s._read_str(f, "ids", sl)
                 X = f["embeddings"][sl].astype(np.float32)
                 Y = np.zeros((len(ids), len(genres)), np.uint8)
-                Y[:, cols] = f["labels"][sl]
+                Y[:, cols] = f["labels"][sl][:, src]
                 keep = np.ones(len(ids), bool)
                 for r, i in enumerate(ids):
                     part = s_split.get(i, "")

@@ -58,3 +58,30 @@ def test_every_command_takes_what_the_one_before_wrote_by_default(tmp_path, monk
             r = client.post("/api/predict", files={"image": (poster.name, poster.read_bytes(), "image/jpeg")})
             assert r.status_code == 200, r.text
             assert r.json()["genres"], run
+
+
+def test_report_and_finetune_work_from_a_third_directory_and_name_a_relative_store_record(tmp_path, monkeypatch):
+    """The data in one folder, the store and run in another, the commands typed from a third: the
+    store records its manifest absolute, so the gallery and fine-tuning find the posters. A store of
+    an older genrekit (a relative manifest path) is refused saying where the path came from."""
+    import h5py
+
+    manifest = make_collection(tmp_path / "col", n=60)
+    work, elsewhere = tmp_path / "work", tmp_path / "elsewhere"
+    work.mkdir()
+    elsewhere.mkdir()
+    monkeypatch.chdir(work)
+    _ok("extract", "--backbone", "test-tiny-cnn", "--data", "../col/labels.csv", "--out", "posters.h5")  # typed relative
+    assert FeatureStore("posters.h5").header.config["data"] == str(manifest.resolve())
+    _ok("heads", "--store", "posters.h5", "--head", "logreg", "--min-positives", "3")
+    monkeypatch.chdir(elsewhere)
+    _ok("report", work / "runs", "--out", "r.html")
+    assert "data-gallery=" in (elsewhere / "r.html").read_text()  # the gallery, not silently dropped
+    _ok("finetune", "--store", work / "posters.h5", "--out", "ft", "--epochs", "1", "--threads", "1")
+    # An older store recorded the path as typed: from elsewhere it is named as the store's record.
+    with h5py.File(work / "posters.h5", "r+") as f:
+        cfg = json.loads(f.attrs["config"])
+        cfg["data"] = "col/labels.csv"  # as typed in tmp_path; not there from elsewhere
+        f.attrs["config"] = json.dumps(cfg)
+    res = runner.invoke(app, ["finetune", "--store", str(work / "posters.h5"), "--out", "ft2", "--epochs", "1"])
+    assert res.exit_code == 1 and "relative path" in res.output and "store records" in res.output, res.output

@@ -62,7 +62,7 @@ def odd(tmp_path_factory):
     store, runs = root / "tiny.h5", root / "runs"
     res = cli("extract", "--data", manifest, "--backbone", "test-tiny-cnn", "--weights", "none", "--out", store, "--device", "cpu")
     assert res.exit_code == 0, res.output
-    res = cli("heads", "--store", store, "--head", "logreg", "--head", "mlp", "--out", runs, "--min-positives", "3", "--jobs", "1")
+    res = cli("heads", "--store", store, "--head", "logreg", "--head", "mlp", "--head", "ensemble", "--out", runs, "--min-positives", "3", "--jobs", "1")
     assert res.exit_code == 0, res.output
     assert "Drama[/i]" in res.output and "[bold]Action" in res.output
     return {"root": root, "manifest": manifest, "store": store, "runs": runs, "out": res.output,
@@ -155,3 +155,297 @@ def test_silently_wrong_a_run_whose_weights_give_nan_is_refused_naming_the_file(
 
     with pytest.raises(StoreError, match="non-finite"):
         predict_items(load_run(run / "mlp"), [Item(str(image), image=str(image))])
+
+
+def test_silently_wrong_merge_refuses_different_genre_lists_unless_told_to_intersect(collection, tmp_path):
+    from test_store_merge import _half, _store
+
+    from genrekit.store import FeatureStore
+
+    a = _store(_half(collection, range(12), "a.csv"), tmp_path / "a.h5", genres="Drama,Comedy,Horror")
+    b = _store(_half(collection, range(12, 24), "b.csv"), tmp_path / "b.h5", genres="Horror,Action,Drama,Comedy")
+    res = cli("store", "merge", a, b, "--out", tmp_path / "m.h5")
+    one_line_error(res, "different genres", "Action", "--genres intersect")
+    assert not (tmp_path / "m.h5").exists()
+    res = cli("store", "merge", a, b, "--out", tmp_path / "m.h5", "--genres", "intersect")
+    assert res.exit_code == 0, res.output
+    m, full = FeatureStore(tmp_path / "m.h5").load(), FeatureStore(_store(collection, tmp_path / "full.h5", genres="Drama,Comedy,Horror,Action")).load()
+    assert sorted(m.genres) == ["Comedy", "Drama", "Horror"]  # Action is unknown for a's items: dropped, not negative
+    row = {i: k for k, i in enumerate(full.ids)}
+    g3 = ("Drama", "Comedy", "Horror")
+    np.testing.assert_array_equal(m.Y[:, [m.genres.index(g) for g in g3]],
+                                  full.Y[[row[i] for i in m.ids]][:, [full.genres.index(g) for g in g3]])
+    res = cli("store", "merge", a, b, "--out", tmp_path / "n.h5", "--genres", "union")
+    assert res.exit_code == 2  # a usage error: union would need an "unknown" label the store cannot hold
+
+
+def test_silently_wrong_merge_refuses_an_input_that_lists_one_id_twice(collection, tmp_path):
+    import h5py
+    from test_store_merge import _half, _store
+
+    a = _store(_half(collection, range(12), "a.csv"), tmp_path / "a.h5", genres="Drama,Comedy,Horror,Action")
+    b = _store(_half(collection, range(12, 24), "b.csv"), tmp_path / "b.h5", genres="Drama,Comedy,Horror,Action")
+    with h5py.File(b, "r+") as f:
+        f["ids"][1] = f["ids"][0]
+    res = cli("store", "merge", a, b, "--out", tmp_path / "m.h5")
+    one_line_error(res, "b.h5", "more than once", "s012")
+    assert not (tmp_path / "m.h5").exists()
+    one_line_error(cli("store", "merge", a, tmp_path / "." / "a.h5", "--out", tmp_path / "m.h5"), "given twice")
+
+
+# -- data loss: outputs never replace a file genrekit did not write for that purpose ------------------
+def test_data_loss_evaluate_outputs_never_replace_a_run_file_or_a_users_file(odd, tmp_path):
+    run = odd["runs"] / "logreg"
+    npz = run / "predictions.npz"
+    before = npz.read_bytes()
+    for extra in ([], ["--force"]):  # a run's own file: refused even with --force
+        res = cli("evaluate", "--run", run, "--store", odd["store"], "--json", npz, *extra)
+        one_line_error(res, "--json", "would overwrite the run")
+    assert npz.read_bytes() == before
+    other = odd["runs"] / "mlp" / "predictions.npz"  # another run's file: not an evaluate JSON
+    res = cli("evaluate", "--run", run, "--store", odd["store"], "--json", other)
+    one_line_error(res, "--json", "--force")
+    readme = tmp_path / "README.md"
+    readme.write_text("# my notes\n")
+    for flag in ("--json", "--predictions"):
+        res = cli("evaluate", "--run", run, "--store", odd["store"], flag, readme)
+        one_line_error(res, flag, "--force")
+        assert readme.read_text() == "# my notes\n"
+    # genrekit's own outputs are replaced on a re-run; --force replaces anything else.
+    for _ in range(2):
+        res = cli("evaluate", "--run", run, "--store", odd["store"], "--json", tmp_path / "ev.json", "--predictions", tmp_path / "p.csv")
+        assert res.exit_code == 0, res.output
+    res = cli("evaluate", "--run", run, "--store", odd["store"], "--json", readme, "--force")
+    assert res.exit_code == 0 and '"per_genre"' in readme.read_text()
+
+
+@pytest.mark.parametrize("command", ["report", "split", "clean", "clean-removed"])
+def test_data_loss_file_outputs_refuse_a_users_file_without_force(odd, tmp_path, command):
+    readme = tmp_path / "README.md"
+    readme.write_text("# my notes\n")
+    args = {"report": ["report", odd["runs"], "--out", readme],
+            "split": ["data", "split", odd["manifest"], "--out", readme],
+            "clean": ["data", "clean", odd["manifest"], "--out", readme],
+            "clean-removed": ["data", "clean", odd["manifest"], "--out", tmp_path / "c.csv", "--removed", readme]}[command]  # fmt: skip
+    one_line_error(cli(*args), "README.md", "--force")
+    assert readme.read_text() == "# my notes\n"
+    if command != "report":  # its own earlier output is replaced
+        first = tmp_path / "own.csv"
+        args = [a if a != readme else first for a in args]
+        assert cli(*args).exit_code == 0 and cli(*args).exit_code == 0
+
+
+def test_data_loss_folder_outputs_refuse_a_users_folder_and_never_write_over_a_poster(odd, tmp_path):
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "README.md").write_text("# my notes\n")
+    poster = mine / "p.png"
+    Image.new("RGB", (32, 48), (10, 200, 10)).save(poster)
+    before = poster.read_bytes()
+    one_line_error(cli("explain", "--run", odd["runs"] / "logreg", poster, "--out", mine), "--out", "--force")
+    one_line_error(cli("heads", "--store", odd["store"], "--head", "logreg", "--out", mine), "--out", "--force")
+    one_line_error(cli("data", "demo", "--out", mine, "--n", "4"), "--out", "--force")
+    res = cli("explain", "--run", odd["runs"] / "logreg", poster, "--out", mine, "--force")
+    assert res.exit_code == 0, res.output
+    assert poster.read_bytes() == before and (mine / "p-2.png").is_file()  # the overlay beside the poster, not over it
+    assert (mine / "README.md").read_text() == "# my notes\n"
+    res = cli("explain", "--run", odd["runs"] / "logreg", poster, "--out", mine)  # now explain's folder: no --force needed
+    assert res.exit_code == 0, res.output
+
+
+# -- unclear: every file a run reads is checked like run.json (one line naming the file and field) ----
+def _edited_copy(odd, tmp_path, rel: str, text: str | bytes) -> Path:
+    import shutil
+
+    run = tmp_path / "runs"
+    shutil.copytree(odd["runs"], run)
+    target = run / rel
+    target.write_bytes(text.encode() if isinstance(text, str) else text)
+    return run
+
+
+ENSEMBLE_EDITS = [
+    ("{}", "'genres' is missing"),
+    ('{"genres": ["Horror"], "thresholds": {"rule": "global", "values": [0.5]}, "members": 5}', "'members' is a int"),
+    ('{"genres": ["Horror"], "thresholds": {"rule": "global", "values": [0.5]}, "members": {"logreg": {}}}', "'dir' is missing"),
+    ('{"genres": ["Horror"], "thresholds": {"rule": "global", "values": [0.5]}, "members": {"logreg": {"dir": "../logreg", "weight": NaN}}}',
+     "members.logreg.weight"),
+    ("[" * 100000, "not readable JSON"),
+]
+
+
+@pytest.mark.parametrize("text, message", ENSEMBLE_EDITS)
+def test_unclear_an_edited_ensemble_json_is_named_with_its_field(odd, tmp_path, text, message):
+    run = _edited_copy(odd, tmp_path, "ensemble/ensemble.json", text)
+    one_line_error(cli("predict", "--run", run / "ensemble", odd["odd_image"]), "ensemble.json", message)
+
+
+RESULTS_EDITS = [
+    ('{"heads": 5}', "'heads' is not an object"),
+    ('{"heads": {"logreg": 5}, "best": "logreg"}', "entry 'logreg' is not an object"),
+    ('{"heads": {"logreg": {"test": 1}}, "best": "logreg"}', "'logreg.test' is a int"),
+    ('{"heads": {"logreg": {}}, "best": "logreg", "genres": ["a"]}', "'test' is missing"),
+    ('{"heads": {"logreg": {}}, "best": "logreg", "genres": 7}', "'genres'"),
+    ("[" * 100000, "not readable JSON"),
+]
+
+
+@pytest.mark.parametrize("text, message", RESULTS_EDITS)
+def test_unclear_an_edited_results_json_is_named_by_report_leaderboard_and_predict(odd, tmp_path, text, message):
+    run = _edited_copy(odd, tmp_path, "results.json", text)
+    one_line_error(cli("report", run, "--out", tmp_path / "r.html"), "results.json", message)
+    if "'test' is missing" not in message:  # the leaderboard and predict need fewer fields than the report
+        one_line_error(cli("leaderboard", run), "results.json", message)
+        one_line_error(cli("predict", "--run", run, odd["odd_image"]), "results.json", message)
+
+
+@pytest.mark.parametrize("edit, message", [("nan", "'P_test'"), ("drop", "'Y_val' is missing"), ("shape", "'P_val'"), ("garbage", "not a readable npz")])
+def test_unclear_an_edited_predictions_npz_is_named_by_report(odd, tmp_path, edit, message):
+    import io
+
+    with np.load(odd["runs"] / "logreg" / "predictions.npz") as z:
+        arrays = {k: z[k] for k in z.files}
+    if edit == "nan":
+        arrays["P_test"] = arrays["P_test"].copy()
+        arrays["P_test"][0, 0] = np.nan
+    elif edit == "drop":
+        del arrays["Y_val"]
+    elif edit == "shape":
+        arrays["P_val"] = arrays["P_val"][:, :1]
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    run = _edited_copy(odd, tmp_path, "logreg/predictions.npz", b"garbage" if edit == "garbage" else buf.getvalue())
+    one_line_error(cli("report", run, "--out", tmp_path / "r.html", "--head", "logreg"), "predictions.npz", message)
+
+
+FINETUNE_EDITS = [
+    ('del r["weights_sha256"]', "'weights_sha256' is missing"),
+    ('r["preprocessing"] = "x"', "'preprocessing' is a str"),
+    ('r["genres"] = 5', "'genres' is a int"),
+    ('r["thresholds"]["values"] = [float("nan")] * len(r["genres"])', "'thresholds.values'"),
+    ('r["format"] = "abc"', "'format' is a str"),
+    ('r["preprocessing"]["size"] = 10**9', "'preprocessing.size'"),
+]
+
+
+@pytest.mark.parametrize("edit, message", FINETUNE_EDITS)
+def test_unclear_an_edited_finetune_json_is_named_with_its_field(tmp_path, edit, message):
+    from genrekit.backbones.finetuned import check_record
+    from genrekit.errors import StoreError
+
+    r = {"format": 1, "weights_sha256": "0" * 64, "head_sha256": "0" * 64, "backbone": "test-tiny-cnn",
+         "preprocessing": {"size": 32}, "genres": ["Drama", "Horror"], "thresholds": {"rule": "global", "values": [0.5, 0.5]}}  # fmt: skip
+    check_record(r, tmp_path)
+    exec(edit)
+    with pytest.raises(StoreError, match="finetune.json") as e:
+        check_record(r, tmp_path)
+    assert message in str(e.value)
+
+
+def test_unclear_a_folder_given_as_a_store_is_called_a_folder(odd, tmp_path):
+    (tmp_path / "store.h5").mkdir()
+    for args in (["store", "info", tmp_path / "store.h5"], ["evaluate", "--run", odd["runs"] / "logreg", "--store", tmp_path / "store.h5"]):
+        one_line_error(cli(*args), "is a folder, not a store file")
+
+
+def _rows_csv(path: Path, header: str, rows: list[str], encoding: str = "utf-8") -> Path:
+    path.write_text("\n".join([header, *rows]) + "\n", encoding=encoding)
+    return path
+
+
+def test_unclear_utf16_manifests_are_read_or_named_and_duplicate_columns_refused(odd, tmp_path):
+    image = sorted((odd["root"] / "col" / "img").glob("0*.png"))[0]
+    rows = [f"s1,Drama,{image}", f"s2,Horror,{image}"]
+    res = cli("data", "inspect", _rows_csv(tmp_path / "u16.csv", "id,genres,image", rows, "utf-16"), "--no-images")
+    assert res.exit_code == 0 and "│ Horror │" in res.output, res.output  # a byte-order mark: read as UTF-16
+    res = cli("data", "inspect", _rows_csv(tmp_path / "u16le.csv", "id,genres,image", rows, "utf-16-le"), "--no-images")
+    one_line_error(res, "UTF-16", "save it as UTF-8")
+    res = cli("data", "inspect", _rows_csv(tmp_path / "dup.csv", "id,genres,image,genres", [f"s1,Drama,{image},Horror"]), "--no-images")
+    one_line_error(res, "'genres' more than once")
+
+
+def test_unclear_mixed_genre_separators_are_warned_about_once(odd, tmp_path):
+    image = sorted((odd["root"] / "col" / "img").glob("0*.png"))[0]
+    m = _rows_csv(tmp_path / "mix.csv", "id,genres,image", [f"s1,Drama|Horror,{image}", f's2,"Comedy, Action",{image}', f"s3,Drama,{image}"])
+    res = cli("data", "inspect", m, "--no-images")
+    assert res.exit_code == 0, res.output
+    assert res.output.count("mixes separators") == 1 and "row 3" in res.output
+    res = cli("data", "inspect", m, "--no-images", "--genre-sep", "|")  # said explicitly: no warning
+    assert "mixes separators" not in res.output
+
+
+def test_unclear_manifest_warnings_are_printed_once(odd, tmp_path, caplog):
+    image = sorted((odd["root"] / "col" / "img").glob("0*.png"))[0]
+    m = _rows_csv(tmp_path / "dupid.csv", "id,genres,image", [f"s1,Drama,{image}", f"s1,Horror,{image}", f"s3,Drama,{image}"])
+    res = cli("data", "inspect", m, "--no-images")
+    assert res.exit_code == 0, res.output
+    shown = res.output.count("repeat an earlier id") + sum("repeat an earlier id" in r.getMessage() for r in caplog.records if r.levelname == "WARNING")
+    assert shown == 1, (res.output, caplog.records)
+
+
+def test_unclear_file_uris_are_local_paths(odd, tmp_path):
+    from urllib.parse import quote
+
+    image = sorted((odd["root"] / "col" / "img").glob("0*.png"))[0]
+    m = _rows_csv(tmp_path / "uri.csv", "id,genres,image", [f"s1,Drama,file://{quote(str(image))}", f"s2,Horror,file://localhost{quote(str(image))}"])
+    res = cli("data", "inspect", m)
+    assert res.exit_code == 0 and "images: all readable" in res.output, res.output
+
+
+def test_unclear_a_long_plot_is_not_echoed_back(tmp_path):
+    plot = "A sheriff rides into a town that has forgotten the law. " * 2000  # ~110 KB
+    res = cli("zeroshot", "--plot", plot, "--backbone", "test-tiny-text")
+    assert res.exit_code == 0, res.output
+    assert len(res.output) < 5000 and "characters)" in res.output
+    res = cli("zeroshot", "--plot", plot, "--backbone", "test-tiny-text", "--json")
+    assert res.exit_code == 0 and len(res.output) < 20000
+
+
+FUSION_EDITS = [
+    ("late/logreg/fusion.json", lambda r: r.pop("stores"), "'stores' is missing"),
+    ("late/logreg/fusion.json", lambda r: r.update(heads=5), "malformed"),
+    ("late/logreg/fusion.json", lambda r: r["heads"].update({k: "../../../../../etc" for k in r["heads"]}), "points outside the run"),
+    ("late/logreg/fusion.json", lambda r: r.update(weights={k: float("nan") for k in r["weights"]}), "'weights'"),
+    ("early/logreg/run.json", lambda r: r["fusion"].update(scaling="../../../../../../etc/passwd"), "points outside the run"),
+]
+
+
+@pytest.mark.parametrize("rel, edit, message", FUSION_EDITS, ids=["no-stores", "heads-int", "heads-outside", "weights-nan", "scaling-outside"])
+def test_unclear_an_edited_fused_run_is_named_with_its_file(tmp_path, tmp_path_factory, rel, edit, message):
+    import json
+    import shutil
+
+    from genrekit.errors import StoreError
+    from genrekit.inference import load_run
+
+    src = _fused_run(tmp_path_factory)
+    run = tmp_path / "runs"
+    shutil.copytree(src, run)
+    rec = json.loads((run / rel).read_text())
+    edit(rec)
+    (run / rel).write_text(json.dumps(rec))
+    with pytest.raises(StoreError, match=rel.split("/")[-1]) as e:
+        load_run(run / rel.rsplit("/", 1)[0])
+    assert message in str(e.value)
+
+
+_FUSED: dict = {}
+
+
+def _fused_run(tmp_path_factory) -> Path:
+    """One small fused run (posters + titles), built once for the edits above."""
+    if "runs" not in _FUSED:
+        from test_fused_runs import collection
+
+        from genrekit.extraction import ExtractConfig, extract
+
+        root = tmp_path_factory.mktemp("fusedodd")
+        manifest = collection(root / "a", 120)
+        posters, titles = root / "posters.h5", root / "titles.h5"
+        extract(ExtractConfig(backbone="test-tiny-cnn", weights="none", data=str(manifest), out=str(posters), device="cpu"))
+        extract(ExtractConfig(backbone="test-tiny-text", weights="none", data=str(manifest), out=str(titles), device="cpu",
+                              modality="text", text_field="title"))  # fmt: skip
+        res = cli("heads", "--store", posters, "--store", titles, "--head", "logreg", "--out", root / "runs", "--min-positives", "5", "--jobs", "1")
+        assert res.exit_code == 0, res.output
+        _FUSED["runs"] = root / "runs"
+    return _FUSED["runs"]

@@ -47,7 +47,11 @@ def test_zeroshot_cli_classifies_plots_with_a_text_encoder():
                               "--weights", "none", "--genres", "Western,Romance,Horror", "--pick", "1", "--json"])  # fmt: skip
     assert res.exit_code == 0, res.output
     preds = json.loads(res.stdout)["predictions"]
-    assert [p["item"] for p in preds] == plots  # the long plot is windowed, not truncated or dropped
+    # The long plot is windowed, not truncated or dropped; each item is named by its first words, never echoed whole.
+    from genrekit.inference.predict import text_name
+
+    assert [p["item"] for p in preds] == [text_name(t) for t in plots] == [plots[0], text_name(plots[1])]
+    assert preds[1]["item"].endswith(f"({len(plots[1]):,} characters)")
     for p in preds:
         assert set(p["probabilities"]) == {"Western", "Romance", "Horror"} and len(p["predicted"]) == 1
     assert "random weights" in res.stderr  # test-tiny-text --weights none: noise, and it says so

@@ -41,6 +41,9 @@ PrecisionOpt = Annotated[
         help="Precision of the run's encoders: auto (the run's own; fp32 with a warning where bf16 is not native), fp32 or bf16.",
     ),
 ]
+ForceOpt = Annotated[
+    bool, typer.Option("--force", help="Replace an existing output that genrekit did not write for this purpose.")
+]
 TopOpt = Annotated[int, typer.Option("--top", help="Genres shown per item (the predicted ones always are); 0: all.")]
 WeightsOpt = Annotated[
     Optional[str], typer.Option("--weights", help="Weights tag, local checkpoint file/folder, or none (random init).", show_default="the backbone's default tag")

@@ -17,6 +17,7 @@ Weight files::
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -28,7 +29,7 @@ from torch import nn
 from genrekit.atomic import atomic_write
 from genrekit.backbones.base import Encoder, resolve_device, serving_precision, sha256_path
 from genrekit.backbones.preprocess import Preprocess
-from genrekit.errors import ConfigError, StoreError, StoreMismatchError
+from genrekit.errors import ConfigError, StoreError, StoreMismatchError, UnknownNameError
 
 BACKBONE_FILE, HEAD_FILE = "backbone.safetensors", "head.safetensors"
 # 2: the backbone may pool several stages (``original_encoder.layers``); format 1 runs read as last-layer.
@@ -144,6 +145,53 @@ class LoadedNetwork:
             return self.network(x).float()
 
 
+def check_record(rec: Mapping, path: Path) -> None:
+    """Refuse a ``finetune.json`` whose fields are missing or of the wrong type, in one line naming
+    the file and the field (it is user-editable input, like a head's ``run.json``)."""
+    where = path / "finetune.json"
+
+    def bad(what: str) -> StoreError:
+        return StoreError(f"{where}: {what}; the run directory was edited or damaged: re-run `genrekit finetune`")
+
+    def need(key: str, types, parent: Mapping = rec, name: str | None = None, optional: bool = False):
+        name = name or key
+        if key not in parent or parent[key] is None:
+            if optional:
+                return None
+            raise bad(f"the field {name!r} is missing")
+        v = parent[key]
+        if not isinstance(v, types) or isinstance(v, bool) and types is not bool:
+            want = " or ".join(t.__name__ for t in (types if isinstance(types, tuple) else (types,)))
+            raise bad(f"the field {name!r} is a {type(v).__name__}, expected {want}")
+        return v
+
+    need("format", int, optional=True)
+    for key in ("weights_sha256", "head_sha256", "backbone"):
+        need(key, str)
+    pre = need("preprocessing", dict)
+    size = need("size", int, pre, "preprocessing.size")
+    if not 1 <= size <= 4096:
+        raise bad(f"the field 'preprocessing.size' is {size}, expected 1..4096")
+    genres = need("genres", list)
+    if not genres or not all(isinstance(g, str) for g in genres) or len(set(genres)) != len(genres):
+        raise bad("the field 'genres' must be a non-empty list of distinct genre names")
+    th = need("thresholds", dict)
+    need("rule", str, th, "thresholds.rule")
+    values = need("values", list, th, "thresholds.values")
+    if len(values) != len(genres) or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in values):
+        raise bad(f"the field 'thresholds.values' must be {len(genres)} finite numbers")
+    k = need("k", int, th, "thresholds.k", optional=True)
+    if k is not None and not 0 <= k <= len(genres):
+        raise bad(f"the field 'thresholds.k' is {k}, expected 0..{len(genres)}")
+    fallback = need("fallback", list, th, "thresholds.fallback", optional=True) or []
+    if not all(isinstance(g, str) for g in fallback):
+        raise bad("the field 'thresholds.fallback' must be a list of genre names")
+    enc = need("original_encoder", dict, optional=True) or {}
+    need("layers", str, enc, "original_encoder.layers", optional=True)
+    need("normalisation", str, optional=True)
+    need("precision", str, optional=True)
+
+
 def load_network(path: str | Path, rec: Mapping, device: str = "cpu", precision: str = "auto") -> LoadedNetwork:
     """Rebuild the network in ``path`` from its record ``rec`` (safetensors; nothing is unpickled).
 
@@ -155,7 +203,8 @@ def load_network(path: str | Path, rec: Mapping, device: str = "cpu", precision:
     from safetensors.torch import load_file
 
     path, rec = Path(path), dict(rec)
-    if int(rec.get("format", 0)) > FORMAT:
+    check_record(rec, path)
+    if int(rec.get("format") or 0) > FORMAT:
         raise StoreError(f"{path} was written in finetune format {rec.get('format')}; this genrekit reads up to {FORMAT}")
     backbone, head = path / BACKBONE_FILE, path / HEAD_FILE
     for f in (backbone, head):
@@ -169,13 +218,23 @@ def load_network(path: str | Path, rec: Mapping, device: str = "cpu", precision:
     pre = rec["preprocessing"]
     enc = rec.get("original_encoder") or {}
     layers = enc["layers"].split(",") if enc.get("layers") else None
-    encoder = trainable_encoder(rec["backbone"], str(backbone), dev, int(pre["size"]), pre.get("resize"), layers, enc.get("layer_stats"))
+    try:
+        encoder = trainable_encoder(rec["backbone"], str(backbone), dev, int(pre["size"]), pre.get("resize"), layers, enc.get("layer_stats"))
+    except (StoreError, StoreMismatchError, UnknownNameError, ConfigError):
+        raise
+    except Exception as e:  # a safetensors file that does not fit the backbone (edited with its sha256): named, never raw
+        raise StoreError(f"{backbone}: does not load into {rec['backbone']} ({type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''}); "
+                         "re-run `genrekit finetune`") from None
     if encoder.preprocess.to_dict() != pre:
         now = encoder.preprocess.to_dict()
         field = next(k for k in sorted(set(now) | set(pre)) if now.get(k) != pre.get(k))
         raise StoreMismatchError(f"the rebuilt encoder's preprocessing differs from the run's in {field}: run has {pre.get(field)!r}, now {now.get(field)!r}")
     net = FinetuneNet(encoder, len(rec["genres"]), l2=rec.get("normalisation") == "l2")
-    net.head.load_state_dict(load_file(str(head)))
+    try:
+        net.head.load_state_dict(load_file(str(head)))
+    except Exception as e:
+        raise StoreError(f"{head}: does not load as the run's linear head ({type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''}); "
+                         "re-run `genrekit finetune`") from None
     net = net.to(dev).eval().requires_grad_(False)
     channels_last = bool(rec.get("channels_last"))
     if channels_last:

@@ -162,6 +162,13 @@ def resolve_image(value: str, root: Path) -> str | None:
         return value
     if "\x00" in value:
         return value  # refused with its row number when the manifest is assembled
+    if value[:7].lower() == "file://":  # a local file as a URI (file:///posters/a.jpg): its path, decoded
+        from urllib.parse import unquote, urlsplit
+
+        u = urlsplit(value)
+        if u.netloc not in ("", "localhost"):
+            return value  # another machine's file: kept as given, so it fails as a missing file naming it
+        value = unquote(u.path)
     p = Path(value).expanduser()
     p = p if p.is_absolute() else root / p
     try:
@@ -198,6 +205,17 @@ def read_text(path: Path, what: str = "manifest") -> tuple[str, list[int]]:
     raw = read_regular_bytes(path, what)
     if raw.startswith(b"\xef\xbb\xbf"):
         raw = raw[3:]
+    for bom, codec in ((b"\xff\xfe\x00\x00", "utf-32"), (b"\x00\x00\xfe\xff", "utf-32"), (b"\xff\xfe", "utf-16"), (b"\xfe\xff", "utf-16")):
+        if raw.startswith(bom):  # Excel's "Unicode text" and PowerShell write UTF-16 with a byte-order mark
+            try:
+                return raw.decode(codec), []
+            except UnicodeDecodeError as e:
+                raise ManifestError(f"{what} {str(path)!r} starts with a {codec.upper()} byte-order mark but is not valid {codec.upper()} "
+                                    f"({e.reason} at byte {e.start}); save it as UTF-8") from None
+    head = raw[:4096]
+    if head and head.count(0) >= len(head) // 5:  # every other byte NUL: UTF-16 (or UTF-32) text without a byte-order mark
+        raise ManifestError(f"{what} {str(path)!r} is mostly NUL bytes: it looks like UTF-16 or UTF-32 text without a byte-order mark, "
+                            "or a binary file; save it as UTF-8 CSV")
     try:
         return raw.decode("utf-8"), []
     except UnicodeDecodeError:
@@ -241,6 +259,10 @@ def read_csv_rows(path: Path) -> tuple[list[str], list[tuple[int, dict[str, str]
         raise ManifestError(f"manifest {str(path)!r} is empty (expected a header row, e.g. id,genres,image)")
     reader = csv.DictReader(io.StringIO(text, newline=""))
     cols = [c.strip() for c in (reader.fieldnames or [])]
+    twice = sorted({c for c in cols if c and cols.count(c) > 1})
+    if twice:  # csv.DictReader would keep the last column of a name and drop the others without a word
+        raise ManifestError(f"manifest {path.name}: the header names the column(s) {', '.join(map(repr, twice))} more than once; "
+                            "rename or remove the extra column(s)")
     reader.fieldnames = cols
     rows = []
     end = reader.line_num
@@ -323,6 +345,11 @@ class ManifestSource:
     def read(self) -> Manifest:
         """The manifest, read as it was for the store; a missing file is named as the store's record."""
         if not Path(self.path).exists():
+            if not Path(self.path).is_absolute():  # older stores recorded the path as typed, relative to where extract ran
+                raise ManifestError(
+                    f"the store records the manifest it was made from as the relative path {self.path!r}, which is not there from "
+                    f"the current directory ({os.getcwd()}); run from the directory `genrekit extract` ran in, or re-extract the store"
+                )
             raise ManifestError(f"the manifest the store was made from ({self.path}) is not there any more; put it back, "
                                 f"or re-extract the store from the manifest where it is now")  # fmt: skip
         return read_manifest(self.path, self.format, columns=self.columns, genre_sep=self.genre_sep)
@@ -361,8 +388,8 @@ def build_manifest(
             f"{path.name}: {len(dups)} row(s) repeat an earlier id (first: {dups[0][1].id!r} at row {dups[0][0]}); "
             "kept the first of each (see `genrekit data clean`)"
         )
-    for w in warnings:
-        log.warning(w)
+    for w in warnings:  # the caller shows them once (the CLI prints them, extraction logs them), so only at debug here
+        log.debug(w)
     return Manifest(samples, str(path), warnings, fmt, dups, list(latin1_rows))
 
 
@@ -402,6 +429,14 @@ def read_csv_manifest(
             "(name the columns with --columns id=NAME,genres=NAME,image=NAME,plot=NAME)"
         )
     sep = genre_sep if genre_sep is not None else detect_separator([r[c.genres] for _, r in rows])
+    warnings = []
+    if genre_sep is None and sep == "|":
+        other = [n for n, r in rows if "," in r[c.genres] and "|" not in r[c.genres]]
+        if other:
+            warnings.append(
+                f"{path.name}: the genre column mixes separators: rows use '|' but {len(other)} use ',' only (first: row {other[0]}); "
+                "split on '|', so those rows have one genre with a comma in it: fix them, or pass --genre-sep"
+            )
     root = path.parent.resolve()
     known = {c.id, c.genres, c.image, c.plot, c.title, c.year, c.split}
     records = []
@@ -426,7 +461,7 @@ def read_csv_manifest(
                 ),
             )
         )
-    return build_manifest(path, records, "csv", latin1_rows=latin1)
+    return build_manifest(path, records, "csv", warnings, latin1_rows=latin1)
 
 
 def read_manifest(

@@ -99,22 +99,38 @@ def save_ensemble(directory: str | Path, weights: Mapping[str, int], genres: Seq
 
 def load_ensemble(directory: str | Path):
     """The saved ensemble as a :class:`~genrekit.heads.saved.SavedHead` whose model is an :class:`EnsembleModel`."""
-    from genrekit.evaluation.thresholds import Thresholds
-    from genrekit.heads.saved import SavedHead, load_head
+    from genrekit.heads.saved import SavedHead, _bad, _field, _thresholds, load_head
     from genrekit.store import StoreHeader
 
     d = Path(directory)
-    rec = read_json(d / ENSEMBLE_FILE)
-    members = {}
-    for name, m in rec["members"].items():
-        member_dir = (d / m["dir"]).resolve()
+    ej = d / ENSEMBLE_FILE
+    rec = read_json(ej)  # every field checked before use, like run.json: one line naming the file and field
+    genres = _field(rec, "genres", list, ej)
+    if not genres or not all(isinstance(g, str) for g in genres) or len(set(genres)) != len(genres):
+        raise _bad(ej, "the field 'genres' must be a non-empty list of distinct genre names")
+    thresholds = _thresholds(_field(rec, "thresholds", dict, ej), len(genres), ej)
+    listed = _field(rec, "members", dict, ej)
+    if not listed:
+        raise _bad(ej, "the field 'members' is empty")
+    members, weights = {}, {}
+    for name, m in listed.items():
+        if not isinstance(m, dict):
+            raise _bad(ej, f"the field 'members.{name}' is a {type(m).__name__}, expected an object with dir and weight")
+        where = _field(m, "dir", str, ej)
+        w = _field(m, "weight", (int, float), ej)
+        if isinstance(w, bool) or not np.isfinite(w) or w <= 0:
+            raise _bad(ej, f"the field 'members.{name}.weight' is {w!r}, expected a positive number")
+        member_dir = (d / where).resolve()
         if member_dir.parent != d.resolve().parent:
-            raise StoreError(f"{d / ENSEMBLE_FILE}: member {name!r} points outside the run ({m['dir']}); retrain the ensemble")
+            raise StoreError(f"{ej}: member {name!r} points outside the run ({where}); retrain the ensemble")
         member = load_head(member_dir)
-        if member.genres != rec["genres"]:
+        if member.genres != genres:
             raise StoreError(f"{d}: member {name} has other genres than the ensemble; retrain the run")
-        members[name] = member
-    header = StoreHeader.from_json(rec["store_header"]) if rec.get("store_header") else None
+        members[name], weights[name] = member, w
+    header_json = _field(rec, "store_header", dict, ej, optional=True)
+    try:
+        header = StoreHeader.from_json(header_json) if header_json else None
+    except (TypeError, KeyError, ValueError) as e:
+        raise _bad(ej, f"the field 'store_header' is not a store header ({type(e).__name__}: {e})") from None
     info = {k: v for k, v in rec.items() if k not in ("head", "genres", "thresholds", "store_header")}
-    model = EnsembleModel(members, {n: m["weight"] for n, m in rec["members"].items()})
-    return SavedHead(ENSEMBLE, model, list(rec["genres"]), Thresholds.from_json(rec["thresholds"]), header, info, source=str(d / ENSEMBLE_FILE))
+    return SavedHead(ENSEMBLE, EnsembleModel(members, weights), list(genres), thresholds, header, info, source=str(ej))

@@ -11,6 +11,7 @@ split) are applied; nothing is tuned on the collection being scored.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -25,6 +26,7 @@ from genrekit.inference.predict import RunEvaluation, evaluate_run, label_sets, 
 from genrekit.progress import ProgressFn, null_progress
 from genrekit.store import FeatureStore
 
+log = logging.getLogger(__name__)
 
 def score(run: LoadedRun, ids: Sequence[str], Y: np.ndarray, genres: Sequence[str], P: np.ndarray, split: str | None, extra: dict | None = None) -> RunEvaluation:
     """Metrics of the run's probabilities ``P`` (columns ``run.genres``) against labels ``Y`` (columns ``genres``)."""
@@ -119,7 +121,10 @@ def evaluate_manifest(
     from genrekit.data.vocab import VocabConfig, apply_vocabulary
 
     progress = progress or null_progress
-    m, _ = apply_vocabulary(read_manifest(manifest, format), VocabConfig())
+    m = read_manifest(manifest, format)
+    for w in m.warnings:
+        log.warning(w)
+    m, _ = apply_vocabulary(m, VocabConfig())
     samples = m.samples
     if split is not None:
         samples = [s for s in samples if s.split == split]

@@ -722,15 +722,19 @@ def write_explanations(explanations: Sequence[Explanation], ex: Explainer, out: 
     """Write ``<poster>.png`` per poster, ``maps.npz`` (key ``"<poster>/<genre>"``) and ``explain.json``."""
     from genrekit.atomic import atomic_open, atomic_write_json
 
+    from genrekit.atomic import refuse_overwrite
+
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     arrays, records, used = {}, [], set()
+    posters = {f"the poster {e.path}": e.path for e in explanations}
     for e in explanations:
         stem, k = Path(e.path).stem, 1
-        while stem in used:
-            k += 1
+        while stem in used or any(Path(p).resolve() == (out / f"{stem}.png").resolve() for p in posters.values()):
+            k += 1  # never an overlay over a poster explained (explain poster.png --out .)
             stem = f"{Path(e.path).stem}-{k}"
         used.add(stem)
+        refuse_overwrite(out / f"{stem}.png", posters, "--out")
         png = overlay_figure(e, ex.load_pil(e.path), out / f"{stem}.png")
         rec = e.summary()
         rec["overlay"] = png.name

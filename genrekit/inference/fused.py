@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from genrekit.errors import ConfigError, StoreError, StoreMismatchError
+from genrekit.errors import ConfigError, GenrekitError, StoreError, StoreMismatchError
 from genrekit.evaluation.thresholds import Thresholds
 from genrekit.features import BlockScaling, combine
 from genrekit.heads.saved import _FEATURE_FIELDS, SavedHead, load_head
@@ -45,6 +45,28 @@ class FusedRun:
         self.path, self.part, self.entry, self.device, self.requested_precision = path, part, entry, device, precision
         self.name = f"{part}/{entry}"
         self._encoders: dict[str, object] = {}
+        try:
+            self._load_part(path, part, entry)
+        except (GenrekitError, OSError):
+            raise
+        except (KeyError, TypeError, ValueError, AttributeError, IndexError) as e:
+            # fusion.json and the early head's fusion record are user-editable: named, never a raw KeyError
+            where = path / part / entry / (LATE_FUSION_FILE if part == "late" else "run.json")
+            what = f"the field {e} is missing" if isinstance(e, KeyError) else f"a field is malformed ({type(e).__name__}: {str(e)[:120]})"
+            raise StoreError(f"{where}: {what}; the run directory was edited or damaged: re-run `genrekit heads`") from None
+        if any(h is None for h in self.headers.values()):
+            raise ConfigError(f"{path}: a store of this run had no header (features made in memory); it cannot embed new items")
+        self.inputs = tuple(dict.fromkeys(store_input(self.headers[n]) for n in self.store_order))
+
+    @staticmethod
+    def _inside(root: Path, target: Path, where: Path) -> Path:
+        """``target`` resolved, refused when it leaves the run ``root`` (an edited record pointing elsewhere)."""
+        t = target.resolve()
+        if not t.is_relative_to(root.resolve()):
+            raise StoreError(f"{where}: points outside the run ({target}); the run directory was edited: re-run `genrekit heads`")
+        return t
+
+    def _load_part(self, path: Path, part: str, entry: str) -> None:
         if part == "early":
             head_dir = path / "early" / entry
             self.saved: SavedHead = load_head(head_dir)
@@ -53,7 +75,7 @@ class FusedRun:
                 raise StoreError(f"{head_dir}: this early-fused run predates saved block scaling; re-run `genrekit heads` to use it")
             self.store_order = list(fusion["store_order"])
             self.headers = {n: StoreHeader.from_json(fusion["stores"][n]) for n in self.store_order}
-            with np.load((head_dir / fusion["scaling"]).resolve(), allow_pickle=False) as z:
+            with np.load(self._inside(path, head_dir / str(fusion["scaling"]), head_dir / "run.json"), allow_pickle=False) as z:
                 self.scaling = BlockScaling.from_arrays(self.store_order, {k: z[k] for k in z.files})
             self.genres, self.thresholds = list(self.saved.genres), self.saved.thresholds
             self.weights = None
@@ -62,14 +84,14 @@ class FusedRun:
             rec = read_json(d / LATE_FUSION_FILE)
             self.store_order = list(rec["heads"])
             self.headers = {n: StoreHeader.from_json(rec["stores"][n]) for n in self.store_order}
-            self.members = {n: load_head((d / rec["heads"][n]).resolve()) for n in self.store_order}
+            self.members = {n: load_head(self._inside(path, d / str(rec["heads"][n]), d / LATE_FUSION_FILE)) for n in self.store_order}
             self.genres, self.thresholds = list(rec["genres"]), Thresholds.from_json(rec["thresholds"])
             self.weights = {n: np.asarray(w, np.float64) for n, w in rec["weights"].items()}
+            if set(self.weights) != set(self.store_order) or not all(np.isfinite(w).all() for w in self.weights.values()):
+                raise StoreError(f"{d / LATE_FUSION_FILE}: the field 'weights' must give finite weights for the stores {', '.join(self.store_order)}; "
+                                 "the run directory was edited or damaged: re-run `genrekit heads`")
         else:
             raise ConfigError(f"fused part {part!r} is not early or late")
-        if any(h is None for h in self.headers.values()):
-            raise ConfigError(f"{path}: a store of this run had no header (features made in memory); it cannot embed new items")
-        self.inputs = tuple(dict.fromkeys(store_input(self.headers[n]) for n in self.store_order))
 
     # -- what made it ------------------------------------------------------------------------
     def identity(self) -> dict:

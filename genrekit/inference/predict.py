@@ -135,7 +135,7 @@ def predict_texts(run: str | Path | SavedHead, texts: Sequence[str], device: str
         raise ConfigError(f"the {saved.name} head was trained on {saved.header.modality} features; pass poster files")
     loaded = HeadRun(saved, Path(".") if isinstance(run, SavedHead) else Path(run), device)
     field = loaded.inputs[0]
-    preds, _ = predict_items(loaded, [Item(t, texts={field: t}) for t in texts])
+    preds, _ = predict_items(loaded, [Item(text_name(t), texts={field: t}) for t in texts])
     return preds
 
 
@@ -310,7 +310,14 @@ def zeroshot_texts(
     if not encoder.has_text:
         raise ConfigError(f"{backbone} has no text tower; try minilm, bert or an open_clip model")
     X = embed_texts(encoder, store_header(encoder, "text", genres, normalize="l2"), texts)
-    return _rank_zeroshot(texts, X, encoder, genres, "text", top_k)
+    return _rank_zeroshot([text_name(t) for t in texts], X, encoder, genres, "text", top_k)
+
+
+def text_name(text: str, limit: int = 80) -> str:
+    """How a text item is named in the output: its first words on one line, never the whole text
+    (a 100 KB plot echoed back helps nobody); the full length is said when it is cut."""
+    one = " ".join(text.split())
+    return one if len(one) <= limit else f"{one[: limit - 1]}… ({len(text):,} characters)"
 
 
 def _zeroshot_genres(genres: Sequence[str] | None) -> list[str]:

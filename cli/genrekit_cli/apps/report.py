@@ -27,8 +27,8 @@ from pathlib import Path
 import numpy as np
 
 from genrekit import __version__
-from genrekit.errors import ConfigError, StoreError, UnknownNameError
-from genrekit.rundir import PREDICTIONS_FILE, read_json, results_kind
+from genrekit.errors import ConfigError, GenrekitError, StoreError, UnknownNameError
+from genrekit.rundir import PREDICTIONS_FILE, Results, load_part_predictions, read_json, results_kind
 
 log = logging.getLogger(__name__)
 
@@ -448,11 +448,7 @@ def _fmt(v, digits: int = 3) -> str:
 
 
 def _predictions(head_dir: Path) -> dict[str, np.ndarray] | None:
-    f = head_dir / PREDICTIONS_FILE
-    if not f.is_file():
-        return None
-    with np.load(f, allow_pickle=False) as z:
-        return {k: z[k] for k in z.files}
+    return load_part_predictions(head_dir)
 
 
 @dataclass(frozen=True)
@@ -837,10 +833,20 @@ def build_report(run: str | Path, heads: Sequence[str] = (), progress: Callable[
         raise StoreError(f"{run} has no results.json: pass a run directory made by `genrekit heads` (RUNS/, not RUNS/<head>)")
     results = _read_json(rj)
     kind = run_kind(results)
+    Results.read(run)  # the typed fields checked first: one line naming the file and field
+    if kind == "heads" and not (isinstance(results.get("genres"), list) and results["genres"]):
+        raise StoreError(f"{rj}: the field 'genres' is missing or empty; the run directory was edited or damaged: re-run `genrekit heads`")
     progress = progress or (lambda _s: None)
     make = {"heads": _heads_sections, "fused": _fused_sections, "finetune": _finetune_sections}[kind]
     t0 = time.perf_counter()
-    sections = make(run, results, list(heads), progress)
+    try:
+        sections = make(run, results, list(heads), progress)
+    except GenrekitError:
+        raise
+    except (KeyError, TypeError, IndexError, AttributeError) as e:
+        # The report reads many fields of the run's files; one edited by hand is named, never a raw KeyError.
+        what = f"the field {e} is missing" if isinstance(e, KeyError) else f"a field is malformed ({type(e).__name__}: {str(e)[:120]})"
+        raise StoreError(f"{rj} (or a file of its heads): {what}; the run directory was edited or damaged: re-run the command that made it") from e
     env = jinja2.Environment(loader=jinja2.PackageLoader("genrekit_cli.apps", "templates"), autoescape=jinja2.select_autoescape(["html", "j2"]))
     page = env.get_template("report.html.j2").render(
         title=f"genrekit report: {run.resolve().name or run}", facts=report_facts(run, results, kind), sections=sections,

@@ -12,6 +12,7 @@ from rich.text import Text
 from genrekit_cli.main import app
 from genrekit_cli.options import (
     ColumnsOpt,
+    ForceOpt,
     FormatOpt,
     GenreSepOpt,
     GenresOpt,
@@ -119,19 +120,20 @@ def clean_cmd(
     synonym: SynonymOpt = None,
     no_synonyms: NoSynonymsOpt = False,
     json: JsonOpt = False,
+    force: ForceOpt = False,
 ) -> None:
     """Remove duplicates, rows without genres or images, unreadable images; apply the vocabulary.
 
     Example: genrekit data clean MovieGenre.csv --out clean.csv --removed removed.csv --top-k 20 --other
     """
-    from genrekit.atomic import refuse_overwrite
+    from genrekit.atomic import MANIFEST_CSV, REMOVED_CSV, check_output
     from genrekit.data.clean import CleanConfig, clean_manifest
     from genrekit.data.manifest import write_manifest
     from genrekit.data.vocab import apply_vocabulary
 
-    refuse_overwrite(out, {"the manifest": manifest}, "--out")
+    check_output(out, {"the manifest": manifest}, "--out", MANIFEST_CSV, force)
     if removed:
-        refuse_overwrite(removed, {"the manifest": manifest, "--out": out}, "--removed")
+        check_output(removed, {"the manifest": manifest, "--out": out}, "--removed", REMOVED_CSV, force)
     m = load_manifest(manifest, format, columns, genre_sep)
     vcfg = vocab_config(top_k, min_count, genres, other, synonym, no_synonyms)
     cfg = CleanConfig(require_image, True, deep, not keep_title_year, not keep_identical)
@@ -175,13 +177,14 @@ def split_cmd(
     columns: ColumnsOpt = None,
     genre_sep: GenreSepOpt = None,
     json: JsonOpt = False,
+    force: ForceOpt = False,
 ) -> None:
     """Write a reproducible train/val/test split (iterative stratification, by year, or a column).
 
     Example: genrekit data split labels.csv --out split.csv --seed 1
              genrekit data split labels.csv --out split.csv --by year --test-from 2010
     """
-    from genrekit.atomic import refuse_overwrite
+    from genrekit.atomic import SPLIT_CSV, check_output
     from genrekit.data.split import PARTS, SplitConfig, split_manifest, write_split_file
     from genrekit.errors import ConfigError
 
@@ -190,9 +193,10 @@ def split_cmd(
     except ValueError:
         raise ConfigError(f"--ratios {ratios!r} must be three numbers, e.g. 0.7,0.15,0.15") from None
     cfg = SplitConfig(by, r, seed, test_from, val_fraction)  # type: ignore[arg-type]
-    refuse_overwrite(out, {"the manifest": manifest}, "--out")
+    check_output(out, {"the manifest": manifest}, "--out", SPLIT_CSV, force)
     m = load_manifest(manifest, format, columns, genre_sep)
     split, warnings = split_manifest(m, cfg)
+    warnings = [*m.warnings, *warnings]
     write_split_file(out, list(split), split)
     counts = {p: sum(1 for v in split.values() if v == p) for p in PARTS}
     if json:
@@ -226,6 +230,7 @@ def download_cmd(
     m = load_manifest(manifest, format, columns, genre_sep)
     cfg = DownloadConfig(workers=workers, timeout=timeout, deadline=deadline, retries=retries, backoff=backoff,
                          max_retry_after=max_retry_after)
+    _warn(m.warnings)
     with progress_bar("posters") as progress:
         _, report = download_posters(m, out, cfg, progress=progress)
     if json:
@@ -244,12 +249,17 @@ def demo_cmd(
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder to write the demo collection into.")],
     n: Annotated[int, typer.Option("--n", help="Number of posters.")] = 360,
     seed: Annotated[int, typer.Option("--seed", help="Random seed; the same seed gives the same bytes.")] = 0,
+    force: ForceOpt = False,
 ) -> None:
     """Draw a license-clean demo collection (posters, titles, years, plots) for a first run.
 
     Example: genrekit data demo --out demo_out/data
     """
+    from genrekit.atomic import MANIFEST_CSV, check_output, check_output_dir
     from genrekit.data.demo import make_demo
+
+    check_output_dir(out, {}, "--out", "demo collection", ("images",), force)
+    check_output(out / "labels.csv", {}, "--out", MANIFEST_CSV, force)
 
     with progress_bar("posters") as progress:
         labels = make_demo(out, n=n, seed=seed, progress=progress)

@@ -10,7 +10,7 @@ from rich.text import Text
 from rich.table import Table
 
 from genrekit_cli.main import app
-from genrekit_cli.options import DeviceOpt, FormatOpt, PrecisionOpt
+from genrekit_cli.options import DeviceOpt, ForceOpt, FormatOpt, PrecisionOpt
 from genrekit_cli.ui import console, err_console, fmt as _fmt, loading, print_per_genre as _print_per_genre, progress_bar
 
 
@@ -36,10 +36,11 @@ def evaluate(
     split: Annotated[Optional[str], typer.Option(help="Score only train, val or test of the store's (or manifest's) split.", show_default="all")] = None,
     device: DeviceOpt = "cpu",
     precision: PrecisionOpt = "auto",
+    force: ForceOpt = False,
 ) -> None:
     """Score a saved run on another collection's stores or manifest (genres aligned by name)."""
     with loading("starting: importing torch and scikit-learn"):
-        from genrekit.atomic import atomic_write_json, refuse_overwrite
+        from genrekit.atomic import EVALUATE_JSON, PREDICTIONS_CSV, atomic_write_json, check_output
         from genrekit.errors import ConfigError, GenrekitError
         from genrekit.heads.saved import _json_default
         from genrekit.inference import evaluate_manifest, evaluate_stores, load_run, write_predictions
@@ -47,11 +48,10 @@ def evaluate(
 
     if bool(store) == bool(data):  # a usage error: exit 2 with the usage, like a missing option
         raise typer.BadParameter("give the collection's stores (one per store of the run), or its manifest", param_hint="'--store' or '--data'")
-    for out, flag in ((json_out, "--json"), (predictions, "--predictions")):
+    for out, flag, kind in ((json_out, "--json", EVALUATE_JSON), (predictions, "--predictions", PREDICTIONS_CSV)):
         if out:
-            for s in store or []:
-                refuse_overwrite(out, {"the store being evaluated": s}, flag)
-            refuse_overwrite(out, {"the manifest": data, "the run": run}, flag)
+            inputs = {"the manifest": data, "the run": run, **{f"the store being evaluated {s}": s for s in store or []}}
+            check_output(out, inputs, flag, kind, force)
     if json_out and predictions and json_out.resolve() == predictions.resolve():
         raise ConfigError(f"--json and --predictions both name {json_out}; give them different files")
     with loading(f"loading the run {run}"):

@@ -9,6 +9,7 @@ import typer
 from rich.text import Text
 
 from genrekit_cli.main import app
+from genrekit_cli.options import ForceOpt
 from genrekit_cli.ui import loading, console, err_console, print_json
 
 EXPLAIN_EXAMPLES = """
@@ -29,6 +30,7 @@ def explain(
     method: Annotated[str, typer.Option(help="auto (Grad-CAM where the run is differentiable, else occlusion), gradcam or occlusion.")] = "auto",
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the overlays, maps.npz and explain.json.")] = Path("explain_out"),
     json: Annotated[bool, typer.Option("--json", help="Print the JSON summary instead of lines.")] = False,
+    force: ForceOpt = False,
 ) -> None:
     """Per-genre saliency maps of the run's own encoder and head, with a sanity check and genre distinctness."""
     with loading("starting: importing torch and pytorch-grad-cam") as status:
@@ -42,6 +44,10 @@ def explain(
         names = tuple(g.strip() for g in (genres or "").split(",") if g.strip())
         config = ExplainConfig(genres=names, top_k=3 if top_k is None else top_k, method=method)
         config.validate()
+        from genrekit.atomic import check_output_dir
+
+        check_output_dir(out, {"the run": run, **{f"the poster {p}": p for p in posters}}, "--out", "overlays, maps.npz and explain.json",
+                         ("explain.json",), force)  # fmt: skip
         status.update(f"loading the run {run} and a randomised copy of its encoder")
         loaded = load_run(run)
         ex = build_explainer(loaded, seed=config.sanity_seed)

@@ -10,7 +10,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from genrekit_cli.main import app
-from genrekit_cli.options import DeviceOpt, JsonOpt
+from genrekit_cli.options import DeviceOpt, ForceOpt, JsonOpt
 from genrekit_cli.ui import loading, console, err_console, print_json
 from genrekit_cli.ui import fmt as _fmt
 
@@ -48,11 +48,12 @@ def finetune(
     threads: Annotated[Optional[int], typer.Option(help="Torch CPU threads.", show_default="every core")] = None,
     limit: Annotated[Optional[int], typer.Option(help="Only the first N items of each split part (a quick look).")] = None,
     json: JsonOpt = False,
+    force: ForceOpt = False,
 ) -> None:
     """Fine-tune the store's backbone with a multi-label head: LP-FT, a seeded grid, early stopping,
     WiSE-FT; thresholds tuned on validation; results.json / results.csv like `heads`."""
     with loading("starting: importing torch"):
-        from genrekit.atomic import refuse_overwrite
+        from genrekit.atomic import check_output_dir
         from genrekit.errors import ConfigError
         from genrekit.runs.finetune import FinetuneConfig, parse_grid, run_finetune
 
@@ -66,7 +67,7 @@ def finetune(
         augment=augment, flip=flip, wise_alphas=alphas, threshold=threshold, seed=seed, device=device, threads=threads, limit=limit,
     )  # fmt: skip
     config.validate()
-    refuse_overwrite(out, {"the store": store, "the heads run": run}, "--out")
+    check_output_dir(out, {"the store": store, "the heads run": run}, "--out", "fine-tune run", ("finetune.json", "results.json", "cells"), force)
     columns = [TextColumn("{task.description}", style="bold", markup=False), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}", markup=False), TimeElapsedColumn()]
     with Progress(*columns, console=err_console, transient=False) as bar:
         tasks: dict[tuple[str, int], int] = {}

@@ -10,7 +10,7 @@ from rich.table import Table
 from rich.text import Text
 
 from genrekit_cli.main import app
-from genrekit_cli.options import JsonOpt, csv_list as _csv
+from genrekit_cli.options import ForceOpt, JsonOpt, csv_list as _csv
 from genrekit_cli.ui import console, err_console, fmt as _fmt, loading, print_json, print_per_genre as _print_per_genre, progress_bar
 
 
@@ -42,15 +42,16 @@ def heads(
     join: Annotated[str, typer.Option(help="With several --store: outer (every item of any store) or inner (items of every store).")] = "outer",
     per_genre_weights: Annotated[bool, typer.Option(help="With several --store: late fusion tunes one store weighting per genre.")] = False,
     json: JsonOpt = False,
+    force: ForceOpt = False,
 ) -> None:
     """Train heads on cached features, tune thresholds on validation, rank them on test."""
-    from genrekit.atomic import refuse_overwrite
+    from genrekit.atomic import check_output_dir
     with loading("starting: importing scikit-learn and torch"):
         from genrekit.errors import ConfigError
         from genrekit.runs.leaderboard import HeadsConfig, run_heads
         from genrekit.store import FeatureStore
 
-    refuse_overwrite(out, {f"the store {s}": s for s in store}, "--out")
+    check_output_dir(out, {f"the store {s}": s for s in store}, "--out", "run", ("results.json", "run.json"), force)
     if all_ == bool(head):
         raise ConfigError("name heads with --head NAME (repeatable) or train them all with --all (not both)")
     config = HeadsConfig(

@@ -38,6 +38,7 @@ def predict(
     with loading("starting: importing torch and scikit-learn") as status:
         from genrekit.errors import ConfigError
         from genrekit.inference import Item, load_run, predict_items
+        from genrekit.inference.predict import text_name
 
         if text and (title or plot):
             raise ConfigError("--text is for a head trained on one text field; with --title / --plot name the field instead")
@@ -51,7 +52,7 @@ def predict(
             field = next((f for f in loaded.inputs if f != "image"), None)
             if field is None:
                 raise ConfigError(f"the {loaded.name} head was trained on posters; pass poster files")
-            items = [Item(t, texts={field: t}) for t in text]
+            items = [Item(text_name(t), texts={field: t}) for t in text]
         else:
             texts = {f: list(v) for f, v in (("title", title), ("plot", plot)) if v}
             for f in texts:
@@ -66,7 +67,7 @@ def predict(
             items = []
             for k in range(n):
                 t = {f: v[k] for f, v in texts.items()}
-                name = str(posters[k]) if posters else next(iter(t.values()))
+                name = str(posters[k]) if posters else text_name(next(iter(t.values())))
                 items.append(Item(name, image=str(posters[k]) if posters else None, texts=t))
         status.update(f"predicting {len(items)} item(s) (the encoder is built on first use)")
         preds, failures = predict_items(loaded, items)

@@ -9,6 +9,7 @@ import typer
 from rich.text import Text
 
 from genrekit_cli.main import app
+from genrekit_cli.options import ForceOpt
 from genrekit_cli.ui import console, loading
 
 REPORT_EXAMPLES = """
@@ -23,14 +24,14 @@ def report(
     run: Annotated[Path, typer.Argument(help="A run directory: `genrekit heads` output (RUNS/), a fused run or a fine-tune run.")],
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="HTML file to write.", show_default="RUN/report.html")] = None,
     head: Annotated[Optional[list[str]], typer.Option("--head", help="Also detail this head (repeatable); the best head always is.")] = None,
+    force: ForceOpt = False,
 ) -> None:
     """One self-contained HTML report of a run: every figure embedded, opens from disk with no network."""
     with loading("starting: importing matplotlib and scikit-learn") as status:
-        from genrekit.atomic import refuse_overwrite
+        from genrekit.atomic import REPORT_HTML, check_output
         from genrekit_cli.apps.report import write_report
 
-        if out is not None:
-            refuse_overwrite(out, {"the run's results": run / "results.json"}, "--out")
+        check_output(out if out is not None else run / "report.html", {"the run's results": run / "results.json"}, "--out", REPORT_HTML, force)
         status.update("drawing the report")
         path = write_report(run, out, head or (), progress=lambda s: status.update(f"drawing: {s}"))
     size = path.stat().st_size / 1e6

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import typer
 from rich.table import Table
@@ -65,6 +65,7 @@ def store_info(
 MERGE_EXAMPLES = """
 Examples:
   genrekit store merge node1.h5 node2.h5 node3.h5 --out all.h5
+  genrekit store merge a.h5 b.h5 --out ab.h5 --genres intersect
 """
 
 
@@ -72,10 +73,15 @@ Examples:
 def store_merge(
     stores: Annotated[list[Path], typer.Argument(help="Two or more stores of one encoder and preprocessing.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="The merged store to create (must not exist).")],
+    genres: Annotated[
+        Literal["same", "intersect"],
+        typer.Option("--genres", help="same: the stores must list the same genres; intersect: keep only the genres every store lists "
+                     "(a genre a store does not list is unknown for its items, never made a negative)."),
+    ] = "same",
 ) -> None:
-    """Merge stores made on different machines (same encoder identity; duplicate ids kept once)."""
+    """Merge stores made on different machines (same encoder identity; ids in several stores kept once)."""
     from genrekit.store import merge_stores
 
-    merged = merge_stores(stores, out)
+    merged = merge_stores(stores, out, genres=genres)
     console.print(Text.assemble((str(merged.path), "bold green"), f": {len(merged):,} rows, {len(merged.genres)} genres, "
                                 f"{len(merged.failures)} failures, from {len(stores)} stores"))
