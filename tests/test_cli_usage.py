@@ -134,7 +134,7 @@ def test_a_flag_means_the_same_in_every_command():
 def test_hints_name_flags_that_exist():
     known = {o for _, cmd in commands() for p in options(cmd) for o in [*p.opts, *getattr(p, "secondary_opts", [])]}
     known |= {"--help", "--version", "--verbose"}
-    outside = {"--local-dir"}  # `hf download --local-dir`, another tool's flag
+    outside = {"--local-dir", "--no-deps"}  # `hf download --local-dir`, `pip install --no-deps`: other tools' flags
     named = {}
     for f in [*(ROOT / "genrekit").rglob("*.py"), *(ROOT / "cli").rglob("*.py")]:
         # not CSS custom properties of the served page (`--fg: #222`, `var(--fg)`)
