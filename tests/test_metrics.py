@@ -108,3 +108,39 @@ def test_thresholds_round_trip_json_and_unknown_rule():
     assert Thresholds.from_json(json.loads(json.dumps(th.to_json()))) == th
     with pytest.raises(UnknownNameError, match="top-k"):
         tune_thresholds(np.zeros((2, 2)), np.zeros((2, 2)), "topk")
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_numpy_ranking_metrics_are_sklearns_with_ties_and_float32(seed):
+    from genrekit.evaluation.metrics import average_precisions, label_ranking_average_precision, roc_aucs
+
+    rng = np.random.default_rng(seed)
+    n, g = int(rng.integers(5, 300)), int(rng.integers(1, 12))
+    Y = (rng.random((n, g)) < rng.uniform(0.05, 0.6)).astype(np.uint8)
+    Y[0], Y[-1] = 1, 0  # both classes in every genre
+    P = rng.random((n, g))
+    P = np.round(P, 1) if seed % 2 else P.astype(np.float32)  # ties (many), or float32 scores
+    np.testing.assert_allclose(average_precisions(Y, P), skm.average_precision_score(Y, P, average=None), rtol=0, atol=1e-12)
+    np.testing.assert_allclose(roc_aucs(Y, P), skm.roc_auc_score(Y, P, average=None), rtol=0, atol=1e-12)
+    Y[1] = 0  # an item with no genre, and one with all of them, score 1 in sklearn's LRAP
+    Y[2] = 1
+    assert label_ranking_average_precision(Y, P) == pytest.approx(skm.label_ranking_average_precision_score(Y, P), abs=1e-12)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_numpy_set_metrics_are_sklearns(seed):
+    from genrekit.evaluation.metrics import precision_recall_f1
+
+    rng = np.random.default_rng(seed)
+    # two genres or more: scikit-learn reads one (n, 1) column as binary labels and averages
+    # over the classes 0 and 1; genrekit scores genre columns alike however many there are
+    n, g = int(rng.integers(3, 200)), int(rng.integers(2, 10))
+    Y = (rng.random((n, g)) < rng.uniform(0.0, 0.5)).astype(np.uint8)
+    Yp = (rng.random((n, g)) < rng.uniform(0.0, 0.5)).astype(np.uint8)
+    Y[: n // 4] = 0  # items with no genre, predicted or not, and genres never true or never predicted
+    Yp[: n // 8] = 0
+    for avg in ("micro", "macro", "weighted", "samples", None):
+        ours = precision_recall_f1(Y, Yp, avg)
+        theirs = skm.precision_recall_fscore_support(Y, Yp, average=avg, zero_division=0)
+        for a, b in zip(ours, theirs):
+            np.testing.assert_allclose(a, b, rtol=0, atol=1e-12, err_msg=str(avg))

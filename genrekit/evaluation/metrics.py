@@ -80,13 +80,96 @@ def ranking_defined(Y_true: np.ndarray) -> np.ndarray:
     return (pos > 0) & (pos < len(Y_true))
 
 
+# Ranking metrics in numpy, all genres at once: scikit-learn's definitions (tests/test_metrics.py
+# checks them against it), without its per-genre input validation, which made scoring a head's
+# predictions cost longer than fitting a linear head (benchmarks/README.md, "Heads in a minute").
+def average_precisions(Y_true: np.ndarray, P: np.ndarray) -> np.ndarray:
+    """Each column's average precision, as ``sklearn.metrics.average_precision_score``: the sum
+    over distinct scores, highest first, of (recall gained) x (precision there); tied scores form
+    one step. Columns need a positive (else NaN)."""
+    Y_true, P = np.asarray(Y_true), np.asarray(P, dtype=np.float64)
+    order = np.argsort(-P, axis=0, kind="mergesort")
+    scores = np.take_along_axis(P, order, axis=0)
+    tp = np.cumsum(np.take_along_axis(Y_true, order, axis=0), axis=0, dtype=np.float64)
+    n = len(P)
+    last = np.ones_like(scores, dtype=bool)  # the last row of each run of tied scores
+    last[:-1] = scores[1:] != scores[:-1]
+    rank = np.arange(1, n + 1, dtype=np.float64)[:, None]
+    precision = tp / rank
+    total = tp[-1]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        recall = tp / total
+    out = np.empty(P.shape[1])
+    for j in range(P.shape[1]):
+        r, p = recall[last[:, j], j], precision[last[:, j], j]
+        out[j] = np.sum(np.diff(r, prepend=0.0) * p)
+    out[total == 0] = np.nan
+    return out
+
+
+def roc_aucs(Y_true: np.ndarray, P: np.ndarray) -> np.ndarray:
+    """Each column's ROC AUC, as ``sklearn.metrics.roc_auc_score`` (ties count half: the
+    Mann-Whitney statistic on average ranks). Columns need both classes (else NaN)."""
+    from scipy.stats import rankdata
+
+    Y_true = np.asarray(Y_true) > 0
+    ranks = rankdata(np.asarray(P, dtype=np.float64), axis=0)
+    pos = Y_true.sum(axis=0).astype(np.float64)
+    neg = len(Y_true) - pos
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return ((ranks * Y_true).sum(axis=0) - pos * (pos + 1) / 2) / (pos * neg)
+
+
+def label_ranking_average_precision(Y_true: np.ndarray, P: np.ndarray) -> float:
+    """``sklearn.metrics.label_ranking_average_precision_score``: per item, the mean over its
+    genres of (true genres scored at least as high) / (genres scored at least as high); an item
+    with no true genre, or all of them, scores 1."""
+    Y_true, P = np.asarray(Y_true) > 0, np.asarray(P, dtype=np.float64)
+    at_least = P[:, None, :] >= P[:, :, None]  # [i, j, k]: genre k scored at least genre j's score
+    above = at_least.sum(axis=2)
+    true_above = (at_least & Y_true[:, None, :]).sum(axis=2)
+    n_true = Y_true.sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        per_item = np.where(Y_true, true_above / above, 0.0).sum(axis=1) / n_true
+    per_item[(n_true == 0) | (n_true == Y_true.shape[1])] = 1.0
+    return float(per_item.mean())
+
+
 def macro_average_precision(Y_true: np.ndarray, P: np.ndarray) -> float:
     """Mean average precision over the genres where it is defined (NaN if none is); the model-selection score."""
     Y_true = np.asarray(Y_true)
     ok = ranking_defined(Y_true)
     if not ok.any():
         return float("nan")
-    return float(np.mean(skm.average_precision_score(Y_true[:, ok], np.asarray(P)[:, ok], average=None)))
+    return float(np.mean(average_precisions(Y_true[:, ok], np.asarray(P)[:, ok])))
+
+
+def _ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
+    """num / den, 0 where den is 0 (scikit-learn's ``zero_division=0``)."""
+    num, den = np.asarray(num, dtype=np.float64), np.asarray(den, dtype=np.float64)
+    return np.divide(num, den, out=np.zeros(np.broadcast(num, den).shape), where=den > 0)
+
+
+def precision_recall_f1(Y_true: np.ndarray, Y_pred: np.ndarray, average: str | None) -> tuple:
+    """``sklearn.metrics.precision_recall_fscore_support(..., zero_division=0)`` for 0/1 matrices,
+    from the counts in numpy: (precision, recall, F1) averaged (``micro``, ``macro``, ``weighted``,
+    ``samples``) or per genre (``None``, with the support as a fourth element)."""
+    t, p = np.asarray(Y_true) > 0, np.asarray(Y_pred) > 0
+    axis = 1 if average == "samples" else 0
+    tp, fp, fn = (t & p).sum(axis), (~t & p).sum(axis), (t & ~p).sum(axis)
+    if average == "micro":
+        tp, fp, fn = tp.sum(), fp.sum(), fn.sum()
+    prec, rec, f1 = _ratio(tp, tp + fp), _ratio(tp, tp + fn), _ratio(2 * tp, 2 * tp + fp + fn)
+    if average is None:
+        return prec, rec, f1, t.sum(axis=0)
+    if average == "micro":
+        return float(prec), float(rec), float(f1)
+    if average == "weighted":
+        w = t.sum(axis=0)
+        if not w.sum():
+            return 0.0, 0.0, 0.0
+        return tuple(float(np.average(x, weights=w)) for x in (prec, rec, f1))
+    return float(prec.mean()), float(rec.mean()), float(f1.mean())  # macro (per genre), samples (per item)
 
 
 def _none_if_nan(v: float) -> float | None:
@@ -107,23 +190,20 @@ def multilabel_metrics(Y_true: np.ndarray, P: np.ndarray, Y_pred: np.ndarray) ->
     Y_true, P = _check(Y_true, P, Y_pred)
     Y_pred = (np.asarray(Y_pred) > 0).astype(np.uint8)
     ok = ranking_defined(Y_true)
-    prf = {}
-    for avg in ("micro", "macro", "weighted", "samples"):
-        p, r, f, _ = skm.precision_recall_fscore_support(Y_true, Y_pred, average=avg, zero_division=0)
-        prf[avg] = (p, r, f)
+    prf = {avg: precision_recall_f1(Y_true, Y_pred, avg) for avg in ("micro", "macro", "weighted", "samples")}
     if ok.any():
         yt, pp = Y_true[:, ok], P[:, ok]
-        auc = skm.roc_auc_score(yt, pp, average=None)
+        auc = roc_aucs(yt, pp)
         support = yt.sum(axis=0)
         auc_macro, auc_weighted = float(np.mean(auc)), float(np.average(auc, weights=support))
         map_macro = macro_average_precision(Y_true, P)
     else:
         auc_macro = auc_weighted = map_macro = float("nan")
-    hl = float(skm.hamming_loss(Y_true, Y_pred))
+    hl = float(np.mean(Y_true != Y_pred))
     out = {
         "hamming_loss": hl,
         "accuracy_elementwise": 1.0 - hl,
-        "subset_accuracy": float(skm.accuracy_score(Y_true, Y_pred)),
+        "subset_accuracy": float(np.mean((Y_true == Y_pred).all(axis=1))),
         "f1_micro": prf["micro"][2],
         "f1_macro": prf["macro"][2],
         "f1_weighted": prf["weighted"][2],
@@ -136,7 +216,7 @@ def multilabel_metrics(Y_true: np.ndarray, P: np.ndarray, Y_pred: np.ndarray) ->
         "roc_auc_weighted": auc_weighted,
         "map_macro": map_macro,
         "coverage_error": float(skm.coverage_error(Y_true, P)),
-        "label_ranking_ap": float(skm.label_ranking_average_precision_score(Y_true, P)),
+        "label_ranking_ap": label_ranking_average_precision(Y_true, P),
     }
     return {k: _none_if_nan(float(out[k])) for k in METRIC_KEYS}
 
@@ -149,14 +229,13 @@ def per_genre_report(Y_true: np.ndarray, P: np.ndarray, Y_pred: np.ndarray, genr
     Y_true, P = _check(Y_true, P, Y_pred)
     if len(genres) != Y_true.shape[1]:
         raise LabelError(f"{len(genres)} genre names for {Y_true.shape[1]} label columns")
-    p, r, f, s = skm.precision_recall_fscore_support(Y_true, Y_pred, average=None, zero_division=0)
+    p, r, f, s = precision_recall_f1(Y_true, Y_pred, None)
     ok = ranking_defined(Y_true)
+    aucs, aps = roc_aucs(Y_true, P), average_precisions(Y_true, P)
     rows = []
     for j, g in enumerate(genres):
-        auc = ap = None
-        if ok[j]:
-            auc = float(skm.roc_auc_score(Y_true[:, j], P[:, j]))
-            ap = float(skm.average_precision_score(Y_true[:, j], P[:, j]))
+        auc = float(aucs[j]) if ok[j] else None
+        ap = float(aps[j]) if ok[j] else None
         rows.append(
             {"genre": g, "precision": float(p[j]), "recall": float(r[j]), "f1": float(f[j]), "support": int(s[j]), "auc": auc, "ap": ap}
         )
