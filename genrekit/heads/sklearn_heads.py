@@ -24,6 +24,7 @@ from sklearn.svm import LinearSVC
 from genrekit.errors import ConfigError
 from genrekit.evaluation.metrics import macro_average_precision
 from genrekit.heads.base import MultiLabelHead, l2_normalise, require_both_classes, stack_proba
+from genrekit.heads.joint import SideBySideCalibratedSVM, SideBySideLogistic
 
 log = logging.getLogger(__name__)
 
@@ -37,14 +38,22 @@ def search_on_validation(
     Y_val: np.ndarray | None,
     default: float,
     widen: int = 2,
+    score: Callable[[float], float] | None = None,
+    patience: int = 2,
 ) -> tuple[BaseEstimator, float, dict[float, float]]:
     """Fit ``make(C)`` for each C and keep the one with the best validation macro AP.
 
-    A best C at either end of the grid may mean the grid stops too early, so the grid is widened
+    The grid is walked from the smallest C up and left once ``patience`` Cs in a row score below
+    the best (validation mAP rises to one peak and falls as C grows; the largest Cs are also the
+    slowest to fit). A best C at either end of the grid may mean the grid stops too early, so it is widened
     past that end by its own step, up to ``widen`` times, while the validation score still improves
     (a C still at the edge after that is named by :func:`grid_notes` in the leaderboard). Without a
     validation set, fits ``make(default)`` only. Returns the fitted model, its C and the
     validation mAP of every C tried (the search record written to the results).
+
+    ``score(C)``, when given, is the validation mAP of the same model at C computed another way
+    (:class:`~genrekit.heads.joint.SideBySideLogistic`: every genre in one pass over X); then only the
+    chosen C is fitted with ``make``.
     """
     if X_val is None or len(Cs) <= 1:
         C = Cs[0] if len(Cs) == 1 else default
@@ -53,15 +62,22 @@ def search_on_validation(
 
     def attempt(C: float) -> bool:
         nonlocal best, best_c
-        model = make(C).fit(X, Y)
-        scores[float(C)] = macro_average_precision(Y_val, np.asarray(model.predict_proba(X_val)))
-        if best is None or scores[float(C)] > scores[float(best_c)]:
+        model = None
+        if score is not None:
+            scores[float(C)] = score(float(C))
+        else:
+            model = make(C).fit(X, Y)
+            scores[float(C)] = macro_average_precision(Y_val, np.asarray(model.predict_proba(X_val)))
+        if best_c is None or scores[float(C)] > scores[float(best_c)]:
             best, best_c = model, float(C)
             return True
         return False
 
-    for C in Cs:
-        attempt(float(C))
+    worse = 0
+    for C in sorted(Cs):  # smallest first: stop once two larger Cs in a row scored below the best
+        worse = 0 if attempt(float(C)) else worse + 1
+        if worse == patience:
+            break
     for _ in range(widen):
         cs = sorted(scores)
         if best_c == cs[0]:
@@ -73,6 +89,8 @@ def search_on_validation(
         if not attempt(float(f"{nxt:.6g}")):  # 10, not 10.000000000000002, in the search record
             break
     log.info("validation mAP by C: %s -> C=%g", {c: round(s, 4) for c, s in sorted(scores.items())}, best_c)
+    if best is None:
+        best = make(best_c).fit(X, Y)
     return best, float(best_c), dict(sorted(scores.items()))
 
 
@@ -127,7 +145,8 @@ class LogRegHead(MultiLabelHead):
 
     def fit(self, X, Y, X_val=None, Y_val=None) -> LogRegHead:
         X, Y, X_val, Y_val = self._fit_inputs(X, Y, X_val, Y_val)
-        self.model_, self.C_, self.search_ = search_on_validation(self._make, tuple(self.Cs), X, Y, X_val, Y_val, 0.01)
+        score = _search_score(X, Y, X_val, Y_val, self.class_weight, max_iter=self.max_iter)
+        self.model_, self.C_, self.search_ = search_on_validation(self._make, tuple(self.Cs), X, Y, X_val, Y_val, 0.01, score=score)
         self.n_iter_ = ovr_n_iter(self.model_)
         return self
 
@@ -197,7 +216,12 @@ class SVCHead(MultiLabelHead):
             svm = LinearSVC(C=C, dual=False, class_weight=self.class_weight)
             return OneVsRestClassifier(CalibratedClassifierCV(svm, method="sigmoid", cv=self.cv))
 
-        self.model_, self.C_, self.search_ = search_on_validation(make, tuple(self.Cs), X, Y, X_val, Y_val, 0.03)
+        score = None
+        pos = Y.sum(axis=0)
+        if X_val is not None and Y.shape[1] >= 2 and (np.minimum(pos, len(Y) - pos) >= self.cv).all():
+            solver = SideBySideCalibratedSVM(X, Y, self.class_weight, self.cv)
+            score = lambda C: solver.validation_map(C, X_val, Y_val)  # noqa: E731
+        self.model_, self.C_, self.search_ = search_on_validation(make, tuple(self.Cs), X, Y, X_val, Y_val, 0.03, score=score)
         self.n_iter_ = np.array(
             [max(c.estimator.n_iter_ for c in e.calibrated_classifiers_) if hasattr(e, "calibrated_classifiers_") else 0
              for e in self.model_.estimators_], dtype=np.int32,
@@ -325,13 +349,26 @@ class ChainHead(MultiLabelHead):
             base = LogisticRegression(C=C, class_weight=self.class_weight, max_iter=self.max_iter)
             return ClassifierChain(base, order=order, random_state=self.random_state)
 
-        self.model_, self.C_, self.search_ = search_on_validation(make, tuple(self.Cs), X, Y, X_val, Y_val, 0.01)
+        score = _search_score(X, Y, X_val, Y_val, self.class_weight, order, self.max_iter)
+        self.model_, self.C_, self.search_ = search_on_validation(make, tuple(self.Cs), X, Y, X_val, Y_val, 0.01, score=score)
         self.n_iter_ = ovr_n_iter(self.model_)
         return self
 
     def predict_proba(self, X) -> np.ndarray:
         X = self._check_X(X)
         return np.asarray(self.model_.predict_proba(X), dtype=np.float32)
+
+
+def _search_score(X, Y, X_val, Y_val, class_weight, order=None, max_iter=300) -> Callable[[float], float] | None:
+    """Validation mAP by C with every genre solved side by side (:mod:`genrekit.heads.joint`), for
+    the C search; the chosen C is then fitted by scikit-learn, so the model is the one its fit
+    makes. ``None`` (fit each C with scikit-learn) without validation data, for a single genre
+    or a constant one (scikit-learn answers those with its own special cases)."""
+    pos = Y.sum(axis=0)
+    if X_val is None or Y.shape[1] < 2 or not ((pos > 0) & (pos < len(Y))).all():
+        return None
+    solver = SideBySideLogistic(X, Y, class_weight, order, max_iter=max_iter)
+    return lambda C: solver.validation_map(C, X_val, Y_val)
 
 
 __all__ = ["ChainHead", "LogRegHead", "RandomForestHead", "SVCHead", "grid_notes", "ovr_n_iter", "positive_columns", "search_on_validation", "similarity_order"]

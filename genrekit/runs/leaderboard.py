@@ -157,6 +157,13 @@ def _text_encoder_from_header(header: StoreHeader | None) -> tuple[TextEncoder |
     """The store encoder's text tower, or None and the reason it is unavailable."""
     if header is None:
         return None, "the features have no single encoder (no store header)"
+    from genrekit.backbones import get_spec
+
+    try:
+        if "text" not in get_spec(str(header.encoder.get("name"))).modalities:  # known without building it (seconds)
+            return None, f"backbone {header.encoder.get('name')} has no text tower"
+    except GenrekitError:
+        pass  # not registered here: rebuilding it names what is wrong
     from genrekit.extraction import encoder_from_header
 
     try:
