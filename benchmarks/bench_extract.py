@@ -1,33 +1,47 @@
-"""Extraction speed: genrekit end to end against the model alone and against a naive loop.
+"""Extraction speed: where an end-to-end second goes, against the model alone, side by side in one run.
 
-For each backbone, in one run on the same machine:
-  1. model only: the best images/s over a grid of batch sizes and memory formats, on tensors that
-     are already decoded and preprocessed (the ceiling extraction can reach);
-  2. genrekit: `extract` end to end, JPEG files to HDF5 store, with its defaults (the torchvision
-     input path, decoding in the main process between batches), and, in the same run, with a decode
-     thread beside the model and with the older PIL input path (`--decoder pil`);
-  3. naive: one image at a time (PIL open, transform, fp32 forward, append), as notebooks do.
-Model-only is measured in fp32 and in the end-to-end precision (--precision; auto = bf16 on CPUs that
-have it), and the ratio is to the best model-only rate in that precision.
-It prints images/s and the ratios genrekit/model-only (goal >= 0.85) and genrekit/naive (goal >= 2).
+For each backbone x features (last layer, six stages) x precision:
+  1. model only: the network's forward (pooling included, as extraction runs it) on posters that are
+     already decoded, resized and normalised, in the model's dtype; best images/s over batch x memory
+     format at the torch threads extraction uses. The ceiling extraction can reach.
+  2. genrekit end to end: `extract()` with its defaults, JPEG files to HDF5 store, start-up included,
+     and (--variants) the same with another input strategy.
+  3. rounds: 1 and 2 alternate --rounds times and each round gives a ratio, so a neighbour slowing
+     the machine for a while slows both sides (the median round is reported).
+  4. breakdown: the end-to-end run's own clock (start-up, waiting for input, encode, write, the
+     rest) and, measured separately on the same posters, what a poster costs in each stage: decode,
+     resize (one thread), normalise, network, pooling (extraction's threads).
+Precisions: fp32, and bf16 where this CPU has it natively. Where it has not, `--matched` adds the
+"matched-cost" case: MobileNetV2 in fp32 at the input size whose model-only rate is nearest
+--matched-rate (159 images/s: bf16 MobileNetV2 six-stage on the 2-core Sapphire Rapids machine), so
+the input path has to keep up with a model as fast as the bf16 one.
+It prints images/s and e2e / model-only (goal >= 0.85).
 
-    python benchmarks/bench_extract.py                      # mobilenet_v2 and ViT-B-32, 256 posters
-    python benchmarks/bench_extract.py --backbones mobilenet_v2 --n 512
+    python benchmarks/bench_extract.py                            # mobilenet_v2, last + six stages
+    python benchmarks/bench_extract.py --matched --rounds 5 --n 1024
+    python benchmarks/bench_extract.py --backbones ViT-B-32 --layers last --naive
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
-import itertools
 import platform
+import statistics
 import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from genrekit.backbones import create_encoder
+from genrekit.backbones.base import cpu_has_bf16
+from genrekit.backbones.layers import StagePool, pooled_stats
+from genrekit.backbones.preprocess import Preprocess
+from genrekit.backbones.registry import get_spec, register
+from genrekit.backbones.decode import read_rgb
 from genrekit.data.manifest import read_manifest
 from genrekit.extraction import ExtractConfig, extract
 from genrekit.system import cpu_count
@@ -36,105 +50,231 @@ from genrekit.system import cpu_count
 SHARED = Path(os.environ.get("GENREKIT_SHARED") or Path(__file__).resolve().parents[2] / "shared")
 POSTERS = SHARED / "data" / "movie_posters" / "labels.csv"
 MOBILENET = SHARED / "weights" / "mobilenet_v2-coralquant-dequant-tv.pth"
+LAYERS = {"last": "last", "six": "all"}  # --layers names -> extract's --layers
+
+# End-to-end variants: ExtractConfig fields on top of the defaults.
+VARIANTS = {"default": {}, "decode thread": {"decode_thread": True}, "pil path": {"decoder": "pil"}}
 
 
-def rate(fn, items_per_call: int, min_seconds: float) -> float:
-    fn()  # warm-up (allocations, kernels picked)
-    n, t0 = 0, time.perf_counter()
-    while time.perf_counter() - t0 < min_seconds:
-        fn()
-        n += items_per_call
-    return n / (time.perf_counter() - t0)
+def weights_for(name: str) -> str:
+    return str(MOBILENET) if name.startswith("mobilenet_v2") and MOBILENET.exists() else "none"
 
 
-def model_only_grid(enc, batches, threads, seconds) -> dict[tuple[int, bool, int], float]:
-    """images/s for every (batch, channels_last, torch threads) on pre-decoded tensors."""
-    size = enc.preprocess.size
+def at_size(name: str, size: int) -> str:
+    """Register ``name`` with another input size (the matched-cost case) and return its name."""
+    new = f"{name}@{size}px"
+    try:
+        get_spec(new)
+    except Exception:
+        spec = get_spec(name)
+        register(dataclasses.replace(spec, name=new, preprocess=dataclasses.replace(spec.preprocess, size=size),
+                                     options={**spec.options, "arch": spec.options.get("arch", name)}))
+    return new
+
+
+def network_only(module: torch.nn.Module):
+    """The forward without pooling (the stage maps), to split the model's time from pooling's."""
+    if isinstance(module, StagePool):
+        if module.timm_indices is None:
+            return lambda x: list(module.body(x).values())
+        return lambda x: module.body.forward_intermediates(x, indices=module.timm_indices, intermediates_only=True)
+    return module
+
+
+def model_inputs(enc, pixels: list[torch.Tensor], batch: int, channels_last: bool):
+    """Normalised batches in the model's dtype and memory format, as extraction hands them over."""
+    for i in range(0, len(pixels), batch):
+        x = enc.preprocess.normalise(torch.stack(pixels[i : i + batch]), enc.cast_dtype or torch.float32)
+        yield x.contiguous(memory_format=torch.channels_last) if channels_last else x
+
+
+def set_layout(enc, channels_last: bool) -> None:
+    enc.channels_last = channels_last
+    enc.module.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+
+
+def timed(fn) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def model_only(enc, xs: list[torch.Tensor], n: int) -> float:
+    """images/s of the module's forward over ``n`` posters, cycling through the batches ``xs``
+    (one warm-up batch first). ``xs`` is kept small (a few MB): hundreds of MB of inputs made in
+    advance are read back from memory, and in a VM that samples and reclaims cold pages they made
+    model only slower than extraction, whose batch was just written."""
+    with torch.inference_mode():
+        enc.module(xs[0])
+        done, t0 = 0, time.perf_counter()
+        while done < n:
+            for x in xs:
+                enc.module(x)
+                done += len(x)
+                if done >= n:
+                    break
+        return done / (time.perf_counter() - t0)
+
+
+def grid(enc, pixels, batches, seconds) -> dict[tuple[int, bool], float]:
+    """images/s for every (batch, channels_last): short runs over the first posters."""
     out = {}
-    before = torch.get_num_threads()
-    for bs, cl, th in itertools.product(batches, (False, True), threads):
-        torch.set_num_threads(th)
-        enc.channels_last = cl
-        enc.module.to(memory_format=torch.channels_last if cl else torch.contiguous_format)
-        x = torch.randn(bs, 3, size, size)
-        out[(bs, cl, th)] = rate(lambda: enc.encode_images(x), bs, seconds)
-    torch.set_num_threads(before)
+    for bs in batches:
+        for cl in (False, True):
+            set_layout(enc, cl)
+            xs = list(model_inputs(enc, pixels, bs, cl))
+            with torch.inference_mode():
+                enc.module(xs[0])
+                n, t0 = 0, time.perf_counter()
+                while time.perf_counter() - t0 < seconds:
+                    for x in xs:
+                        enc.module(x)
+                        n += len(x)
+                        if time.perf_counter() - t0 >= seconds:
+                            break
+                out[(bs, cl)] = n / (time.perf_counter() - t0)
     return out
 
 
-def naive(enc, paths) -> float:
-    """The notebook way: open, transform, forward one image at a time; fp32, default memory format and threads."""
+def stage_costs(enc, paths, pixels, batch: int) -> dict[str, float]:
+    """ms per poster of each stage, on these posters: decode and resize on one thread (as
+    extraction's decode thread runs them), normalise / network / pooling on extraction's threads."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    raw: list[torch.Tensor] = []
+    dec = timed(lambda: raw.extend(read_rgb(p) for p in paths))
+    res = timed(lambda: [enc.preprocess.resize_uint8(x) for x in raw])
+    torch.set_num_threads(threads)
+    n = len(pixels)
+    norm = timed(lambda: [None for _ in model_inputs(enc, pixels, batch, enc.channels_last)])
+    net = network_only(enc.module)
+    t_net = pool = 0.0
+    with torch.inference_mode():
+        for i, x in enumerate(model_inputs(enc, pixels, batch, enc.channels_last)):
+            if i == 0:
+                net(x)  # warm-up
+            t0 = time.perf_counter()
+            maps = net(x)
+            t1 = time.perf_counter()
+            if isinstance(enc.module, StagePool):
+                pooled_stats(maps, enc.module.stats)
+            t_net, pool = t_net + t1 - t0, pool + time.perf_counter() - t1
+    return {"decode": 1e3 * dec / len(paths), "resize": 1e3 * res / len(paths), "normalise": 1e3 * norm / n,
+            "network": 1e3 * t_net / n, "pooling": 1e3 * pool / n}
+
+
+def naive(name, weights, paths) -> float:
+    """The notebook way: open, transform, forward one image at a time; fp32, default memory format."""
     from PIL import Image
 
-    assert enc.precision == "fp32"
-    enc.channels_last = False
-    enc.module.to(memory_format=torch.contiguous_format)
+    enc = create_encoder(name, weights=weights, precision="fp32", decoder="pil", layers="last")
+    set_layout(enc, False)
     t0 = time.perf_counter()
     feats = [enc.encode_images(enc.preprocess(Image.open(p).convert("RGB"))[None]) for p in paths]
     assert len(feats) == len(paths)
     return len(paths) / (time.perf_counter() - t0)
 
 
-# End-to-end variants: ExtractConfig fields on top of the defaults.
-VARIANTS = {"default": {}, "decode thread": {"decode_thread": True}, "pil path": {"decoder": "pil"}}
+def pick_size(name, weights, pixels_224, target: float, sizes, seconds: float) -> tuple[int, float]:
+    """The input size whose fp32 model-only rate (batch 8, NHWC, six stages) is nearest ``target``."""
+    best = None
+    for size in sizes:
+        enc = create_encoder(at_size(name, size), weights=weights, precision="fp32", layers="all")
+        pre = enc.preprocess
+        pixels = [pre.resize_uint8(p) for p in pixels_224[:64]]
+        r = grid(enc, pixels, [8], seconds)[(8, True)]
+        print(f"  matched cost: {name} fp32 six stages at {size} px: {r:.1f} images/s (target {target:.0f})", flush=True)
+        if best is None or abs(r - target) < abs(best[1] - target):
+            best = (size, r)
+    return best
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--backbones", nargs="+", default=["mobilenet_v2", "ViT-B-32"])
-    ap.add_argument("--n", type=int, default=1024, help="posters per end-to-end run (start-up is included)")
-    ap.add_argument("--seconds", type=float, default=4.0, help="time per model-only grid point")
-    ap.add_argument("--batches", type=int, nargs="+", default=[1, 8, 16, 32, 64])
-    ap.add_argument("--precision", default="auto",
-                    help="end-to-end precision (auto: bf16 on CPUs with native bf16, else fp32); model only is "
-                         "measured in fp32 and in this one, and the ratio is to the best in this one")
-    ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS),
-                    help="end-to-end variants; the first is genrekit's default")
-    args = ap.parse_args()
-    manifest = read_manifest(POSTERS)
-    paths = [s.image for s in manifest.samples[: args.n]]
-    print(f"# bench_extract on {platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, "
-          f"torch {torch.__version__}, {args.n} posters (182x268 JPEG)")
-    rows = []
-    for name in args.backbones:
-        weights = str(MOBILENET) if name == "mobilenet_v2" and MOBILENET.exists() else "none"
-        cores = cpu_count()
-        threads = sorted({1, cores})
-        grids = {}
-        e2e_precision = create_encoder(name, weights=weights, precision=args.precision).precision
-        for precision in dict.fromkeys(["fp32", e2e_precision]):
-            enc = create_encoder(name, weights=weights, precision=precision)
-            grids[precision] = grid = model_only_grid(enc, args.batches, threads, args.seconds)
-            print(f"\n## {name} model only, {precision}, images/s (batch x memory format x torch threads)")
-            for bs in args.batches:
-                cells = "   ".join(f"{'NHWC' if cl else 'NCHW'} {th}t {grid[(bs, cl, th)]:6.1f}"
-                                   for cl in (False, True) for th in threads)
-                print(f"  batch {bs:3d}: {cells}")
-        (best_prec, (best_bs, best_cl, best_th)), best = max(
-            (((e2e_precision, k), v) for k, v in grids[e2e_precision].items()), key=lambda kv: kv[1]
-        )
-        default = create_encoder(name, weights=weights, precision=args.precision)
+def run_case(args, name: str, layers: str, precision: str, paths: list[str]) -> dict:
+    weights = weights_for(name)
+    enc = create_encoder(name, weights=weights, precision=precision, layers=LAYERS[layers])
+    pixels = [enc.preprocess.load(p) for p in paths]
+    g = grid(enc, pixels[:64], args.batches, args.seconds)
+    print(f"\n## {name}, {layers} layer{'s' if layers == 'six' else ''}, {precision}: model only, images/s "
+          f"(batch x memory format, {torch.get_num_threads()} torch threads)")
+    for bs in args.batches:
+        print(f"  batch {bs:3d}: NCHW {g[(bs, False)]:6.1f}   NHWC {g[(bs, True)]:6.1f}")
+    (bs, cl), _ = max(g.items(), key=lambda kv: kv[1])
+    set_layout(enc, cl)
+    xs = list(model_inputs(enc, pixels[:64], bs, cl))
+    rounds = []
+    for r in range(args.rounds):
+        mo = model_only(enc, xs, len(pixels))
         e2e = {}
         for variant in args.variants:
             with tempfile.TemporaryDirectory() as tmp:
                 rep = extract(ExtractConfig(backbone=name, weights=weights, data=str(POSTERS), out=f"{tmp}/s.h5",
-                                            limit=args.n, precision=args.precision, **VARIANTS[variant]))
-            e2e[variant] = rep.items_per_second
-            s = rep.seconds
-            print(f"  genrekit end to end, {variant} (batch {default.spec.cpu_batch_size}, {default.precision}): "
-                  f"{e2e[variant]:.1f} images/s (read wait {s['read']:.1f}s, encode {s['encode']:.1f}s, "
-                  f"write {s['write']:.2f}s, total {s['total']:.1f}s)", flush=True)
-        nv = naive(create_encoder(name, weights=weights, precision="fp32", decoder="pil"), paths[: max(32, args.n // 4)])
-        print(f"  naive one-at-a-time loop: {nv:.1f} images/s")
-        rows.append((name, best, f"{best_prec}, batch {best_bs}{' NHWC' if best_cl else ''}, {best_th} thread(s)", e2e, nv))
+                                            limit=args.n, precision=precision, layers=LAYERS[layers], **VARIANTS[variant]))
+            e2e[variant] = rep
+        rounds.append((mo, e2e))
+        print(f"  round {r + 1}: model only {mo:6.1f}   " + "   ".join(
+            f"{v} {rep.items_per_second:6.1f} ({rep.items_per_second / mo:.2f})" for v, rep in e2e.items()), flush=True)
     first = args.variants[0]
-    others = args.variants[1:]
-    print(f"\n| backbone | model-only best (batch) | genrekit end to end ({first}) | naive loop | e2e / model-only (goal >= 0.85) "
-          f"| e2e / naive (goal >= 2) |" + "".join(f" {v}: e2e / model-only |" for v in others))
+    ratios = {v: statistics.median(e[v].items_per_second / mo for mo, e in rounds) for v in args.variants}
+    mid = sorted(rounds, key=lambda me: me[1][first].items_per_second / me[0])[len(rounds) // 2]
+    mo, rep = mid[0], mid[1][first]
+    s, total = rep.seconds, rep.seconds["total"]
+    costs = stage_costs(enc, paths[: args.stage_n], pixels[: args.stage_n], bs)
+    rest = total - s.get("start", 0) - s["read"] - s["encode"] - s["write"]
+    print(f"  breakdown of the median round's {first} run ({rep.encoded} posters, {total:.1f} s):")
+    for what, sec in (("start-up (manifest, model)", s.get("start", 0.0)), ("waiting for input", s["read"]),
+                      ("encode (normalise, network, pooling)", s["encode"]), ("store write", s["write"]), ("the rest", rest)):
+        print(f"    {what:38s} {sec:6.2f} s  {100 * sec / total:5.1f}%")
+    print(f"  per poster, measured apart: decode {costs['decode']:.2f} ms + resize {costs['resize']:.2f} ms (1 thread); "
+          f"normalise {costs['normalise']:.2f} + network {costs['network']:.2f} + pooling {costs['pooling']:.2f} ms "
+          f"(wall, {torch.get_num_threads()} threads); model only {1e3 / mo:.2f} ms")
+    return {"name": name, "layers": layers, "precision": precision, "best": f"batch {bs} {'NHWC' if cl else 'NCHW'}",
+            "model_only": statistics.median(mo for mo, _ in rounds),
+            "e2e": {v: statistics.median(e[v].items_per_second for _, e in rounds) for v in args.variants}, "ratio": ratios}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--backbones", nargs="+", default=["mobilenet_v2"])
+    ap.add_argument("--layers", nargs="+", default=list(LAYERS), choices=list(LAYERS))
+    ap.add_argument("--n", type=int, default=1024, help="posters per end-to-end run (start-up is included)")
+    ap.add_argument("--rounds", type=int, default=3, help="model only / end to end alternations (median reported)")
+    ap.add_argument("--seconds", type=float, default=1.5, help="time per model-only grid point")
+    ap.add_argument("--batches", type=int, nargs="+", default=[4, 8, 16, 32])
+    ap.add_argument("--precisions", nargs="+", default=None,
+                    help="default: fp32, and bf16 where this CPU has it natively")
+    ap.add_argument("--matched", action="store_true",
+                    help="add MobileNetV2 fp32 at the input size whose model-only rate is nearest --matched-rate")
+    ap.add_argument("--matched-rate", type=float, default=159.0)
+    ap.add_argument("--matched-sizes", type=int, nargs="+", default=[192, 176, 160, 144, 128])
+    ap.add_argument("--variants", nargs="+", default=["default", "decode thread"], choices=list(VARIANTS),
+                    help="end-to-end variants; the first is genrekit's default")
+    ap.add_argument("--stage-n", type=int, default=256, help="posters for the per-stage costs")
+    ap.add_argument("--naive", action="store_true", help="also time a one-at-a-time fp32 loop (PIL, no batching)")
+    args = ap.parse_args()
+    precisions = args.precisions or (["fp32", "bf16"] if cpu_has_bf16() else ["fp32"])
+    paths = [s.image for s in read_manifest(POSTERS).samples[: args.n]]
+    print(f"# bench_extract on {platform.processor() or platform.machine()} ({cpu_count()} cores, native bf16: "
+          f"{cpu_has_bf16()}), {torch.get_num_threads()} torch threads, torch {torch.__version__}, "
+          f"{args.n} posters (182x268 JPEG), {args.rounds} rounds, load average {os.getloadavg()[0]:.1f}")
+    cases = [(name, layers, p) for name in args.backbones for p in precisions for layers in args.layers]
+    if args.matched:
+        enc = create_encoder("mobilenet_v2", weights=weights_for("mobilenet_v2"), precision="fp32")
+        size, _ = pick_size("mobilenet_v2", weights_for("mobilenet_v2"), [enc.preprocess.load(p) for p in paths[:64]],
+                            args.matched_rate, args.matched_sizes, args.seconds)
+        cases += [(at_size("mobilenet_v2", size), layers, "fp32") for layers in args.layers]
+    rows = [run_case(args, *case, paths) for case in cases]
+    first, others = args.variants[0], args.variants[1:]
+    print(f"\n| backbone | features | precision | model only (best) | end to end ({first}) | e2e / model-only (goal >= 0.85) |"
+          + "".join(f" {v}: e2e / model-only |" for v in others))
     print("|---|---|---|---|---|---|" + "---|" * len(others))
-    for name, best, cfg, e2e, nv in rows:
-        print(f"| {name} | {best:.1f} ({cfg}) | {e2e[first]:.1f} | {nv:.1f} | {e2e[first] / best:.2f} | {e2e[first] / nv:.1f}x |"
-              + "".join(f" {e2e[v]:.1f} = {e2e[v] / best:.2f} |" for v in others))
+    for r in rows:
+        print(f"| {r['name']} | {r['layers']} | {r['precision']} | {r['model_only']:.1f} ({r['best']}) | {r['e2e'][first]:.1f} | "
+              f"**{r['ratio'][first]:.2f}** |" + "".join(f" {r['e2e'][v]:.1f} = {r['ratio'][v]:.2f} |" for v in others))
+    if args.naive:
+        for name in args.backbones:
+            nv = naive(name, weights_for(name), paths[: max(32, args.n // 4)])
+            print(f"{name}: naive one-at-a-time fp32 loop {nv:.1f} images/s")
+    print(f"load average at the end {os.getloadavg()[0]:.1f}")
 
 
 if __name__ == "__main__":

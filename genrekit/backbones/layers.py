@@ -52,13 +52,25 @@ def select_stages(value: str, names: Sequence[str], backbone: str) -> list[str]:
 
 
 def pooled_stats(maps: Sequence[torch.Tensor], stats: str) -> torch.Tensor:
-    """Concatenate, per stage, the spatial mean (and std) of each channel, computed in float32."""
+    """Concatenate, per stage, the spatial mean (and std) of each channel, computed in float32.
+
+    Each map is read as (B, pixels, C), a view of the channels-last maps a CNN runs in on CPU, so
+    the reductions run along contiguous channels: 7x faster than reducing each channel's pixels
+    of the same maps (1.0 -> 0.15 ms a poster for MobileNetV2's six stages, bench_extract.py).
+    The std is two-pass (the mean first), as ``torch.std`` computes it.
+    """
     out = []
     for f in maps:
-        flat = f.float().flatten(2)
-        out.append(flat.mean(2))
+        f = f.float()
+        b, c = f.shape[:2]
+        if f.dim() == 4 and f.is_contiguous(memory_format=torch.channels_last):
+            v = f.permute(0, 2, 3, 1).reshape(b, -1, c)  # a view
+        else:
+            v = f.reshape(b, c, -1).transpose(1, 2)
+        mean = v.mean(1, keepdim=True)
+        out.append(mean[:, 0])
         if stats == "mean,std":
-            out.append(flat.std(2, correction=0))
+            out.append((v - mean).square_().mean(1).sqrt_())
     return torch.cat(out, 1)
 
 

@@ -90,7 +90,7 @@ def _drop_head(model: nn.Module, head: str) -> None:
 def build_torchvision(spec: BackboneSpec, weights: WeightsRef, device: torch.device, **kw) -> Encoder:
     import torchvision
 
-    arch, enum_name, _, _, head, _ = TORCHVISION_MODELS[spec.name]
+    arch, enum_name, _, _, head, _ = TORCHVISION_MODELS[spec.options.get("arch", spec.name)]
     builder = getattr(torchvision.models, arch)
     extra = {"aux_logits": True, "init_weights": False} if arch == "inception_v3" else {}
     with seeded():

@@ -109,7 +109,7 @@ def read_anime(path: Path, genre_sep: str | None = None, **_: object) -> Manifes
     if missing or cid is None or cg is None:
         raise ManifestError(f"anime CSV {path.name} lacks {', '.join(missing)}; found: {show_columns(cols)}")
     sep = genre_sep if genre_sep is not None else ("|" if detect_separator([r[cg] for _, r in rows]) == "|" else ",")
-    root = path.parent.resolve()
+    root, dirs = path.parent.resolve(), {}
     records = []
     for n, row in rows:
         year = None
@@ -129,7 +129,7 @@ def read_anime(path: Path, genre_sep: str | None = None, **_: object) -> Manifes
                 Sample(
                     id=row[cid].strip(),
                     genres=_list_cell(row[cg], sep),
-                    image=resolve_image(image, root),
+                    image=resolve_image(image, root, dirs),
                     plot=(row[cp].strip() or None) if cp else None,
                     title=(row[ct].strip() or None) if ct else None,
                     year=year,

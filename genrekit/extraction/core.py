@@ -516,10 +516,11 @@ def _extract_here(config: ExtractConfig, progress: ProgressFn | None, manifest: 
     on_gpu = encoder.device.type == "cuda"
     batch_size = config.batch_size or (256 if on_gpu else encoder.spec.cpu_batch_size)
     workers, threads = _workers_and_threads(config, on_gpu)
-    times = {"read": 0.0, "encode": 0.0, "write": 0.0}
+    workers = workers if len(todo) > batch_size else 0
+    times = {"start": time.perf_counter() - plan.started, "read": 0.0, "encode": 0.0, "write": 0.0}
     sink = PartSink(plan, times)
     if config.modality == "image":
-        batches = _image_batches(todo, encoder, batch_size, workers if len(todo) > batch_size else 0, config.decode_thread)
+        batches = _image_batches(todo, encoder, batch_size, workers, config.decode_thread)
     else:
         batches = _text_batches(todo, batch_size, config.text_field)
     if progress:
