@@ -52,8 +52,8 @@ def search_on_validation(
     validation mAP of every C tried (the search record written to the results).
 
     ``score(C)``, when given, is the validation mAP of the same model at C computed another way
-    (:class:`~genrekit.heads.joint.SideBySideLogistic`: every genre in one pass over X); then only the
-    chosen C is fitted with ``make``.
+    (:mod:`genrekit.heads.joint`: every genre solved side by side, one pass over X a step); then
+    only the chosen C is fitted with ``make``.
     """
     if X_val is None or len(Cs) <= 1:
         C = Cs[0] if len(Cs) == 1 else default
@@ -218,7 +218,7 @@ class SVCHead(MultiLabelHead):
 
         score = None
         pos = Y.sum(axis=0)
-        if X_val is not None and Y.shape[1] >= 2 and (np.minimum(pos, len(Y) - pos) >= self.cv).all():
+        if X_val is not None and isinstance(self.cv, int) and Y.shape[1] >= 2 and (np.minimum(pos, len(Y) - pos) >= self.cv).all():
             solver = SideBySideCalibratedSVM(X, Y, self.class_weight, self.cv)
             score = lambda C: solver.validation_map(C, X_val, Y_val)  # noqa: E731
         self.model_, self.C_, self.search_ = search_on_validation(make, tuple(self.Cs), X, Y, X_val, Y_val, 0.03, score=score)
