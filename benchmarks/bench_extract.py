@@ -40,7 +40,7 @@ from genrekit.backbones import create_encoder
 from genrekit.backbones.base import cpu_has_bf16
 from genrekit.backbones.layers import StagePool, pooled_stats
 from genrekit.backbones.preprocess import Preprocess
-from genrekit.backbones.registry import get_spec, register
+from genrekit.backbones.registry import get_spec, list_backbones, register
 from genrekit.backbones.decode import read_rgb
 from genrekit.data.manifest import read_manifest
 from genrekit.extraction import ExtractConfig, extract
@@ -63,9 +63,7 @@ def weights_for(name: str) -> str:
 def at_size(name: str, size: int) -> str:
     """Register ``name`` with another input size (the matched-cost case) and return its name."""
     new = f"{name}@{size}px"
-    try:
-        get_spec(new)
-    except Exception:
+    if new not in {s.name for s in list_backbones()}:
         spec = get_spec(name)
         register(dataclasses.replace(spec, name=new, preprocess=dataclasses.replace(spec.preprocess, size=size),
                                      options={**spec.options, "arch": spec.options.get("arch", name)}))

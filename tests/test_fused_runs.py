@@ -45,14 +45,20 @@ def collection(root: Path, n: int, seed: int = 0, plots: bool = True) -> Path:
     return write_manifest(root / "labels.csv", rows)
 
 
-@pytest.fixture(scope="module")
-def fused(tmp_path_factory):
-    root = tmp_path_factory.mktemp("fused")
-    manifest = collection(root / "a", 180)
+def poster_and_title_stores(root: Path, n: int) -> tuple[Path, Path, Path]:
+    """A collection of ``n`` items and its tiny poster and title stores: (manifest, posters, titles)."""
+    manifest = collection(root / "a", n)
     posters, titles = root / "posters.h5", root / "titles.h5"
     extract(ExtractConfig(backbone="test-tiny-cnn", weights="none", data=str(manifest), out=str(posters), device="cpu"))
     extract(ExtractConfig(backbone="test-tiny-text", weights="none", data=str(manifest), out=str(titles), device="cpu",
                           modality="text", text_field="title"))  # fmt: skip
+    return manifest, posters, titles
+
+
+@pytest.fixture(scope="module")
+def fused(tmp_path_factory):
+    root = tmp_path_factory.mktemp("fused")
+    manifest, posters, titles = poster_and_title_stores(root, 180)
     runs = root / "runs"
     res = runner.invoke(app, ["heads", "--store", str(posters), "--store", str(titles), "--head", "logreg", "--head", "knn",
                               "--head", "ensemble", "--out", str(runs), "--min-positives", "5", "--jobs", "1"])  # fmt: skip

@@ -435,16 +435,10 @@ _FUSED: dict = {}
 def _fused_run(tmp_path_factory) -> Path:
     """One small fused run (posters + titles), built once for the edits above."""
     if "runs" not in _FUSED:
-        from test_fused_runs import collection
-
-        from genrekit.extraction import ExtractConfig, extract
+        from test_fused_runs import poster_and_title_stores
 
         root = tmp_path_factory.mktemp("fusedodd")
-        manifest = collection(root / "a", 120)
-        posters, titles = root / "posters.h5", root / "titles.h5"
-        extract(ExtractConfig(backbone="test-tiny-cnn", weights="none", data=str(manifest), out=str(posters), device="cpu"))
-        extract(ExtractConfig(backbone="test-tiny-text", weights="none", data=str(manifest), out=str(titles), device="cpu",
-                              modality="text", text_field="title"))  # fmt: skip
+        _, posters, titles = poster_and_title_stores(root, 120)
         res = cli("heads", "--store", posters, "--store", titles, "--head", "logreg", "--out", root / "runs", "--min-positives", "5", "--jobs", "1")
         assert res.exit_code == 0, res.output
         _FUSED["runs"] = root / "runs"

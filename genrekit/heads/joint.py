@@ -121,7 +121,37 @@ def lbfgs_columns(evaluate, theta: np.ndarray, tol: float, max_iter: int, memory
     return theta, iters
 
 
-class SideBySideLogistic:
+class _SideBySide:
+    """What the side-by-side solvers share: solving at a C, warm-started from the nearest C
+    solved before, and the validation mAP there. Subclasses set ``n_params`` and ``n_problems``
+    and define ``_eval(theta, cols, C)`` and ``predict_proba(C, X)``."""
+
+    tol: float
+    max_iter: int
+    memory: int
+    n_params: int
+    n_problems: int
+    warn = True  # a ConvergenceWarning per problem stopped by max_iter
+
+    def solve(self, C: float) -> tuple[np.ndarray, np.ndarray]:
+        """The parameters at ``C`` (n_params, n_problems; last row: intercepts) and each problem's steps."""
+        C = float(C)
+        if C not in self.solutions:
+            start = np.zeros((self.n_params, self.n_problems))
+            if self.solutions:
+                start = self.solutions[min(self.solutions, key=lambda c: abs(np.log(c / C)))][0].copy()
+            with warnings.catch_warnings():
+                if not self.warn:
+                    warnings.simplefilter("ignore", ConvergenceWarning)
+                self.solutions[C] = lbfgs_columns(lambda th, cols: self._eval(th, cols, C), start, self.tol, self.max_iter,
+                                                  self.memory, f" (C={C:g})")
+        return self.solutions[C]
+
+    def validation_map(self, C: float, X_val: np.ndarray, Y_val: np.ndarray) -> float:
+        return macro_average_precision(Y_val, self.predict_proba(C, X_val))
+
+
+class SideBySideLogistic(_SideBySide):
     """G binary logistic regressions on ``X`` (a chain: link k also sees the true labels of the
     genres before it in ``order``, as scikit-learn's ``ClassifierChain`` trains).
 
@@ -151,7 +181,8 @@ class SideBySideLogistic:
             self.mask[self.d :] = np.triu(np.ones((self.G, self.G), np.float32), 1)
         self.S = _sample_weights(self.Yc, class_weight)
         self.tol, self.max_iter, self.memory = tol, max_iter, memory
-        self.solutions: dict[float, tuple[np.ndarray, np.ndarray]] = {}  # C -> (theta (P, G), iterations (G,))
+        self.n_params, self.n_problems = self.A.shape[1] + 1, self.G
+        self.solutions: dict[float, tuple[np.ndarray, np.ndarray]] = {}  # C -> (theta, iterations)
 
     # -- the objective of the genres in ``cols``: f (k,), gradient (P, k) ------------------------
     def _eval(self, theta: np.ndarray, cols: np.ndarray, C: float) -> tuple[np.ndarray, np.ndarray]:
@@ -171,16 +202,6 @@ class SideBySideLogistic:
         if self.mask is not None:
             gW *= self.mask[:, cols]
         return f, np.vstack([gW, R.sum(axis=0, dtype=np.float64)[None] / self.n])
-
-    def solve(self, C: float) -> tuple[np.ndarray, np.ndarray]:
-        """Parameters (d [+ G] + 1, G) at ``C`` (last row: intercepts) and each genre's steps."""
-        C = float(C)
-        if C not in self.solutions:
-            start = np.zeros((self.A.shape[1] + 1, self.G))
-            if self.solutions:
-                start = self.solutions[min(self.solutions, key=lambda c: abs(np.log(c / C)))][0].copy()
-            self.solutions[C] = lbfgs_columns(lambda th, cols: self._eval(th, cols, C), start, self.tol, self.max_iter, self.memory, f" (C={C:g})")
-        return self.solutions[C]
 
     def predict_proba(self, C: float, X: np.ndarray) -> np.ndarray:
         """(m, G) probabilities in the genres' own column order; a chain feeds each link the
@@ -202,11 +223,9 @@ class SideBySideLogistic:
         out[:, self.order] = P
         return out
 
-    def validation_map(self, C: float, X_val: np.ndarray, Y_val: np.ndarray) -> float:
-        return macro_average_precision(Y_val, self.predict_proba(C, X_val))
 
 
-class SideBySideCalibratedSVM:
+class SideBySideCalibratedSVM(_SideBySide):
     """Validation mAP, for each C, of scikit-learn's one-vs-rest ``CalibratedClassifierCV(LinearSVC(C,
     dual=False), method="sigmoid", cv=cv)``, with its G x cv linear SVMs solved side by side.
 
@@ -216,6 +235,8 @@ class SideBySideCalibratedSVM:
     genre's probability is the mean over its folds, as the calibrated classifier's is. Used only
     to choose C: the head then fits scikit-learn's model at that C.
     """
+
+    warn = False  # a search: the chosen C's model is scikit-learn's own fit
 
     def __init__(self, X: np.ndarray, Y: np.ndarray, class_weight: str | None = None, cv: int = 3,
                  tol: float = 1e-4, max_iter: int = 1000, memory: int = 10) -> None:
@@ -241,7 +262,8 @@ class SideBySideCalibratedSVM:
         elif class_weight is not None:
             raise ValueError(f"class_weight {class_weight!r}: only None or 'balanced'")
         self.tol, self.max_iter, self.memory = tol, max_iter, memory
-        self.solutions: dict[float, np.ndarray] = {}
+        self.n_params, self.n_problems = self.d + 1, K
+        self.solutions: dict[float, tuple[np.ndarray, np.ndarray]] = {}
 
     def _eval(self, theta: np.ndarray, cols: np.ndarray, C: float):
         W, b = theta[:-1], theta[-1]
@@ -254,21 +276,10 @@ class SideBySideCalibratedSVM:
         gW = (self.A.T @ R).astype(np.float64) / self.n + l2 * W
         return f, np.vstack([gW, R.sum(axis=0, dtype=np.float64)[None] / self.n + l2 * b])
 
-    def solve(self, C: float) -> np.ndarray:
-        C = float(C)
-        if C not in self.solutions:
-            start = np.zeros((self.d + 1, self.G * self.cv))
-            if self.solutions:
-                start = self.solutions[min(self.solutions, key=lambda c: abs(np.log(c / C)))].copy()
-            with warnings.catch_warnings():  # a search: the chosen C's model is scikit-learn's own fit
-                warnings.simplefilter("ignore", ConvergenceWarning)
-                self.solutions[C] = lbfgs_columns(lambda th, cols: self._eval(th, cols, C), start, self.tol, self.max_iter, self.memory)[0]
-        return self.solutions[C]
-
     def predict_proba(self, C: float, X: np.ndarray) -> np.ndarray:
         from sklearn.calibration import _sigmoid_calibration
 
-        theta = self.solve(C)
+        theta, _ = self.solve(C)
         W, b = theta[:-1].astype(np.float32), theta[-1].astype(np.float32)
         Z_train = self.A @ W + b
         Z = np.asarray(X, dtype=np.float32) @ W + b
@@ -280,6 +291,3 @@ class SideBySideCalibratedSVM:
                 a, c = _sigmoid_calibration(Z_train[test, col].astype(np.float64), self.Yg[test, g])
                 P[:, g] += _sigmoid(-(a * Z[:, col] + c)) / self.cv
         return P
-
-    def validation_map(self, C: float, X_val: np.ndarray, Y_val: np.ndarray) -> float:
-        return macro_average_precision(Y_val, self.predict_proba(C, X_val))
