@@ -137,30 +137,19 @@ def build_hf_text(spec: BackboneSpec, weights: WeightsRef, device: torch.device,
         source = weights.value
         if weights.kind == "tag" and source == "all-MiniLM-L6-v2":
             source = str(minilm_path())
-        elif weights.kind == "tag" and source in PACKAGED_TEXT:
+        elif weights.kind == "tag":  # a packaged copy when installed, else the Hub (cached, or a one-line error offline)
+            hub, _, pip_hint = PACKAGED_TEXT.get(source, (source, None, None))
             packaged = packaged_text_path(source)
-            hub, _, pip_hint = PACKAGED_TEXT[source]
-            if packaged is not None:
-                source = str(packaged)
-            else:
+            if packaged is None:
                 from huggingface_hub import try_to_load_from_cache
 
                 if not isinstance(try_to_load_from_cache(hub, "config.json"), str):
-                    require_network(
-                        "huggingface.co",
-                        f"{spec.name} weights ({hub})",
-                        f"{pip_hint}; or download it where you have internet (`hf download {hub} --local-dir DIR`) and pass --weights DIR",
-                    )
-                source = hub
-        elif weights.kind == "tag":
-            from huggingface_hub import try_to_load_from_cache
-
-            if not isinstance(try_to_load_from_cache(source, "config.json"), str):
-                require_network(
-                    "huggingface.co",
-                    f"Hugging Face model {source}",
-                    f"Download it where you have internet (e.g. `hf download {source} --local-dir DIR`) and pass --weights DIR",
-                )
+                    if pip_hint:
+                        what, how = f"{spec.name} weights ({hub})", f"{pip_hint}; or download it where you have internet (`hf download {hub} --local-dir DIR`) and pass --weights DIR"
+                    else:
+                        what, how = f"Hugging Face model {hub}", f"Download it where you have internet (e.g. `hf download {hub} --local-dir DIR`) and pass --weights DIR"
+                    require_network("huggingface.co", what, how)
+            source = hub if packaged is None else str(packaged)
         try:
             tokenizer = AutoTokenizer.from_pretrained(source)
             model = AutoModel.from_pretrained(source)
