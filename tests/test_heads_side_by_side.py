@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from sklearn.base import clone
 from sklearn.calibration import CalibratedClassifierCV
 from sklearn.linear_model import LogisticRegression
 from sklearn.multiclass import OneVsRestClassifier
@@ -50,6 +51,11 @@ def test_side_by_side_logistic_matches_sklearn(data, class_weight, chain):
     # float32 products over X: agreement to ~1e-4 (the search needs the validation mAP to 1e-3)
     np.testing.assert_allclose(solver.predict_proba(C, Xv), ref.predict_proba(Xv), atol=1e-3)
     assert solver.validation_map(C, Xv, Yv) == pytest.approx(macro_average_precision(Yv, ref.predict_proba(Xv)), abs=1e-3)
+    # the head's model: scikit-learn's own estimator holding the solution, saved and loaded as the head's entry allows
+    made = solver.fitted(clone(ref), C)
+    np.testing.assert_allclose(made.predict_proba(Xv), solver.predict_proba(C, Xv), atol=1e-5)
+    np.testing.assert_allclose(made.predict(Xv), ref.predict(Xv))
+    np.testing.assert_allclose(_skops_round_trip(made, "chain" if chain else "logreg").predict_proba(Xv), made.predict_proba(Xv))
 
 
 def test_side_by_side_calibrated_svm_matches_sklearn(data):
@@ -58,22 +64,39 @@ def test_side_by_side_calibrated_svm_matches_sklearn(data):
     solver = SideBySideCalibratedSVM(X, Y, cv=3, tol=1e-7, max_iter=3000)
     ref = OneVsRestClassifier(CalibratedClassifierCV(LinearSVC(C=C, dual=False, tol=1e-8), method="sigmoid", cv=3)).fit(X, Y)
     np.testing.assert_allclose(solver.predict_proba(C, Xv), ref.predict_proba(Xv), atol=2e-3)
+    made = solver.fitted(clone(ref), C)
+    np.testing.assert_allclose(made.predict_proba(Xv), solver.predict_proba(C, Xv), atol=1e-5)
+    np.testing.assert_allclose(_skops_round_trip(made, "svc").predict_proba(Xv), made.predict_proba(Xv))
+    assert len(made.estimators_[0].calibrated_classifiers_) == 3
+
+
+def _skops_round_trip(model, head: str):
+    import skops.io as sio
+
+    from genrekit.heads.registry import get_head_spec
+
+    return sio.loads(sio.dumps(model), trusted=sorted(get_head_spec(head).skops_types()))
 
 
 def test_search_walks_up_from_the_smallest_c_and_stops_after_two_worse():
     scores = {0.001: 0.30, 0.01: 0.35, 0.1: 0.33, 1.0: 0.31, 10.0: 0.5}  # 10 would win, but lies past the fall
     tried = []
 
-    def score(C):
-        tried.append(C)
-        return scores[C]
+    class Solver:
+        def validation_map(self, C, X_val, Y_val):
+            tried.append(C)
+            return scores[C]
 
-    class Fit:
+        def fitted(self, model, C):
+            model.fitted_at = C
+            return model
+
+    class Unfitted:
         def __init__(self, C):
             self.C = C
 
         def fit(self, X, Y):
-            return self
+            raise AssertionError("the solver makes the model; nothing is fitted again")
 
-    model, C, record = search_on_validation(Fit, (10.0, 1.0, 0.1, 0.01, 0.001), None, None, np.zeros(1), np.zeros(1), 0.1, score=score)
-    assert tried == [0.001, 0.01, 0.1, 1.0] and C == 0.01 and model.C == 0.01 and set(record) == set(tried)
+    model, C, record = search_on_validation(Unfitted, (10.0, 1.0, 0.1, 0.01, 0.001), None, None, np.zeros(1), np.zeros(1), 0.1, solver=Solver())
+    assert tried == [0.001, 0.01, 0.1, 1.0] and C == 0.01 and model.C == model.fitted_at == 0.01 and set(record) == set(tried)

@@ -9,9 +9,12 @@ running in one float32 matrix product. The objectives are scikit-learn's (logist
 log-loss + ||w||^2 / (2 C n), intercept unpenalised; liblinear's squared hinge with the bias
 penalised; ``class_weight="balanced"`` weighed as scikit-learn weighs) and the logistic stopping
 rule is its too (the largest gradient entry under ``tol``), so the solutions agree with
-scikit-learn's to about 1e-4 in probability (tests/test_heads_side_by_side.py). Each C starts from
-the solution at the nearest C solved before. The heads score each C of their search with these and
-fit scikit-learn's own model at the chosen C only (benchmarks/README.md, "Heads in a minute").
+scikit-learn's to about 1e-3 in probability: both stop at the same tolerance, reached along
+different paths (tests/test_heads_side_by_side.py). Each C starts from the solution at the nearest
+C solved before. The heads score each C of their search with these, and the chosen C's solution
+becomes the head's model, held in the scikit-learn estimator that would have been fitted
+(``fitted``), so prediction, saving, Grad-CAM and fine-tuning read it as before
+(benchmarks/README.md, "Heads in a minute").
 """
 
 from __future__ import annotations
@@ -20,7 +23,10 @@ import warnings
 from collections.abc import Sequence
 
 import numpy as np
+from sklearn.base import clone
 from sklearn.exceptions import ConvergenceWarning
+from sklearn.linear_model import LogisticRegression
+from sklearn.preprocessing import LabelBinarizer
 
 from genrekit.evaluation.metrics import macro_average_precision
 
@@ -39,14 +45,14 @@ def _sigmoid(z: np.ndarray) -> np.ndarray:
     return 0.5 * (1.0 + np.tanh(0.5 * z))  # no overflow warnings for large |z|
 
 
-def lbfgs_columns(evaluate, theta: np.ndarray, tol: float, max_iter: int, memory: int = 10, what: str = "") -> tuple[np.ndarray, np.ndarray]:
+def lbfgs_columns(evaluate, theta: np.ndarray, tol: float, max_iter: int, memory: int = 10) -> tuple[np.ndarray, np.ndarray]:
     """Minimise K independent objectives at once: column k of ``theta`` (P, K) is problem k's.
 
     ``evaluate(theta_cols, cols)`` returns the objectives (len(cols),) and gradients (P, len(cols))
     of the problems ``cols``. Each problem runs its own L-BFGS (history, step, backtracking line
     search) and stops when its largest gradient entry is under ``tol`` or after ``max_iter``
-    steps (a ``ConvergenceWarning`` per such problem); the ones still running are evaluated
-    together. Returns the solution and each problem's number of steps.
+    steps; the ones still running are evaluated together. Returns the solution and each problem's
+    number of steps (``max_iter``: stopped before converging).
     """
     theta = np.array(theta, dtype=np.float64)
     P, G = theta.shape
@@ -116,22 +122,20 @@ def lbfgs_columns(evaluate, theta: np.ndarray, tol: float, max_iter: int, memory
         stalled = step == 0.0
         done = (np.abs(g_new).max(axis=0) <= tol) | stalled | (iters[cols] >= max_iter)
         active[cols[done]] = False
-    for k in np.flatnonzero(iters >= max_iter):  # one warning per problem, as each scikit-learn fit warns
-        warnings.warn(f"column {k}{what}: L-BFGS reached max_iter={max_iter} before converging", ConvergenceWarning, stacklevel=2)
     return theta, iters
 
 
 class _SideBySide:
     """What the side-by-side solvers share: solving at a C, warm-started from the nearest C
     solved before, and the validation mAP there. Subclasses set ``n_params`` and ``n_problems``
-    and define ``_eval(theta, cols, C)`` and ``predict_proba(C, X)``."""
+    and define ``_eval(theta, cols, C)``, ``predict_proba(C, X)`` and ``fitted(model, C)`` (the
+    solution at C as the fitted scikit-learn model ``model`` would be)."""
 
     tol: float
     max_iter: int
     memory: int
     n_params: int
     n_problems: int
-    warn = True  # a ConvergenceWarning per problem stopped by max_iter
 
     def solve(self, C: float) -> tuple[np.ndarray, np.ndarray]:
         """The parameters at ``C`` (n_params, n_problems; last row: intercepts) and each problem's steps."""
@@ -140,15 +144,28 @@ class _SideBySide:
             start = np.zeros((self.n_params, self.n_problems))
             if self.solutions:
                 start = self.solutions[min(self.solutions, key=lambda c: abs(np.log(c / C)))][0].copy()
-            with warnings.catch_warnings():
-                if not self.warn:
-                    warnings.simplefilter("ignore", ConvergenceWarning)
-                self.solutions[C] = lbfgs_columns(lambda th, cols: self._eval(th, cols, C), start, self.tol, self.max_iter,
-                                                  self.memory, f" (C={C:g})")
+            self.solutions[C] = lbfgs_columns(lambda th, cols: self._eval(th, cols, C), start, self.tol, self.max_iter, self.memory)
         return self.solutions[C]
 
     def validation_map(self, C: float, X_val: np.ndarray, Y_val: np.ndarray) -> float:
         return macro_average_precision(Y_val, self.predict_proba(C, X_val))
+
+    def _warn_unconverged(self, C: float) -> None:
+        """A ``ConvergenceWarning`` per problem stopped by ``max_iter`` at C, as each scikit-learn fit warns."""
+        for k in np.flatnonzero(self.solve(C)[1] >= self.max_iter):
+            warnings.warn(f"problem {k} (C={C:g}): L-BFGS reached max_iter={self.max_iter} before converging",
+                          ConvergenceWarning, stacklevel=3)
+
+
+def _linear(estimator, coef: np.ndarray, intercept: float, n_iter: int):
+    """``estimator`` (an unfitted scikit-learn linear classifier) with the fitted attributes of a
+    binary 0/1 fit whose solution is ``coef``, ``intercept``."""
+    estimator.classes_ = np.array([0, 1])
+    estimator.coef_ = np.asarray(coef, np.float64)[None]
+    estimator.intercept_ = np.array([float(intercept)])
+    estimator.n_features_in_ = estimator.coef_.shape[1]
+    estimator.n_iter_ = np.array([int(n_iter)], np.int32) if isinstance(estimator, LogisticRegression) else int(n_iter)
+    return estimator
 
 
 class SideBySideLogistic(_SideBySide):
@@ -223,6 +240,23 @@ class SideBySideLogistic(_SideBySide):
         out[:, self.order] = P
         return out
 
+    def fitted(self, model, C: float):
+        """``model`` (an unfitted ``OneVsRestClassifier`` or, for a chain, ``ClassifierChain`` of
+        ``LogisticRegression``: the one scikit-learn would fit at C) holding the solution at C."""
+        theta, iters = self.solve(C)
+        self._warn_unconverged(C)
+        if self.order is None:
+            model.label_binarizer_ = LabelBinarizer(sparse_output=True).fit(self.Yc)
+            model.classes_ = model.label_binarizer_.classes_
+            model.estimators_ = [_linear(clone(model.estimator), theta[:-1, k], theta[-1, k], iters[k]) for k in range(self.G)]
+        else:  # link k reads X and the labels of the links before it, in chain order
+            model.order_ = self.order.copy()
+            model.estimators_ = [_linear(clone(model.estimator), theta[: self.d + k, k], theta[-1, k], iters[k]) for k in range(self.G)]
+            model.classes_ = [e.classes_ for e in model.estimators_]
+            model.chain_method_ = "predict"
+        model.n_features_in_ = self.d
+        return model
+
 
 
 class SideBySideCalibratedSVM(_SideBySide):
@@ -235,8 +269,6 @@ class SideBySideCalibratedSVM(_SideBySide):
     genre's probability is the mean over its folds, as the calibrated classifier's is. Used only
     to choose C: the head then fits scikit-learn's model at that C.
     """
-
-    warn = False  # a search: the chosen C's model is scikit-learn's own fit
 
     def __init__(self, X: np.ndarray, Y: np.ndarray, class_weight: str | None = None, cv: int = 3,
                  tol: float = 1e-4, max_iter: int = 1000, memory: int = 10) -> None:
@@ -264,6 +296,7 @@ class SideBySideCalibratedSVM(_SideBySide):
         self.tol, self.max_iter, self.memory = tol, max_iter, memory
         self.n_params, self.n_problems = self.d + 1, K
         self.solutions: dict[float, tuple[np.ndarray, np.ndarray]] = {}
+        self.calibrations: dict[float, np.ndarray] = {}
 
     def _eval(self, theta: np.ndarray, cols: np.ndarray, C: float):
         W, b = theta[:-1], theta[-1]
@@ -276,18 +309,46 @@ class SideBySideCalibratedSVM(_SideBySide):
         gW = (self.A.T @ R).astype(np.float64) / self.n + l2 * W
         return f, np.vstack([gW, R.sum(axis=0, dtype=np.float64)[None] / self.n + l2 * b])
 
-    def predict_proba(self, C: float, X: np.ndarray) -> np.ndarray:
+    def _calibration(self, C: float) -> np.ndarray:
+        """Each SVM's sigmoid on its held-out fold, (2, K): scikit-learn's ``_sigmoid_calibration``."""
         from sklearn.calibration import _sigmoid_calibration
 
+        if C not in self.calibrations:
+            theta, _ = self.solve(C)
+            Z = self.A @ theta[:-1].astype(np.float32) + theta[-1].astype(np.float32)
+            self.calibrations[C] = np.array([_sigmoid_calibration(Z[self.held[col], col].astype(np.float64), self.Yg[self.held[col], col // self.cv])
+                                             for col in range(self.n_problems)]).T  # fmt: skip
+        return self.calibrations[C]
+
+    def predict_proba(self, C: float, X: np.ndarray) -> np.ndarray:
         theta, _ = self.solve(C)
-        W, b = theta[:-1].astype(np.float32), theta[-1].astype(np.float32)
-        Z_train = self.A @ W + b
-        Z = np.asarray(X, dtype=np.float32) @ W + b
-        P = np.zeros((len(Z), self.G))
+        a, c = self._calibration(C)
+        Z = np.asarray(X, dtype=np.float32) @ theta[:-1].astype(np.float32) + theta[-1].astype(np.float32)
+        P = _sigmoid(-(a * Z + c))  # (m, K): genre g's folds are columns g*cv .. g*cv+cv-1
+        return P.reshape(len(P), self.G, self.cv).mean(axis=2)
+
+    def fitted(self, model, C: float):
+        """``model`` (an unfitted ``OneVsRestClassifier(CalibratedClassifierCV(LinearSVC))``, the
+        one scikit-learn would fit at C) holding the solution at C: per genre, its fold SVMs
+        and their sigmoids."""
+        from sklearn.calibration import _CalibratedClassifier, _SigmoidCalibration
+
+        theta, iters = self.solve(C)
+        self._warn_unconverged(C)
+        a, c = self._calibration(C)
+        model.label_binarizer_ = LabelBinarizer(sparse_output=True).fit(self.Yg)
+        model.classes_ = model.label_binarizer_.classes_
+        model.estimators_ = []
         for g in range(self.G):
-            for k in range(self.cv):
-                col = g * self.cv + k
-                test = self.held[col]
-                a, c = _sigmoid_calibration(Z_train[test, col].astype(np.float64), self.Yg[test, g])
-                P[:, g] += _sigmoid(-(a * Z[:, col] + c)) / self.cv
-        return P
+            cal = clone(model.estimator)
+            cal.calibrated_classifiers_ = []
+            for col in range(g * self.cv, (g + 1) * self.cv):
+                sig = _SigmoidCalibration()
+                sig.a_, sig.b_ = float(a[col]), float(c[col])
+                svm = _linear(clone(cal.estimator), theta[:-1, col], theta[-1, col], iters[col])
+                cal.calibrated_classifiers_.append(_CalibratedClassifier(svm, [sig], classes=np.array([0, 1]), method="sigmoid"))
+            cal.classes_ = np.array([0, 1])
+            cal.n_features_in_ = self.d
+            model.estimators_.append(cal)
+        model.n_features_in_ = self.d
+        return model

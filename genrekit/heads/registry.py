@@ -52,7 +52,7 @@ class HeadSpec:
             :data:`SKOPS_BASE_TYPES`; skops refuses any other on load.
         threads_param: the parameter that sets its CPU threads, if it has its own.
         seed_param: the parameter that seeds it, if it is random.
-        cost: relative fit time on 6,000 x 1280 features (measured, benchmarks/README.md), so the
+        cost: fit seconds on the 6,000 x 3,312 six-stage poster store (benchmarks/README.md), so the
             longest heads start first.
     """
 
@@ -92,31 +92,31 @@ HEADS: dict[str, HeadSpec] = {
     s.name: s
     for s in (
         HeadSpec("logreg", LogRegHead, "one-vs-rest logistic regression, C searched on validation mAP",
-                 class_weights=True, seed_param=None, cost=20,
+                 class_weights=True, seed_param=None, cost=10,
                  trusted_types=("genrekit.heads.sklearn_heads.LogRegHead", *_OVR, *_LOGREG)),
         # Standardised although trees do not need it: random-init CNN features are ~1e-9 in size,
         # below scikit-learn's split threshold, and every tree would be a single leaf.
         HeadSpec("rf", RandomForestHead, "multi-output random forest",
-                 class_weights=True, threads_param="n_jobs", cost=30,
+                 class_weights=True, threads_param="n_jobs", cost=70,
                  trusted_types=("genrekit.heads.sklearn_heads.RandomForestHead", "sklearn.ensemble._forest.RandomForestClassifier",
                                 "sklearn.tree._classes.DecisionTreeClassifier", "sklearn.tree._tree.Tree")),
         HeadSpec("svc", SVCHead, "RBF SVM (Nystroem + linear SVC), sigmoid-calibrated, C searched on validation",
-                 class_weights=True, cost=30,
+                 class_weights=True, cost=11,
                  trusted_types=("genrekit.heads.sklearn_heads.SVCHead", *_OVR, "sklearn.kernel_approximation.Nystroem",
                                 "sklearn.calibration.CalibratedClassifierCV", "sklearn.calibration._CalibratedClassifier",
                                 "sklearn.calibration._SigmoidCalibration", "sklearn.svm._classes.LinearSVC")),
         HeadSpec("mlp", partial(TorchMLPHead, loss="bce"), "torch MLP, BCE loss, early stopping on validation",
-                 class_weights=True, persist="safetensors", threads_param="n_threads", cost=8),
+                 class_weights=True, persist="safetensors", threads_param="n_threads", cost=14),
         HeadSpec("chain", ChainHead, "classifier chain of logistic regressions (teacher forcing), ordered by genre text similarity",
-                 inputs={"order": "chain_order"}, class_weights=True, cost=15,
+                 inputs={"order": "chain_order"}, class_weights=True, cost=17,
                  trusted_types=("genrekit.heads.sklearn_heads.ChainHead", "sklearn.multioutput.ClassifierChain", *_LOGREG)),
         HeadSpec("softf1", partial(TorchMLPHead, loss="softf1", batch_size=512, lr=3e-4),
                  "torch MLP trained with the sigmoidF1 (soft-F1) loss",
-                 persist="safetensors", threads_param="n_threads", cost=8),
+                 persist="safetensors", threads_param="n_threads", cost=16),
         HeadSpec("zeroshot", ZeroShotHead, "cosine similarity to genre prompts (text tower), calibrated on validation",
                  inputs={"prompt_embeddings": "prompt_embeddings"}, standardise=False, persist="npz", seed_param=None, cost=0.1),
         HeadSpec("knn", KNNHead, "FAISS k nearest neighbours, cosine, distance-weighted votes",
-                 inputs={"index": "knn_index"}, standardise=False, persist="npz", threads_param="n_threads", seed_param=None, cost=1),
+                 inputs={"index": "knn_index"}, standardise=False, persist="npz", threads_param="n_threads", seed_param=None, cost=2),
     )
 }  # fmt: skip
 

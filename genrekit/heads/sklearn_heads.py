@@ -38,7 +38,7 @@ def search_on_validation(
     Y_val: np.ndarray | None,
     default: float,
     widen: int = 2,
-    score: Callable[[float], float] | None = None,
+    solver=None,
     patience: int = 2,
 ) -> tuple[BaseEstimator, float, dict[float, float]]:
     """Fit ``make(C)`` for each C and keep the one with the best validation macro AP.
@@ -51,9 +51,9 @@ def search_on_validation(
     validation set, fits ``make(default)`` only. Returns the fitted model, its C and the
     validation mAP of every C tried (the search record written to the results).
 
-    ``score(C)``, when given, is the validation mAP of the same model at C computed another way
-    (:mod:`genrekit.heads.joint`: every genre solved side by side, one pass over X a step); then
-    only the chosen C is fitted with ``make``.
+    ``solver``, when given, solves the same model at every C another way (:mod:`genrekit.heads.joint`:
+    every genre side by side, one pass over X a step): it scores each C and makes the chosen C's
+    model, ``solver.fitted(make(C), C)``, with no scikit-learn fit at all.
     """
     if X_val is None or len(Cs) <= 1:
         C = Cs[0] if len(Cs) == 1 else default
@@ -63,8 +63,8 @@ def search_on_validation(
     def attempt(C: float) -> bool:
         nonlocal best, best_c
         model = None
-        if score is not None:
-            scores[float(C)] = score(float(C))
+        if solver is not None:
+            scores[float(C)] = solver.validation_map(float(C), X_val, Y_val)
         else:
             model = make(C).fit(X, Y)
             scores[float(C)] = macro_average_precision(Y_val, np.asarray(model.predict_proba(X_val)))
@@ -90,7 +90,7 @@ def search_on_validation(
             break
     log.info("validation mAP by C: %s -> C=%g", {c: round(s, 4) for c, s in sorted(scores.items())}, best_c)
     if best is None:
-        best = make(best_c).fit(X, Y)
+        best = solver.fitted(make(best_c), best_c)
     return best, float(best_c), dict(sorted(scores.items()))
 
 
@@ -145,8 +145,8 @@ class LogRegHead(MultiLabelHead):
 
     def fit(self, X, Y, X_val=None, Y_val=None) -> LogRegHead:
         X, Y, X_val, Y_val = self._fit_inputs(X, Y, X_val, Y_val)
-        score = _search_score(X, Y, X_val, Y_val, self.class_weight, max_iter=self.max_iter)
-        self.model_, self.C_, self.search_ = search_on_validation(self._make, tuple(self.Cs), X, Y, X_val, Y_val, 0.01, score=score)
+        solver = _logistic_solver(X, Y, X_val, self.class_weight, max_iter=self.max_iter)
+        self.model_, self.C_, self.search_ = search_on_validation(self._make, tuple(self.Cs), X, Y, X_val, Y_val, 0.01, solver=solver)
         self.n_iter_ = ovr_n_iter(self.model_)
         return self
 
@@ -216,12 +216,11 @@ class SVCHead(MultiLabelHead):
             svm = LinearSVC(C=C, dual=False, class_weight=self.class_weight)
             return OneVsRestClassifier(CalibratedClassifierCV(svm, method="sigmoid", cv=self.cv))
 
-        score = None
+        solver = None
         pos = Y.sum(axis=0)
         if X_val is not None and isinstance(self.cv, int) and Y.shape[1] >= 2 and (np.minimum(pos, len(Y) - pos) >= self.cv).all():
             solver = SideBySideCalibratedSVM(X, Y, self.class_weight, self.cv)
-            score = lambda C: solver.validation_map(C, X_val, Y_val)  # noqa: E731
-        self.model_, self.C_, self.search_ = search_on_validation(make, tuple(self.Cs), X, Y, X_val, Y_val, 0.03, score=score)
+        self.model_, self.C_, self.search_ = search_on_validation(make, tuple(self.Cs), X, Y, X_val, Y_val, 0.03, solver=solver)
         self.n_iter_ = np.array(
             [max(c.estimator.n_iter_ for c in e.calibrated_classifiers_) if hasattr(e, "calibrated_classifiers_") else 0
              for e in self.model_.estimators_], dtype=np.int32,
@@ -349,8 +348,8 @@ class ChainHead(MultiLabelHead):
             base = LogisticRegression(C=C, class_weight=self.class_weight, max_iter=self.max_iter)
             return ClassifierChain(base, order=order, random_state=self.random_state)
 
-        score = _search_score(X, Y, X_val, Y_val, self.class_weight, order, self.max_iter)
-        self.model_, self.C_, self.search_ = search_on_validation(make, tuple(self.Cs), X, Y, X_val, Y_val, 0.01, score=score)
+        solver = _logistic_solver(X, Y, X_val, self.class_weight, order, self.max_iter)
+        self.model_, self.C_, self.search_ = search_on_validation(make, tuple(self.Cs), X, Y, X_val, Y_val, 0.01, solver=solver)
         self.n_iter_ = ovr_n_iter(self.model_)
         return self
 
@@ -359,16 +358,15 @@ class ChainHead(MultiLabelHead):
         return np.asarray(self.model_.predict_proba(X), dtype=np.float32)
 
 
-def _search_score(X, Y, X_val, Y_val, class_weight, order=None, max_iter=300) -> Callable[[float], float] | None:
-    """Validation mAP by C with every genre solved side by side (:mod:`genrekit.heads.joint`), for
-    the C search; the chosen C is then fitted by scikit-learn, so the model is the one its fit
-    makes. ``None`` (fit each C with scikit-learn) without validation data, for a single genre
-    or a constant one (scikit-learn answers those with its own special cases)."""
+def _logistic_solver(X, Y, X_val, class_weight, order=None, max_iter=300) -> SideBySideLogistic | None:
+    """Every genre's logistic regression solved side by side (:mod:`genrekit.heads.joint`), for
+    the C search and the chosen C's model. ``None`` (scikit-learn fits each C) without validation
+    data, for a single genre or a constant one (scikit-learn answers those with its own special
+    cases)."""
     pos = Y.sum(axis=0)
     if X_val is None or Y.shape[1] < 2 or not ((pos > 0) & (pos < len(Y))).all():
         return None
-    solver = SideBySideLogistic(X, Y, class_weight, order, max_iter=max_iter)
-    return lambda C: solver.validation_map(C, X_val, Y_val)
+    return SideBySideLogistic(X, Y, class_weight, order, max_iter=max_iter)
 
 
 __all__ = ["ChainHead", "LogRegHead", "RandomForestHead", "SVCHead", "grid_notes", "ovr_n_iter", "positive_columns", "search_on_validation", "similarity_order"]
