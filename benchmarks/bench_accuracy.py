@@ -21,6 +21,9 @@ comparison: the same test items and genres for every column). ``--seeds 1 2 3 4`
 on which the plots' ensemble is compared with the single heads (one 204-plot test split is noisy).
 
     python benchmarks/bench_accuracy.py --fused P.h5 T.h5 --plots plots.h5 --heads logreg knn mlp ensemble
+
+Two image stores work the same way (``--fused six_stage.h5 dinov2.h5 --no-readme``: each encoder
+alone and concatenated, on the same items and split; the rows are named after the stores).
 """
 
 from __future__ import annotations
@@ -164,8 +167,11 @@ def fused_main(args, heads: tuple[str, ...]) -> None:
 def fused_rows(res: dict, rows: list, lines: list) -> None:
     same = res["same_items"]
     names = {n: ("posters" if n.startswith("image") else "titles") + f" ({n})" for n in res["single"]}
+    both = " + ".join(dict.fromkeys(v.split(" (")[0] for v in names.values()))  # "posters + titles", or "posters" for two image stores
+    if both == "posters":
+        both = " + ".join(n.removeprefix("image-") for n in res["single"])
     parts = [*res["single"], "early", "late"]
-    label = {**names, "early": "posters + titles, early", "late": "posters + titles, late"}
+    label = {**names, "early": f"{both}, early", "late": f"{both}, late"}
     for entry, by_part in same["heads"].items():
         for part in parts:
             if part in by_part:
@@ -175,7 +181,7 @@ def fused_rows(res: dict, rows: list, lines: list) -> None:
     poster = next(n for n in res["single"] if n.startswith("image"))
     fused_part = max(("early", "late"), key=lambda p: res[p]["heads"][res[p]["best"]]["val_map_macro"] if res.get(p) else -1)
     b, f = best[poster], best[fused_part]
-    lines.append(f"- best on validation, scored on the same {same['items']:,} test items ({len(same['genres'])} genres): posters alone "
+    lines.append(f"- {both}: best on validation, scored on the same {same['items']:,} test items ({len(same['genres'])} genres): {poster} alone "
                  f"{b['head']} mAP {b['map_macro']:.3f} / macro ROC AUC {b['roc_auc_macro']:.3f}; fused ({fused_part}) {f['head']} "
                  f"mAP {f['map_macro']:.3f} / AUC {f['roc_auc_macro']:.3f}: +{f['map_macro'] - b['map_macro']:.3f} mAP, "
                  f"+{f['roc_auc_macro'] - b['roc_auc_macro']:.3f} AUC")  # fmt: skip

