@@ -38,7 +38,7 @@ def search_on_validation(
     Y_val: np.ndarray | None,
     default: float,
     widen: int = 2,
-    solver=None,
+    solver: SideBySideLogistic | SideBySideCalibratedSVM | None = None,
     patience: int = 2,
 ) -> tuple[BaseEstimator, float, dict[float, float]]:
     """Fit ``make(C)`` for each C and keep the one with the best validation macro AP.
