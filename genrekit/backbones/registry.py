@@ -16,7 +16,7 @@ import fnmatch
 import torch
 
 from genrekit.backbones import clip, colorstats, onnx, testing, text, vision
-from genrekit.backbones.base import BackboneSpec, Encoder, WeightsRef, resolve_device
+from genrekit.backbones.base import BackboneSpec, Encoder, WeightsRef, package_file, resolve_device
 from genrekit.backbones.layers import with_layers
 from genrekit.backbones.preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocess
 from genrekit.errors import UnknownNameError
@@ -209,9 +209,7 @@ def weights_present(spec: BackboneSpec, tag: str | None = None) -> bool | None:
         if spec.family == "onnx":
             return onnx.graph_present(spec, tag)
         if tag in vision.PACKAGED_TIMM:
-            import importlib.util
-
-            return importlib.util.find_spec(vision.PACKAGED_TIMM[tag][0]) is not None
+            return package_file(*vision.PACKAGED_TIMM[tag][:2]) is not None
         from huggingface_hub import try_to_load_from_cache
 
         if spec.family == "open_clip":

@@ -144,11 +144,9 @@ def build_hf_text(spec: BackboneSpec, weights: WeightsRef, device: torch.device,
                 from huggingface_hub import try_to_load_from_cache
 
                 if not isinstance(try_to_load_from_cache(hub, "config.json"), str):
-                    if pip_hint:
-                        what, how = f"{spec.name} weights ({hub})", f"{pip_hint}; or download it where you have internet (`hf download {hub} --local-dir DIR`) and pass --weights DIR"
-                    else:
-                        what, how = f"Hugging Face model {hub}", f"Download it where you have internet (e.g. `hf download {hub} --local-dir DIR`) and pass --weights DIR"
-                    require_network("huggingface.co", what, how)
+                    how = f"download it where you have internet (`hf download {hub} --local-dir DIR`) and pass --weights DIR"
+                    what = f"{spec.name} weights ({hub})" if pip_hint else f"Hugging Face model {hub}"
+                    require_network("huggingface.co", what, f"{pip_hint}; or {how}" if pip_hint else how[0].upper() + how[1:])
             source = hub if packaged is None else str(packaged)
         try:
             tokenizer = AutoTokenizer.from_pretrained(source)

@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from genrekit.backbones.base import BackboneSpec, Encoder, WeightsRef, cache_root, require_network, seeded, sha256_path
+from genrekit.backbones.base import BackboneSpec, Encoder, WeightsRef, cache_root, package_file, require_network, seeded, sha256_path
 from genrekit.backbones.preprocess import Preprocess
 from genrekit.errors import MissingDependencyError, WeightsUnavailableError
 
@@ -151,15 +151,12 @@ PACKAGED_TIMM = {
 def packaged_timm_weights(spec: BackboneSpec, tag: str) -> Path:
     """The package's checkpoint under timm's names (a safetensors file in the cache, keyed by the
     source's sha256), after checking that it matches the timm model tensor for tensor."""
-    import importlib.util
-
     import timm
     from safetensors.torch import save_file
 
     module, inside, hint = PACKAGED_TIMM[tag]
-    found = importlib.util.find_spec(module)
-    source = Path(found.origin).parent / inside if found and found.origin else None
-    if source is None or not source.is_file():
+    source = package_file(module, inside)
+    if source is None:
         raise MissingDependencyError(f"{spec.name} reads its weights from the {tag} package: {hint}")
     arch = spec.options["timm_name"]
     out = cache_root() / "timm" / f"{source.stem}-{sha256_path(source)[:16]}-{arch}.safetensors"

@@ -266,8 +266,8 @@ class SideBySideCalibratedSVM(_SideBySide):
     Each genre's folds are scikit-learn's (``StratifiedKFold(cv)`` on that genre's labels); each
     SVM minimises liblinear's primal (squared hinge, bias penalised as a weight, class weights on
     its fold's rows) and is calibrated on its held-out fold with scikit-learn's sigmoid fit; a
-    genre's probability is the mean over its folds, as the calibrated classifier's is. Used only
-    to choose C: the head then fits scikit-learn's model at that C.
+    genre's probability is the mean over its folds, as the calibrated classifier's is. The
+    chosen C's solution becomes the head's model (``fitted``).
     """
 
     def __init__(self, X: np.ndarray, Y: np.ndarray, class_weight: str | None = None, cv: int = 3,

@@ -216,10 +216,7 @@ class SVCHead(MultiLabelHead):
             svm = LinearSVC(C=C, dual=False, class_weight=self.class_weight)
             return OneVsRestClassifier(CalibratedClassifierCV(svm, method="sigmoid", cv=self.cv))
 
-        solver = None
-        pos = Y.sum(axis=0)
-        if X_val is not None and isinstance(self.cv, int) and Y.shape[1] >= 2 and (np.minimum(pos, len(Y) - pos) >= self.cv).all():
-            solver = SideBySideCalibratedSVM(X, Y, self.class_weight, self.cv)
+        solver = _svm_solver(X, Y, X_val, self.class_weight, self.cv)
         self.model_, self.C_, self.search_ = search_on_validation(make, tuple(self.Cs), X, Y, X_val, Y_val, 0.03, solver=solver)
         self.n_iter_ = np.array(
             [max(c.estimator.n_iter_ for c in e.calibrated_classifiers_) if hasattr(e, "calibrated_classifiers_") else 0
@@ -367,6 +364,15 @@ def _logistic_solver(X, Y, X_val, class_weight, order=None, max_iter=300) -> Sid
     if X_val is None or Y.shape[1] < 2 or not ((pos > 0) & (pos < len(Y))).all():
         return None
     return SideBySideLogistic(X, Y, class_weight, order, max_iter=max_iter)
+
+
+def _svm_solver(X, Y, X_val, class_weight, cv) -> SideBySideCalibratedSVM | None:
+    """svc's calibrated SVMs solved side by side, as :func:`_logistic_solver`; ``None`` also when
+    ``cv`` is not a number of folds or a genre has fewer than ``cv`` items of a class."""
+    pos = Y.sum(axis=0)
+    if X_val is None or not isinstance(cv, int) or Y.shape[1] < 2 or not (np.minimum(pos, len(Y) - pos) >= cv).all():
+        return None
+    return SideBySideCalibratedSVM(X, Y, class_weight, cv)
 
 
 __all__ = ["ChainHead", "LogRegHead", "RandomForestHead", "SVCHead", "grid_notes", "ovr_n_iter", "positive_columns", "search_on_validation", "similarity_order"]
