@@ -5,7 +5,9 @@ For each backbone x features (last layer, six stages) x precision:
      already decoded, resized and normalised, in the model's dtype; best images/s over batch x memory
      format at the torch threads extraction uses. The ceiling extraction can reach.
   2. genrekit end to end: `extract()` with its defaults, JPEG files to HDF5 store, start-up included,
-     and (--variants) the same with another input strategy.
+     and (--variants) the same with another input strategy or batch size. Both run with glibc
+     keeping freed memory (genrekit.system.keep_freed_memory, set when an encoder is built): without
+     it every batch faults its activations in again and both sides lose half their speed.
   3. rounds: 1 and 2 alternate --rounds times and each round gives a ratio, so a neighbour slowing
      the machine for a while slows both sides (the median round is reported).
   4. breakdown: the end-to-end run's own clock (start-up, waiting for input, encode, write, the
@@ -20,6 +22,7 @@ It prints images/s and e2e / model-only (goal >= 0.85).
     python benchmarks/bench_extract.py                            # mobilenet_v2, last + six stages
     python benchmarks/bench_extract.py --matched --rounds 5 --n 1024
     python benchmarks/bench_extract.py --backbones ViT-B-32 --layers last --naive
+    python benchmarks/bench_extract.py --fresh-processes --n 2048 --rounds 2   # genrekit extract, malloc kept vs glibc's
 """
 
 from __future__ import annotations
@@ -28,7 +31,10 @@ import argparse
 import dataclasses
 import os
 import platform
+import resource
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -53,7 +59,13 @@ MOBILENET = SHARED / "weights" / "mobilenet_v2-coralquant-dequant-tv.pth"
 LAYERS = {"last": "last", "six": "all"}  # --layers names -> extract's --layers
 
 # End-to-end variants: ExtractConfig fields on top of the defaults.
-VARIANTS = {"default": {}, "decode thread": {"decode_thread": True}, "pil path": {"decoder": "pil"}}
+VARIANTS = {
+    "default": {},
+    "decode thread": {"decode_thread": True},
+    "decode process": {"workers": 1},
+    "pil path": {"decoder": "pil"},
+    **{f"batch {b}": {"batch_size": b} for b in (4, 8, 16, 32)},
+}
 
 
 def weights_for(name: str) -> str:
@@ -230,6 +242,30 @@ def run_case(args, name: str, layers: str, precision: str, paths: list[str]) -> 
             "e2e": {v: statistics.median(e[v].items_per_second for _, e in rounds) for v in args.variants}, "ratio": ratios}
 
 
+def fresh_processes(args, paths_n: int) -> None:
+    """`genrekit extract` as a user runs it, a fresh process each time, with glibc keeping freed
+    memory (genrekit's default) and with glibc's own defaults (GENREKIT_MALLOC=default), alternately."""
+    cli = str(Path(sys.executable).with_name("genrekit"))
+    kinds = {"kept": {}, "glibc defaults": {"GENREKIT_MALLOC": "default"}}
+    for layers in args.layers:
+        print(f"\n## genrekit extract, fresh processes: mobilenet_v2, {layers} layer{'s' if layers == 'six' else ''}, "
+              f"{paths_n} posters (wall seconds, start-up included; kernel seconds; minor page faults)")
+        for r in range(args.rounds):
+            cells = []
+            for kind, env in kinds.items():
+                with tempfile.TemporaryDirectory() as tmp:
+                    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+                    t0 = time.perf_counter()
+                    subprocess.run([cli, "extract", "-b", "mobilenet_v2", "--weights", weights_for("mobilenet_v2"), "-d", str(POSTERS),
+                                    "-o", f"{tmp}/s.h5", "--limit", str(paths_n), "--layers", LAYERS[layers], "--precision", "fp32"],
+                                   env={**os.environ, **env}, check=True, capture_output=True)  # fmt: skip
+                    wall = time.perf_counter() - t0
+                    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+                cells.append(f"{kind} {wall:5.1f} s = {paths_n / wall:5.1f} images/s (kernel {after.ru_stime - before.ru_stime:4.1f} s, "
+                             f"{(after.ru_minflt - before.ru_minflt) / 1e6:.2f} M faults)")
+            print(f"  round {r + 1}: " + "   ".join(cells), flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--backbones", nargs="+", default=["mobilenet_v2"])
@@ -248,7 +284,12 @@ def main() -> None:
                     help="end-to-end variants; the first is genrekit's default")
     ap.add_argument("--stage-n", type=int, default=256, help="posters for the per-stage costs")
     ap.add_argument("--naive", action="store_true", help="also time a one-at-a-time fp32 loop (PIL, no batching)")
+    ap.add_argument("--fresh-processes", action="store_true",
+                    help="only: `genrekit extract` in fresh processes, freed memory kept vs glibc's defaults")
     args = ap.parse_args()
+    if args.fresh_processes:
+        fresh_processes(args, args.n)
+        return
     precisions = args.precisions or (["fp32", "bf16"] if cpu_has_bf16() else ["fp32"])
     paths = [s.image for s in read_manifest(POSTERS).samples[: args.n]]
     print(f"# bench_extract on {platform.processor() or platform.machine()} ({cpu_count()} cores, native bf16: "

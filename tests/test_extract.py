@@ -277,3 +277,34 @@ def test_the_store_records_how_to_read_its_manifest_again(tmp_path, monkeypatch)
     odd.unlink()
     with pytest.raises(ManifestError, match="the manifest the store was made from"):
         source.read()
+
+
+_HEAP_PROBE = """
+import ctypes, os, numpy as np
+from genrekit.backbones import create_encoder
+
+class MallInfo2(ctypes.Structure):
+    _fields_ = [(n, ctypes.c_size_t) for n in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")]
+
+libc = ctypes.CDLL(None)
+libc.mallinfo2.restype = MallInfo2
+create_encoder("test-tiny-cnn", weights="none")
+heap = libc.mallinfo2().arena
+a = np.ones(64 << 20, np.uint8)  # bigger than any batch of activations glibc would map on its own
+mapped = libc.mallinfo2().hblkhd >= 64 << 20
+del a
+print(int(mapped), int(libc.mallinfo2().arena - heap >= 32 << 20))  # the heap grew by it, and kept it
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux") or "glibc" not in (os.confstr("CS_GNU_LIBC_VERSION") or ""), reason="glibc's malloc only")
+def test_building_an_encoder_keeps_freed_memory_for_the_next_batch():
+    # With glibc's defaults a 64 MB block is mapped and unmapped (every batch faults its memory in
+    # again); once an encoder is built the process keeps it in the heap; GENREKIT_MALLOC=default opts out.
+    def probe(**env):
+        out = subprocess.run([sys.executable, "-c", _HEAP_PROBE], env={**os.environ, **env}, capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0, out.stderr
+        return out.stdout.split()
+
+    assert probe() == ["0", "1"]  # from the heap, and still there once freed
+    assert probe(GENREKIT_MALLOC="default") == ["1", "0"]  # mapped, and gone once freed

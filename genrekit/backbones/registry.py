@@ -20,6 +20,7 @@ from genrekit.backbones.base import BackboneSpec, Encoder, WeightsRef, package_f
 from genrekit.backbones.layers import with_layers
 from genrekit.backbones.preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocess
 from genrekit.errors import UnknownNameError
+from genrekit.system import keep_freed_memory
 
 _REGISTRY: dict[str, BackboneSpec] = {}
 
@@ -184,6 +185,7 @@ def create_encoder(
     spec = get_spec(name)
     ref = WeightsRef.parse(weights, spec)
     dev = resolve_device(device)
+    keep_freed_memory()  # every batch would fault its activations in again (genrekit.system)
     encoder = spec.build(spec, ref, dev, precision=precision).with_resize(resize, decoder)
     return with_layers(encoder, spec.layers if layers is None else layers, layer_stats)
 

@@ -118,6 +118,9 @@ def build_torchvision(spec: BackboneSpec, weights: WeightsRef, device: torch.dev
 # Backbones whose multi-layer features were measured better than the last layer with the heads
 # (benchmarks/README.md, bench_accuracy.py): their `extract` default is --layers all.
 LAYERS_DEFAULT = {"mobilenet_v2": "all"}
+# CPU batch sizes measured fastest end to end (bench_extract.py, 2 cores, with the freed memory kept:
+# genrekit.system.keep_freed_memory); the others keep 8, measured before that setting.
+CPU_BATCH_SIZE = {"mobilenet_v2": 16}
 
 
 def torchvision_spec(name: str, description: str) -> BackboneSpec:
@@ -131,7 +134,7 @@ def torchvision_spec(name: str, description: str) -> BackboneSpec:
         build=build_torchvision,
         preprocess=Preprocess(size=size),
         channels_last=True,
-        cpu_batch_size=8,
+        cpu_batch_size=CPU_BATCH_SIZE.get(name, 8),
         description=description,
         options={"stages": STAGES[name]},
         layers=LAYERS_DEFAULT.get(name, "last"),

@@ -227,9 +227,10 @@ def _workers_and_threads(config: ExtractConfig, on_gpu: bool) -> tuple[int, int]
     decoding in the main process with 2 torch threads ran at 107 posters/s, one decode worker
     beside 2 threads at 86, one worker beside 1 thread at 78. With more cores, one worker gets a
     core of its own. ``--decode-thread`` (decoding the next batch in a thread beside torch's) is
-    off by default: measured slower on 2 cores (MobileNetV2 fp32, end to end / model only 0.80-0.89
-    with it, 0.93-0.96 without; at idle priority, or in a process at idle priority, no better:
-    torch's threads leave no idle core to fill; benchmarks/README.md, "Extraction").
+    off by default: measured slower on 2 cores (MobileNetV2 fp32 six stages, end to end / model
+    only 0.70 with it, 0.60 with one decode process, 0.93 without, once the freed memory was
+    kept; at idle priority no better: torch's threads leave no idle core to fill;
+    benchmarks/README.md, "Extraction").
     """
     cores = cpu_count()
     if config.workers is not None:
