@@ -4,6 +4,7 @@ that running a network on a CPU needs."""
 from __future__ import annotations
 
 import ctypes
+import functools
 import logging
 import os
 
@@ -13,7 +14,6 @@ log = logging.getLogger(__name__)
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
 _KEEP_BYTES = 1 << 30
 _OPT_OUT = ("MALLOC_TRIM_THRESHOLD_", "MALLOC_MMAP_THRESHOLD_", "MALLOC_TOP_PAD_", "GLIBC_TUNABLES")
-_kept: bool | None = None
 
 
 def cpu_count() -> int:
@@ -23,6 +23,7 @@ def cpu_count() -> int:
     return os.cpu_count() or 1
 
 
+@functools.cache
 def keep_freed_memory() -> bool:
     """Let glibc keep the memory a network frees for the next batch instead of handing it back.
 
@@ -38,19 +39,19 @@ def keep_freed_memory() -> bool:
     (``MALLOC_TRIM_THRESHOLD_``, ``MALLOC_MMAP_THRESHOLD_``, ``MALLOC_TOP_PAD_``, ``GLIBC_TUNABLES``)
     or ``GENREKIT_MALLOC=default``. Returns whether the setting is in force.
     """
-    global _kept
-    if _kept is None:
-        _kept = False
-        if os.environ.get("GENREKIT_MALLOC") == "default" or any(v in os.environ for v in _OPT_OUT):
-            log.debug("malloc: left as the environment sets it")
-        elif _glibc():
-            libc = ctypes.CDLL(None)
-            _kept = bool(libc.mallopt(_M_TRIM_THRESHOLD, _KEEP_BYTES) and libc.mallopt(_M_MMAP_THRESHOLD, _KEEP_BYTES))
-            log.debug("malloc: freed memory kept for reuse up to %d MiB: %s", _KEEP_BYTES >> 20, _kept)
-    return _kept
+    if os.environ.get("GENREKIT_MALLOC") == "default" or any(v in os.environ for v in _OPT_OUT):
+        log.debug("malloc: left as the environment sets it")
+        return False
+    if not glibc():
+        return False
+    libc = ctypes.CDLL(None)
+    kept = bool(libc.mallopt(_M_TRIM_THRESHOLD, _KEEP_BYTES) and libc.mallopt(_M_MMAP_THRESHOLD, _KEEP_BYTES))
+    log.debug("malloc: freed memory kept for reuse up to %d MiB: %s", _KEEP_BYTES >> 20, kept)
+    return kept
 
 
-def _glibc() -> bool:
+def glibc() -> bool:
+    """Whether this process runs on GNU libc (whose malloc :func:`keep_freed_memory` tunes)."""
     try:
         return os.confstr("CS_GNU_LIBC_VERSION").startswith("glibc")
     except (AttributeError, ValueError, OSError, TypeError):  # not POSIX, or a libc that does not say

@@ -15,6 +15,7 @@ import genrekit.data.images as images
 from genrekit.errors import ConfigError, ManifestError, StoreMismatchError
 from genrekit.extraction import ExtractConfig, extract
 from genrekit.store import FeatureStore
+from genrekit.system import glibc
 
 from conftest import make_collection, write_manifest
 
@@ -297,7 +298,7 @@ print(int(mapped), int(libc.mallinfo2().arena - heap >= 32 << 20))  # the heap g
 """
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux") or "glibc" not in (os.confstr("CS_GNU_LIBC_VERSION") or ""), reason="glibc's malloc only")
+@pytest.mark.skipif(not glibc(), reason="glibc's malloc only")
 def test_building_an_encoder_keeps_freed_memory_for_the_next_batch():
     # With glibc's defaults a 64 MB block is mapped and unmapped (every batch faults its memory in
     # again); once an encoder is built the process keeps it in the heap; GENREKIT_MALLOC=default opts out.

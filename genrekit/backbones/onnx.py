@@ -20,13 +20,13 @@ is not a torch module: fine-tuning, Grad-CAM and ``--layers`` do not apply to it
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from genrekit.atomic import atomic_path
 from genrekit.backbones.base import BackboneSpec, Encoder, WeightsRef, cache_root, package_file, sha256_path
 from genrekit.backbones.preprocess import IMAGENET_MEAN, IMAGENET_STD, RESIZE_MODES, Preprocess
 from genrekit.errors import ConfigError, MissingDependencyError, WeightsUnavailableError
@@ -240,13 +240,11 @@ def cut_graph(source: Path, output: str, label: str) -> Path:
         raise MissingDependencyError(f"cutting {source.name} needs the onnx package: {EXTRA}") from None
     out = cache_dir() / f"{label}-{sha256_path(source)[:16]}.onnx"
     if not out.is_file():
-        out.parent.mkdir(parents=True, exist_ok=True)
         model = onnx.load(str(source), load_external_data=False)
         inputs = [i.name for i in model.graph.input if i.name not in {t.name for t in model.graph.initializer}]
         del model
-        tmp = out.with_name(out.name + f".{os.getpid()}.tmp")
-        onnx.utils.extract_model(str(source), str(tmp), inputs, [output])  # runs shape inference for the cut
-        tmp.replace(out)
+        with atomic_path(out) as tmp:
+            onnx.utils.extract_model(str(source), str(tmp), inputs, [output])  # runs shape inference for the cut
         log.info("cut %s at %s into %s", source, output, out)
     return out
 

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from genrekit.atomic import atomic_path
 from genrekit.backbones.base import BackboneSpec, Encoder, WeightsRef, cache_root, package_file, require_network, seeded, sha256_path
 from genrekit.backbones.preprocess import Preprocess
 from genrekit.errors import MissingDependencyError, WeightsUnavailableError
@@ -168,10 +168,8 @@ def packaged_timm_weights(spec: BackboneSpec, tag: str) -> Path:
         names = list(timm.create_model(arch, pretrained=False).state_dict().items())
         if len(src) != len(names) or any(t.shape != v.shape for t, (_, v) in zip(src, names)):
             raise WeightsUnavailableError(f"{source} does not match timm {arch} tensor for tensor; is it another version of {tag}?")
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_name(f"{out.name}.{os.getpid()}.tmp")
-        save_file({k: t.contiguous() for t, (k, _) in zip(src, names)}, str(tmp))
-        tmp.replace(out)
+        with atomic_path(out) as tmp:
+            save_file({k: t.contiguous() for t, (k, _) in zip(src, names)}, str(tmp))
         log.info("converted %s to timm %s names: %s", source, arch, out)
     return out
 
