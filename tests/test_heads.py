@@ -13,7 +13,7 @@ from genrekit.errors import ConfigError, LabelError, UnknownNameError
 from genrekit.heads import create_head, get_head_spec, list_heads
 from genrekit.heads.balance import imbalance_ratios, oversample_indices
 from genrekit.heads.knn import KNNHead, exact_search
-from genrekit.heads.sklearn_heads import ChainHead, similarity_order
+from genrekit.heads.sklearn_heads import ChainHead, RandomForestHead, similarity_order
 from synthetic import synthetic_features
 from genrekit.heads.zeroshot import build_prompt_embeddings, genre_phrase
 
@@ -77,6 +77,26 @@ def test_seeded_heads_are_reproducible(name, data):
     a = create_head(name, **_params(name, fs, s)).fit(fs.X[s["tr"]], fs.Y[s["tr"]], fs.X[s["va"]], fs.Y[s["va"]])
     b = create_head(name, **_params(name, fs, s)).fit(fs.X[s["tr"]], fs.Y[s["tr"]], fs.X[s["va"]], fs.Y[s["va"]])
     np.testing.assert_array_equal(a.predict_proba(fs.X[s["te"]]), b.predict_proba(fs.X[s["te"]]))
+
+
+@pytest.mark.parametrize("class_weight", [None, "balanced_subsample"])
+def test_a_forest_grown_in_parts_is_the_forest_fit_grows(class_weight, data):
+    fs, s = data
+    X, Y = fs.X[s["tr"]], fs.Y[s["tr"]]
+    make = lambda: RandomForestHead(n_estimators=12, class_weight=class_weight, random_state=3)  # noqa: E731
+    whole = make().fit(X, Y)
+    for parts in (2, 5, 12):
+        # each part as it comes back from a worker process, joined in part order
+        grown = [pickle.loads(pickle.dumps(make().fit_part(X, Y, i, parts))) for i in range(parts)]
+        joined = RandomForestHead.join_parts(grown)
+        assert np.array_equal(joined.predict_proba(fs.X), whole.predict_proba(fs.X)), parts
+        assert joined.model_.get_params() == whole.model_.get_params()
+        for a, b in zip(joined.model_.estimators_, whole.model_.estimators_, strict=True):
+            assert np.array_equal(a.tree_.threshold, b.tree_.threshold) and np.array_equal(a.tree_.value, b.tree_.value)
+    with pytest.raises(ConfigError, match="12 trees splits into 1 to 12 parts"):
+        make().fit_part(X, Y, 0, 13)
+    with pytest.raises(ConfigError, match="the parts hold 6 trees, the forest has 12"):
+        RandomForestHead.join_parts([make().fit_part(X, Y, 0, 2)])
 
 
 def test_torch_head_early_stops_without_a_validation_set(data):

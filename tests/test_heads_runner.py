@@ -191,6 +191,28 @@ def test_a_tampered_skops_file_is_refused(tmp_path):
         load_head(d)
 
 
+def test_a_forest_above_its_share_of_the_run_is_grown_in_parts_on_every_job():
+    from genrekit.runs.leaderboard import _in_parts, _Task
+
+    tasks = [_Task(h, h, "none", {}) for h in ("rf", "chain", "softf1", "mlp", "svc", "logreg", "knn")] + [_Task("baseline", "logreg", "none", {})]
+    assert [t.part for t in _in_parts(tasks, 2)] == [None] * 8  # within one of 2 jobs' share: whole, as measured fastest
+    eight = _in_parts(tasks, 8)
+    assert [t.part for t in eight if t.entry == "rf"] == [(i, 4) for i in range(4)]
+    assert eight[0].entry == "rf" and len(eight) == 11
+    small = [_Task("rf", "rf", "none", {"n_estimators": 2}), *tasks[1:]]
+    assert [t.part for t in _in_parts(small, 8) if t.entry == "rf"] == [(0, 2), (1, 2)]  # no part without a tree
+
+
+def test_a_forest_grown_in_parts_across_jobs_is_the_one_grown_whole(tmp_path):
+    params = {"rf": {"n_estimators": 12}}
+    a = run(tmp_path / "whole", heads=("rf", "logreg"), jobs=1, baseline=False, head_params=params)
+    b = run(tmp_path / "parts", heads=("rf", "logreg"), jobs=3, baseline=False, head_params=params)  # rf: 3 parts
+    assert a["heads"]["rf"]["test"] == b["heads"]["rf"]["test"]
+    pa, pb = np.load(tmp_path / "whole/runs/rf/predictions.npz"), np.load(tmp_path / "parts/runs/rf/predictions.npz")
+    assert all(np.array_equal(pa[k], pb[k]) for k in pa.files)
+    assert len(load_head(tmp_path / "parts/runs/rf").head.model_.estimators_) == 12
+
+
 @pytest.mark.slow
 def test_parallel_run_matches_the_sequential_one(tmp_path):
     a = run(tmp_path / "seq", heads=("logreg", "mlp", "knn"), jobs=1)

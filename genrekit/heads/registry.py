@@ -54,6 +54,9 @@ class HeadSpec:
         seed_param: the parameter that seeds it, if it is random.
         cost: fit seconds on the 6,000 x 3,312 six-stage poster store (benchmarks/README.md), so the
             longest heads start first.
+        parts_param: for a head made of independent parts (a forest's trees), the parameter
+            that counts them; the head then has ``fit_part(X, Y, part, parts)`` and
+            ``join_parts(heads)``, and the runner grows its parts on all its jobs at once.
     """
 
     name: str
@@ -67,6 +70,7 @@ class HeadSpec:
     threads_param: str | None = None
     seed_param: str | None = "random_state"
     cost: float = 1.0
+    parts_param: str | None = None
 
     def __post_init__(self) -> None:
         unknown = [v for v in self.inputs.values() if v not in RUNNER_INPUTS]
@@ -97,7 +101,7 @@ HEADS: dict[str, HeadSpec] = {
         # Standardised although trees do not need it: random-init CNN features are ~1e-9 in size,
         # below scikit-learn's split threshold, and every tree would be a single leaf.
         HeadSpec("rf", RandomForestHead, "multi-output random forest",
-                 class_weights=True, threads_param="n_jobs", cost=70,
+                 class_weights=True, threads_param="n_jobs", cost=70, parts_param="n_estimators",
                  trusted_types=("genrekit.heads.sklearn_heads.RandomForestHead", "sklearn.ensemble._forest.RandomForestClassifier",
                                 "sklearn.tree._classes.DecisionTreeClassifier", "sklearn.tree._tree.Tree")),
         HeadSpec("svc", SVCHead, "RBF SVM (Nystroem + linear SVC), sigmoid-calibrated, C searched on validation",

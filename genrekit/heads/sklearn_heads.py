@@ -9,6 +9,7 @@ and class weights for rare genres.
 from __future__ import annotations
 
 import logging
+import warnings
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -259,22 +260,61 @@ class RandomForestHead(MultiLabelHead):
         self.n_jobs = n_jobs
         self.random_state = random_state
 
-    def fit(self, X, Y, X_val=None, Y_val=None) -> RandomForestHead:
-        X, Y, _, _ = self._fit_inputs(X, Y, X_val, Y_val)
-        require_both_classes(Y, "rf")
-        self.model_ = RandomForestClassifier(
-            n_estimators=self.n_estimators,
+    def _forest(self, n_estimators: int, warm_start: bool = False) -> RandomForestClassifier:
+        return RandomForestClassifier(
+            n_estimators=n_estimators,
             min_samples_leaf=self.min_samples_leaf,
             max_features=self.max_features,
             class_weight=self.class_weight,
             n_jobs=self.n_jobs,
             random_state=self.random_state,
-        ).fit(X, Y[:, 0] if Y.shape[1] == 1 else Y)  # a forest wants one genre as a 1-d y
+            warm_start=warm_start,
+        )
+
+    def fit(self, X, Y, X_val=None, Y_val=None) -> RandomForestHead:
+        X, Y, _, _ = self._fit_inputs(X, Y, X_val, Y_val)
+        require_both_classes(Y, "rf")
+        self.model_ = self._forest(self.n_estimators).fit(X, _forest_y(Y))
         return self
+
+    def fit_part(self, X, Y, part: int, parts: int) -> RandomForestHead:
+        """Grow only the trees of ``part`` (0 .. parts-1) of the forest :meth:`fit` grows.
+
+        Each tree gets the seed and bootstrap sample it gets in :meth:`fit` (scikit-learn's warm
+        start draws the seeds of the trees it already has for the same reason), so parts grown in
+        separate processes and joined with :meth:`join_parts` are that forest, tree for tree.
+        """
+        if not 0 <= part < parts <= self.n_estimators:
+            raise ConfigError(f"part {part} of {parts}: a forest of {self.n_estimators} trees splits into 1 to {self.n_estimators} parts")
+        X, Y, _, _ = self._fit_inputs(X, Y)
+        require_both_classes(Y, "rf")
+        start, stop = self.n_estimators * part // parts, self.n_estimators * (part + 1) // parts
+        forest = self._forest(stop, warm_start=True)
+        forest.estimators_ = [None] * start  # placeholders: fit draws their seeds, then grows the rest
+        with warnings.catch_warnings():
+            # its advice is for warm starts on other data; this is the data of every part
+            warnings.filterwarnings("ignore", message="class_weight presets", category=UserWarning)
+            forest.fit(X, _forest_y(Y))
+        del forest.estimators_[:start]
+        self.model_ = forest.set_params(n_estimators=self.n_estimators, warm_start=False)
+        return self
+
+    @staticmethod
+    def join_parts(parts: Sequence[RandomForestHead]) -> RandomForestHead:
+        """The forest of :meth:`fit` from its parts (:meth:`fit_part`, given in part order)."""
+        head = parts[0]
+        head.model_.estimators_ = [tree for p in parts for tree in p.model_.estimators_]
+        if len(head.model_.estimators_) != head.n_estimators:
+            raise ConfigError(f"the parts hold {len(head.model_.estimators_)} trees, the forest has {head.n_estimators}")
+        return head
 
     def predict_proba(self, X) -> np.ndarray:
         X = self._check_X(X)
         return stack_proba(self.model_.predict_proba(X))
+
+
+def _forest_y(Y: np.ndarray) -> np.ndarray:
+    return Y[:, 0] if Y.shape[1] == 1 else Y  # a forest wants one genre as a 1-d y
 
 
 def similarity_order(embeddings: np.ndarray, start: int = 0) -> list[int]:

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import csv
 import logging
+import math
 import sys
 import time
 import warnings
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -208,6 +209,7 @@ class _Task:
     balance: str
     params: dict
     seed: int = 0
+    part: tuple[int, int] | None = None  # (part, parts) of a head grown in parts (HeadSpec.parts_param)
 
 
 def _fit_task(task: _Task, data: dict, threads: int) -> dict:
@@ -231,7 +233,10 @@ def _fit_task(task: _Task, data: dict, threads: int) -> dict:
         with warnings.catch_warnings(record=True) as caught:
             # Counted and reported once per head by the caller, instead of one stderr block per genre.
             warnings.simplefilter("always", ConvergenceWarning)
-            head.fit(X, Y, data["X_val"], data["Y_val"])
+            if task.part:
+                head.fit_part(X, Y, *task.part)
+            else:
+                head.fit(X, Y, data["X_val"], data["Y_val"])
         fit_s = time.perf_counter() - t0
         unconverged = 0
         for w in caught:
@@ -239,12 +244,56 @@ def _fit_task(task: _Task, data: dict, threads: int) -> dict:
                 unconverged += 1
             else:
                 warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
-        t0 = time.perf_counter()
-        P_val = head.predict_proba(data["X_val"])
-        P_test = head.predict_proba(data["X_test"])
-        predict_s = time.perf_counter() - t0
+        P_val, P_test, predict_s = (None, None, 0.0) if task.part else _predict(head, data)
     return {"task": task, "head": head, "P_val": P_val, "P_test": P_test, "fit_seconds": fit_s,
             "predict_seconds": predict_s, "unconverged": unconverged}
+
+
+def _predict(head, data: dict) -> tuple[np.ndarray, np.ndarray, float]:
+    t0 = time.perf_counter()
+    P_val, P_test = head.predict_proba(data["X_val"]), head.predict_proba(data["X_test"])
+    return P_val, P_test, time.perf_counter() - t0
+
+
+def _in_parts(tasks: list[_Task], jobs: int) -> list[_Task]:
+    """A head made of independent parts (a forest's trees) that would set the run's length (its
+    cost above one job's share of all the costs) as several tasks, each within that share; longest
+    first (:meth:`RandomForestHead.fit_part`). On 2 cores the forest is within its share and stays
+    whole: two halves side by side ran slower than the forest beside the other heads."""
+    from genrekit.heads.registry import create_head
+
+    cost = {t.entry: get_head_spec(t.head).cost for t in tasks}
+    share = sum(cost.values()) / jobs
+    out = []
+    for t in tasks:
+        spec = get_head_spec(t.head)
+        parts = 1
+        if spec.parts_param and cost[t.entry] > share:
+            units = create_head(t.head, **t.params).get_params()[spec.parts_param]
+            parts = min(jobs, units, math.ceil(cost[t.entry] / share))
+        out += [replace(t, part=(i, parts)) for i in range(parts)] if parts > 1 else [t]
+    return sorted(out, key=lambda t: -cost[t.entry] / (t.part[1] if t.part else 1))
+
+
+def _joined(stream, data_for: Callable[[_Task], dict]):
+    """The results of ``stream`` with the parts of a head joined into that head, predicted here."""
+    waiting: dict[str, list[dict]] = {}
+    for r in stream:
+        task = r["task"]
+        if task.part is None:
+            yield r
+            continue
+        got = waiting.setdefault(task.entry, [])
+        got.append(r)
+        if len(got) < task.part[1]:
+            continue
+        del waiting[task.entry]
+        got.sort(key=lambda g: g["task"].part[0])
+        head = type(got[0]["head"]).join_parts([g["head"] for g in got])
+        P_val, P_test, predict_s = _predict(head, data_for(task))
+        yield {"task": replace(task, part=None), "head": head, "P_val": P_val, "P_test": P_test,
+               "fit_seconds": sum(g["fit_seconds"] for g in got), "predict_seconds": predict_s,
+               "unconverged": sum(g["unconverged"] for g in got)}
 
 
 def _fitted_summary(head) -> dict:
@@ -369,6 +418,7 @@ def _fit_all(tasks: list[_Task], prep: _Prepared, config: HeadsConfig, n_items: 
     jobs = max(1, min(config.jobs or cores, len(tasks)))
     threads = max(1, cores // jobs)
     log.info("training %d head(s) on %d x %d features, %d at a time, %d thread(s) each", len(tasks), n_items, dim, jobs, threads)
+    tasks = _in_parts(tasks, jobs)
 
     def data_for(t: _Task) -> dict:
         return scaled if get_head_spec(t.head).standardise and config.standardise else raw
@@ -381,7 +431,7 @@ def _fit_all(tasks: list[_Task], prep: _Prepared, config: HeadsConfig, n_items: 
         stream = Parallel(n_jobs=jobs, backend="loky", return_as="generator_unordered")(
             delayed(_fit_task)(t, data_for(t), threads) for t in tasks
         )
-    return scaler, jobs, threads, stream
+    return scaler, jobs, threads, _joined(stream, data_for)
 
 
 def _score_baseline(r: dict, prep: _Prepared) -> dict:
