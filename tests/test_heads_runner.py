@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import threading
 
 import numpy as np
 import pytest
@@ -123,6 +124,10 @@ def test_store_without_labels_is_one_clear_error(tmp_path):
     fs.Y = np.zeros((len(fs.X), 0), np.uint8)
     with pytest.raises(LabelError, match="no genre labels"):
         run(tmp_path, fs=fs)
+    # with jobs, their processes start before the labels are read; the error waits for that start
+    with pytest.raises(LabelError, match="no genre labels"):
+        run(tmp_path, fs=fs, jobs=2)
+    assert not [t for t in threading.enumerate() if t.name == "genrekit-start-jobs"]
 
 
 def test_unknown_head_and_inapplicable_head(tmp_path):

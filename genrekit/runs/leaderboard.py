@@ -10,7 +10,9 @@ from __future__ import annotations
 import csv
 import logging
 import math
+import os
 import sys
+import threading
 import time
 import warnings
 from collections.abc import Callable, Mapping, Sequence
@@ -296,6 +298,34 @@ def _joined(stream, data_for: Callable[[_Task], dict]):
                "unconverged": sum(g["unconverged"] for g in got)}
 
 
+def _ready() -> int:
+    """A job's first task: unpickling it imports this module (scikit-learn, the heads) there."""
+    return os.getpid()
+
+
+def _start_jobs(names: list[str], config: HeadsConfig) -> threading.Thread | None:
+    """Start the job processes now, in a thread, so that their start-up (Python and scikit-learn
+    imports, about 2.5 s each) overlaps the split, the text-tower check and the scaler instead of
+    following them. As many as :func:`_fit_all` asks for when every head that needs no text
+    tower applies; loky reuses them (and adds or stops one if the count differs)."""
+    n_tasks = sum(not get_head_spec(n).needs_text for n in names) * len(config.balance) + config.baseline
+    jobs = min(config.jobs or cpu_count(), n_tasks)
+    if jobs < 2:
+        return None
+
+    def start() -> None:
+        from joblib import Parallel, delayed
+
+        try:
+            Parallel(n_jobs=jobs, backend="loky")(delayed(_ready)() for _ in range(jobs))
+        except Exception as e:  # the run starts them itself, and reports what fails there
+            log.debug("starting %d job processes ahead failed: %s", jobs, e)
+
+    thread = threading.Thread(target=start, name="genrekit-start-jobs", daemon=True)
+    thread.start()
+    return thread
+
+
 def _fitted_summary(head) -> dict:
     out = {}
     for k in ("C_", "k_", "best_epoch_", "order_", "search_"):
@@ -485,11 +515,16 @@ def run_heads(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     fs = features
-    prep = _prepare(fs, config, out)
     names = [n for n in config.heads if n != ENSEMBLE] or list(HEADS)
-    want_ensemble = not config.heads or ENSEMBLE in config.heads
-    names, skipped, inputs, chain_record = _runner_inputs(names, prep, fs, config, header, text_encoder)
-    tasks = _build_tasks(names, inputs, config, skipped)
+    starting = _start_jobs(names, config)
+    try:
+        prep = _prepare(fs, config, out)
+        want_ensemble = not config.heads or ENSEMBLE in config.heads
+        names, skipped, inputs, chain_record = _runner_inputs(names, prep, fs, config, header, text_encoder)
+        tasks = _build_tasks(names, inputs, config, skipped)
+    finally:
+        if starting is not None:
+            starting.join()  # the jobs are up; on an error here, never left starting behind
     scaler, jobs, threads, stream = _fit_all(tasks, prep, config, *fs.X.shape)
     progress("heads", 0, len(tasks))
     t_start = time.perf_counter()
