@@ -217,7 +217,8 @@ def run_case(args, name: str, layers: str, precision: str, paths: list[str]) -> 
         e2e = {}
         for variant in args.variants:
             with tempfile.TemporaryDirectory() as tmp:
-                rep = extract(ExtractConfig(backbone=name, weights=weights, data=str(POSTERS), out=f"{tmp}/s.h5",
+                # device="cpu": model only runs on the CPU; extract's "auto" would take a GPU where there is one
+                rep = extract(ExtractConfig(backbone=name, weights=weights, data=str(POSTERS), out=f"{tmp}/s.h5", device="cpu",
                                             limit=args.n, precision=precision, layers=LAYERS[layers], **VARIANTS[variant]))
             e2e[variant] = rep
         rounds.append((mo, e2e))
@@ -257,7 +258,7 @@ def fresh_processes(args, paths_n: int) -> None:
                     before = resource.getrusage(resource.RUSAGE_CHILDREN)
                     t0 = time.perf_counter()
                     subprocess.run([cli, "extract", "-b", "mobilenet_v2", "--weights", weights_for("mobilenet_v2"), "-d", str(POSTERS),
-                                    "-o", f"{tmp}/s.h5", "--limit", str(paths_n), "--layers", LAYERS[layers], "--precision", "fp32"],
+                                    "-o", f"{tmp}/s.h5", "--limit", str(paths_n), "--layers", LAYERS[layers], "--precision", "fp32", "--device", "cpu"],
                                    env={**os.environ, **env}, check=True, capture_output=True)  # fmt: skip
                     wall = time.perf_counter() - t0
                     after = resource.getrusage(resource.RUSAGE_CHILDREN)

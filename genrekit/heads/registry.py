@@ -53,7 +53,8 @@ class HeadSpec:
         threads_param: the parameter that sets its CPU threads, if it has its own.
         seed_param: the parameter that seeds it, if it is random.
         cost: fit seconds on the 6,000 x 3,312 six-stage poster store (benchmarks/README.md), so the
-            longest heads start first.
+            longest heads start first, and a head made of parts is split when its cost is above
+            one job's share.
         parts_param: for a head made of independent parts (a forest's trees), the parameter
             that counts them; the head then has ``fit_part(X, Y, part, parts)`` and
             ``join_parts(heads)``, and the runner grows its parts on all its jobs at once.
