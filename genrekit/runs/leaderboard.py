@@ -278,7 +278,8 @@ def _in_parts(tasks: list[_Task], jobs: int) -> list[_Task]:
 
 
 def _joined(stream, data_for: Callable[[_Task], dict]):
-    """The results of ``stream`` with the parts of a head joined into that head, predicted here."""
+    """The results of ``stream`` with the parts of a head joined into that head, predicted here;
+    its fit seconds are its parts' sum (CPU seconds, as for a head fitted whole on one thread)."""
     waiting: dict[str, list[dict]] = {}
     for r in stream:
         task = r["task"]
@@ -305,8 +306,8 @@ def _ready() -> int:
 
 def _start_jobs(names: list[str], config: HeadsConfig) -> threading.Thread | None:
     """Start the job processes now, in a thread, so that their start-up (Python and scikit-learn
-    imports, about 2.5 s each) overlaps the split, the text-tower check and the scaler instead of
-    following them. As many as :func:`_fit_all` asks for when every head that needs no text
+    imports, about 2.5 s each) overlaps the split and the text-tower check instead of following
+    them. As many as :func:`_fit_all` asks for when every head that needs no text
     tower applies; loky reuses them (and adds or stops one if the count differs)."""
     n_tasks = sum(not get_head_spec(n).needs_text for n in names) * len(config.balance) + config.baseline
     jobs = min(config.jobs or cpu_count(), n_tasks)
