@@ -57,7 +57,8 @@ class HeadSpec:
             one job's share.
         parts_param: for a head made of independent parts (a forest's trees), the parameter
             that counts them; the head then has ``fit_part(X, Y, part, parts)`` and
-            ``join_parts(heads)``, and the runner grows its parts on all its jobs at once.
+            ``join_parts(heads)``, and the runner grows its parts on several jobs at once when
+            the whole head would set the run's length.
     """
 
     name: str

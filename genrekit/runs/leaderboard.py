@@ -299,6 +299,11 @@ def _joined(stream, data_for: Callable[[_Task], dict]):
                "unconverged": sum(g["unconverged"] for g in got)}
 
 
+def _job_count(config: HeadsConfig, n_tasks: int) -> int:
+    """Heads trained at once: ``--jobs`` (0: one per core), never more than there are tasks."""
+    return max(1, min(config.jobs or cpu_count(), n_tasks))
+
+
 def _ready() -> int:
     """A job's first task: unpickling it imports this module (scikit-learn, the heads) there."""
     return os.getpid()
@@ -309,8 +314,7 @@ def _start_jobs(names: list[str], config: HeadsConfig) -> threading.Thread | Non
     imports, about 2.5 s each) overlaps the split and the text-tower check instead of following
     them. As many as :func:`_fit_all` asks for when every head that needs no text
     tower applies; loky reuses them (and adds or stops one if the count differs)."""
-    n_tasks = sum(not get_head_spec(n).needs_text for n in names) * len(config.balance) + config.baseline
-    jobs = min(config.jobs or cpu_count(), n_tasks)
+    jobs = _job_count(config, sum(not get_head_spec(n).needs_text for n in names) * len(config.balance) + config.baseline)
     if jobs < 2:
         return None
 
@@ -410,7 +414,7 @@ def _runner_inputs(
 
 
 def _build_tasks(names: list[str], inputs: Mapping, config: HeadsConfig, skipped: Mapping[str, str]) -> list[_Task]:
-    """One task per head and balance mode (a head without class weights runs once unweighted), longest first."""
+    """One task per head and balance mode (a head without class weights runs once unweighted); :func:`_in_parts` orders them."""
     tasks: list[_Task] = []
     multi = len(config.balance) > 1
     for n in names:
@@ -432,7 +436,6 @@ def _build_tasks(names: list[str], inputs: Mapping, config: HeadsConfig, skipped
         tasks.append(_Task(BASELINE, "logreg", "none", {"Cs": (1.0,), "max_iter": 100}))
     if not tasks:
         raise ConfigError(f"no head applies to these features: {'; '.join(f'{k}: {v}' for k, v in skipped.items())}")
-    tasks.sort(key=lambda t: -get_head_spec(t.head).cost)
     return tasks
 
 
@@ -445,9 +448,8 @@ def _fit_all(tasks: list[_Task], prep: _Prepared, config: HeadsConfig, n_items: 
     scaler = StandardScaler().fit(prep.X["train"])
     raw = {"X_train": prep.X["train"], "X_val": prep.X["val"], "X_test": prep.X["test"], "Y_train": prep.Ys["train"], "Y_val": prep.Ys["val"]}
     scaled = {**raw, **{k: scaler.transform(raw[k]).astype(np.float32) for k in ("X_train", "X_val", "X_test")}}
-    cores = cpu_count()
-    jobs = max(1, min(config.jobs or cores, len(tasks)))
-    threads = max(1, cores // jobs)
+    jobs = _job_count(config, len(tasks))
+    threads = max(1, cpu_count() // jobs)
     log.info("training %d head(s) on %d x %d features, %d at a time, %d thread(s) each", len(tasks), n_items, dim, jobs, threads)
     tasks = _in_parts(tasks, jobs)
 
