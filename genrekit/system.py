@@ -1,10 +1,12 @@
-"""Facts about the machine that several layers size their work by, and the one process setting
-that running a network on a CPU needs."""
+"""Facts about the machine that several layers size their work by, and the process settings that
+running a network on a CPU, and leaving a process that imported one, need."""
 
 from __future__ import annotations
 
+import atexit
 import ctypes
 import functools
+import gc
 import logging
 import os
 
@@ -56,3 +58,18 @@ def glibc() -> bool:
         return os.confstr("CS_GNU_LIBC_VERSION").startswith("glibc")
     except (AttributeError, ValueError, OSError, TypeError):  # not POSIX, or a libc that does not say
         return False
+
+
+@functools.cache
+def exit_without_collection() -> None:
+    """At exit, skip the interpreter's last garbage collection over every object it imported.
+
+    A process that imported torch and scikit-learn spends 0.7-1.2 s after its last line on that
+    collection (2 cores, ``benchmarks/README.md``, "Leaving"), memory the kernel frees anyway when
+    the process ends. Registered once, so it runs after the exit handlers registered later
+    (joblib's, which stop the job processes): it freezes what is left (:func:`gc.freeze`), and
+    the interpreter then frees by reference count only. What is still in a reference cycle at
+    that point is not finalized (Python does not promise it either); genrekit closes what it
+    writes. For a command-line process and the job processes it starts, not a library caller's.
+    """
+    atexit.register(gc.freeze)

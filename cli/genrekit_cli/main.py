@@ -79,4 +79,7 @@ from genrekit_cli.commands import finetune, serve, report, explain, leaderboard 
 
 def main() -> None:
     """Console-script entry point."""
+    from genrekit.system import exit_without_collection
+
+    exit_without_collection()
     app()

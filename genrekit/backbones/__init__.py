@@ -1,19 +1,38 @@
-"""Frozen encoders: one registry of backbones, one encoder protocol, preprocessing bundled."""
+"""Frozen encoders: one registry of backbones, one encoder protocol, preprocessing bundled.
 
-from genrekit.backbones.base import BackboneSpec, Encoder, WeightsRef
-from genrekit.backbones.preprocess import RESIZE_MODES, Preprocess
-from genrekit.backbones.registry import create_encoder, get_spec, list_backbones, random_weights, register, weights_present
+The names below are imported on first use, so that ``genrekit.backbones.families`` (what each
+family reads) is there without torch.
+"""
 
-__all__ = [
-    "RESIZE_MODES",
-    "BackboneSpec",
-    "Encoder",
-    "Preprocess",
-    "WeightsRef",
-    "create_encoder",
-    "get_spec",
-    "list_backbones",
-    "random_weights",
-    "register",
-    "weights_present",
-]
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from genrekit.backbones.base import BackboneSpec, Encoder, WeightsRef
+    from genrekit.backbones.preprocess import RESIZE_MODES, Preprocess
+    from genrekit.backbones.registry import create_encoder, get_spec, list_backbones, random_weights, register, weights_present
+
+_HOME = {
+    "BackboneSpec": "base",
+    "Encoder": "base",
+    "WeightsRef": "base",
+    "RESIZE_MODES": "preprocess",
+    "Preprocess": "preprocess",
+    "create_encoder": "registry",
+    "get_spec": "registry",
+    "list_backbones": "registry",
+    "random_weights": "registry",
+    "register": "registry",
+    "weights_present": "registry",
+}
+__all__ = list(_HOME)
+
+
+def __getattr__(name: str):
+    if name not in _HOME:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{_HOME[name]}"), name)
+    globals()[name] = value
+    return value

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from genrekit.backbones.families import FAMILIES
 from genrekit.backbones.preprocess import Preprocess
 from genrekit.errors import ConfigError, WeightsUnavailableError
 
@@ -27,8 +28,10 @@ class BackboneSpec:
 
     Attributes:
         name: the registry name (``genrekit extract --backbone NAME``).
-        family: ``open_clip``, ``torchvision``, ``timm``, ``hf-text``, ``colorstats`` or ``test``.
-        modalities: ``("image",)``, ``("text",)`` or both (CLIP: image tower plus text tower).
+        family: a key of :data:`~genrekit.backbones.families.FAMILIES` (``open_clip``,
+            ``torchvision``, ``timm``, ``onnx``, ``colorstats``, ``hf-text``, ``test``).
+        modalities: ``("image",)``, ``("text",)`` or both (CLIP: image tower plus text tower):
+            always the family's, so a store's ``encoder.family`` tells without torch.
         dim: embedding size.
         weights: known pretrained weight tags, the default first; ``none`` and a file path always work.
         preprocess: image preprocessing the weights expect (``None`` for text-only models).
@@ -53,6 +56,12 @@ class BackboneSpec:
     layers: str = "last"
     description: str = ""
     options: dict = field(default_factory=dict, compare=False)  # family-specific build arguments
+
+    def __post_init__(self) -> None:
+        if FAMILIES.get(self.family) != self.modalities:
+            known = ", ".join(f"{f} {'+'.join(m)}" for f, m in FAMILIES.items())
+            raise ValueError(f"backbone {self.name!r}: family {self.family!r} with modalities {self.modalities}; "
+                             f"a family and what it reads are one entry of genrekit.backbones.families.FAMILIES ({known})")
 
     @property
     def default_weights(self) -> str:

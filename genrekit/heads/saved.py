@@ -40,6 +40,32 @@ RUN_FORMAT = 1
 # aligned by name) and so may the storage dtype (float16 and float32 stores hold the same features).
 _FEATURE_FIELDS = ("encoder", "preprocessing", "normalisation", "modality")
 
+# scikit-learn's array-API adapter for torch, which imports torch: skops lists scikit-learn's
+# estimators when it is first imported, and that walk imports every package under sklearn.
+_TORCH_ADAPTER = "sklearn.externals.array_api_compat.torch"
+
+
+def skops_io():
+    """``skops.io``, imported without torch: its first import walks every scikit-learn package, and
+    one of them (the array-API adapter for torch, which no head uses) imports torch, 2 s of a
+    process that may never need it (the heads runner's). The walk skips a package that cannot be
+    imported, so that one is held off while skops lists the estimators (the same 208 on
+    scikit-learn 1.9), and importable again after.
+    """
+    import sys
+
+    if "skops.io" in sys.modules or "torch" in sys.modules or _TORCH_ADAPTER in sys.modules:
+        import skops.io
+
+        return skops.io
+    sys.modules[_TORCH_ADAPTER] = None  # type: ignore[assignment]
+    try:
+        import skops.io
+    finally:
+        sys.modules.pop(_TORCH_ADAPTER, None)
+    return skops.io
+
+
 def _json_params(params: Mapping) -> dict:
     """Constructor parameters that are plain values (arrays such as prompt embeddings are state)."""
     out = {}
@@ -102,9 +128,7 @@ class SavedHead:
                 np.savez(fh, mean=sc.mean_, scale=sc.scale_, var=sc.var_, n_samples_seen=np.asarray(sc.n_samples_seen_))
         # The entry's save format decides; skops files load back with the entry's trusted types only.
         if spec.persist == "skops":
-            import skops.io as sio
-
-            atomic_write(d / "model.skops", sio.dumps(head))
+            atomic_write(d / "model.skops", skops_io().dumps(head))
         else:
             meta, arrays = head.get_state()
             if spec.persist == "safetensors":
@@ -246,7 +270,7 @@ def _load_scaler(path: Path) -> StandardScaler:
 
 
 def _load_skops(path: Path, spec):
-    import skops.io as sio
+    sio = skops_io()
 
     if not path.is_file():
         raise StoreError(f"{path} is missing: {_RECOVER}")

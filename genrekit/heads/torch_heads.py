@@ -1,8 +1,9 @@
 """Torch heads: ``mlp`` (binary cross-entropy) and ``softf1`` (the sigmoidF1 loss).
 
 torch is imported inside the methods, so importing genrekit.heads never loads it. The module is
-built in ``fit``, lives on the CPU, pickles with the estimator, and is saved as safetensors plus
-JSON (see :mod:`genrekit.heads.io`). Training is seeded (its own RNG scope, so the caller's global
+built in ``fit`` and lives on the CPU; it pickles as its weights (numpy arrays), so a process that
+receives a fitted head (the heads runner's, from its jobs) imports torch only if it runs the
+network; it is saved as safetensors plus JSON (see :mod:`genrekit.heads.io`). Training is seeded (its own RNG scope, so the caller's global
 torch RNG is untouched) and stops early on a validation set: the one passed to ``fit``, or a
 seeded ``val_fraction`` of the training rows when none is given.
 """
@@ -195,12 +196,10 @@ class TorchMLPHead(MultiLabelHead):
             "best_val_loss_": float(self.best_val_loss_),
             "history_": [list(h) for h in self.history_],
         }
-        return meta, {k: v.detach().cpu().numpy() for k, v in self.module_.state_dict().items()}
+        return meta, self.__dict__["_weights"] if "_weights" in self.__dict__ else _weights(self.module_)
 
     def set_state(self, meta: dict, arrays: dict[str, np.ndarray]) -> TorchMLPHead:
         """Restore what :meth:`get_state` returned, on a head built with the same parameters."""
-        import torch
-
         self.n_features_in_ = meta["n_features_in_"]
         self.n_genres_ = meta["n_genres_"]
         self.best_epoch_ = meta["best_epoch_"]
@@ -208,7 +207,38 @@ class TorchMLPHead(MultiLabelHead):
         self.history_ = [tuple(h) for h in meta["history_"]]
         self.n_iter_ = len(self.history_)
         self.classes_ = [np.array([0, 1]) for _ in range(self.n_genres_)]
+        self.module_ = self._network(arrays)
+        return self
+
+    # -- pickling: the network travels as its weights ----------------------------------------
+    @property
+    def module_(self):
+        """The fitted network (after unpickling, rebuilt from its weights on first use)."""
+        if "_module" not in self.__dict__:
+            if "_weights" not in self.__dict__:
+                raise AttributeError(f"{type(self).__name__} has no module_: it is not fitted")
+            self._module = self._network(self.__dict__.pop("_weights"))
+        return self._module
+
+    @module_.setter
+    def module_(self, module) -> None:
+        self.__dict__.pop("_weights", None)
+        self._module = module
+
+    def __getstate__(self):
+        state = dict(super().__getstate__())  # a copy: object's is the live __dict__
+        module = state.pop("_module", None)
+        if module is not None:
+            state["_weights"] = _weights(module)
+        return state
+
+    def _network(self, arrays: dict[str, np.ndarray]):
+        import torch
+
         module = build_module(self.n_features_in_, self.n_genres_, self.hidden, self.dropout)
         module.load_state_dict({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in arrays.items()})
-        self.module_ = module.eval()
-        return self
+        return module.eval()
+
+
+def _weights(module) -> dict[str, np.ndarray]:
+    return {k: v.detach().cpu().numpy() for k, v in module.state_dict().items()}

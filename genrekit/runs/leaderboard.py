@@ -41,7 +41,7 @@ from genrekit.heads.zeroshot import genre_prompt_embeddings
 from genrekit.progress import ProgressFn, null_progress
 from genrekit.rundir import RESULTS_CSV, RESULTS_FILE, SPLIT_FILE, save_part_predictions
 from genrekit.store import FeatureSet, StoreHeader
-from genrekit.system import cpu_count
+from genrekit.system import cpu_count, exit_without_collection
 
 log = logging.getLogger(__name__)
 
@@ -160,13 +160,10 @@ def _text_encoder_from_header(header: StoreHeader | None) -> tuple[TextEncoder |
     """The store encoder's text tower, or None and the reason it is unavailable."""
     if header is None:
         return None, "the features have no single encoder (no store header)"
-    from genrekit.backbones import get_spec
+    from genrekit.backbones.families import family_has_text
 
-    try:
-        if "text" not in get_spec(str(header.encoder.get("name"))).modalities:  # known without building it (seconds)
-            return None, f"backbone {header.encoder.get('name')} has no text tower"
-    except GenrekitError:
-        pass  # not registered here: rebuilding it names what is wrong
+    if family_has_text(str(header.encoder.get("family"))) is False:  # known from the header, without torch (2 s)
+        return None, f"backbone {header.encoder.get('name')} has no text tower"
     from genrekit.extraction import encoder_from_header
 
     try:
@@ -306,13 +303,20 @@ def _job_count(config: HeadsConfig, n_tasks: int) -> int:
 
 def _ready() -> int:
     """A job's first task: unpickling it imports this module (scikit-learn, the heads) there."""
+    exit_without_collection()
     return os.getpid()
+
+
+def _fit_in_job(task: _Task, data: dict, threads: int) -> dict:
+    """:func:`_fit_task` in a job process, which then leaves as soon as the run lets it go."""
+    exit_without_collection()
+    return _fit_task(task, data, threads)
 
 
 def _start_jobs(names: list[str], config: HeadsConfig) -> threading.Thread | None:
     """Start the job processes now, in a thread, so that their start-up (Python and scikit-learn
-    imports, about 2.5 s each) overlaps the split and the text-tower check instead of following
-    them. As many as :func:`_fit_all` asks for when every head that needs no text
+    imports, about 2.5 s each) overlaps the split, the text-tower check and the standardisation
+    instead of following them. As many as :func:`_fit_all` asks for when every head that needs no text
     tower applies; loky reuses them (and adds or stops one if the count differs)."""
     jobs = _job_count(config, sum(not get_head_spec(n).needs_text for n in names) * len(config.balance) + config.baseline)
     if jobs < 2:
@@ -439,15 +443,20 @@ def _build_tasks(names: list[str], inputs: Mapping, config: HeadsConfig, skipped
     return tasks
 
 
-def _fit_all(tasks: list[_Task], prep: _Prepared, config: HeadsConfig, n_items: int, dim: int):
-    """Fit every task (in parallel when asked), yielding results as they finish.
-
-    Returns (the scaler fitted on train, jobs, threads per job, the stream of results).
-    """
-    # Standardisation is fitted on train only; heads that need it get scaled copies.
+def _standardised(prep: _Prepared) -> tuple[StandardScaler, dict, dict]:
+    """The scaler fitted on train only, and the heads' inputs as they are and standardised."""
     scaler = StandardScaler().fit(prep.X["train"])
     raw = {"X_train": prep.X["train"], "X_val": prep.X["val"], "X_test": prep.X["test"], "Y_train": prep.Ys["train"], "Y_val": prep.Ys["val"]}
     scaled = {**raw, **{k: scaler.transform(raw[k]).astype(np.float32) for k in ("X_train", "X_val", "X_test")}}
+    return scaler, raw, scaled
+
+
+def _fit_all(tasks: list[_Task], raw: dict, scaled: dict, config: HeadsConfig, n_items: int, dim: int):
+    """Fit every task (in parallel when asked), yielding results as they finish; heads that
+    standardise get ``scaled``, the others ``raw``.
+
+    Returns (jobs, threads per job, the stream of results).
+    """
     jobs = _job_count(config, len(tasks))
     threads = max(1, cpu_count() // jobs)
     log.info("training %d head(s) on %d x %d features, %d at a time, %d thread(s) each", len(tasks), n_items, dim, jobs, threads)
@@ -462,9 +471,9 @@ def _fit_all(tasks: list[_Task], prep: _Prepared, config: HeadsConfig, n_items: 
         from joblib import Parallel, delayed
 
         stream = Parallel(n_jobs=jobs, backend="loky", return_as="generator_unordered")(
-            delayed(_fit_task)(t, data_for(t), threads) for t in tasks
+            delayed(_fit_in_job)(t, data_for(t), threads) for t in tasks
         )
-    return scaler, jobs, threads, _joined(stream, data_for)
+    return jobs, threads, _joined(stream, data_for)
 
 
 def _score_baseline(r: dict, prep: _Prepared) -> dict:
@@ -525,10 +534,11 @@ def run_heads(
         want_ensemble = not config.heads or ENSEMBLE in config.heads
         names, skipped, inputs, chain_record = _runner_inputs(names, prep, fs, config, header, text_encoder)
         tasks = _build_tasks(names, inputs, config, skipped)
+        scaler, raw, scaled = _standardised(prep)  # while the jobs start: they wait for nothing else
     finally:
         if starting is not None:
             starting.join()  # the jobs are up; on an error here, never left starting behind
-    scaler, jobs, threads, stream = _fit_all(tasks, prep, config, *fs.X.shape)
+    jobs, threads, stream = _fit_all(tasks, raw, scaled, config, *fs.X.shape)
     progress("heads", 0, len(tasks))
     t_start = time.perf_counter()
     entries: dict[str, dict] = {}
