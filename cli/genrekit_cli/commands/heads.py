@@ -46,7 +46,7 @@ def heads(
 ) -> None:
     """Train heads on cached features, tune thresholds on validation, rank them on test."""
     from genrekit.atomic import check_output_dir
-    with loading("starting: importing scikit-learn and torch"):
+    with loading("starting: importing scikit-learn"):
         from genrekit.errors import ConfigError
         from genrekit.runs.leaderboard import HeadsConfig, run_heads
         from genrekit.store import FeatureStore
