@@ -65,11 +65,13 @@ def exit_without_collection() -> None:
     """At exit, skip the interpreter's last garbage collection over every object it imported.
 
     A process that imported torch and scikit-learn spends 0.7-1.2 s after its last line on that
-    collection (2 cores, ``benchmarks/README.md``, "Leaving"), memory the kernel frees anyway when
-    the process ends. Registered once, so it runs after the exit handlers registered later
-    (joblib's, which stop the job processes): it freezes what is left (:func:`gc.freeze`), and
-    the interpreter then frees by reference count only. What is still in a reference cycle at
-    that point is not finalized (Python does not promise it either); genrekit closes what it
-    writes. For a command-line process and the job processes it starts, not a library caller's.
+    collection (2 cores, ``benchmarks/README.md``, "Outside the fits"), memory the kernel frees
+    anyway when the process ends. An exit handler (registered once) freezes what is left
+    (:func:`gc.freeze`); handlers registered later run before it, and loky stops its job processes
+    before any handler runs. The interpreter then frees by reference count only: what is still in
+    a reference cycle is not finalized (Python does not promise it either); genrekit closes what it
+    writes. Called by the command line's entry point and by the heads runner's job processes
+    (loky's reusable workers, which a library caller's later joblib work may share: it changes
+    only how they leave).
     """
     atexit.register(gc.freeze)

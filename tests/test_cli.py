@@ -61,8 +61,8 @@ def test_help_of_every_command_exits_0():
 
 def test_a_cli_process_skips_the_last_collection_after_its_exit_handlers():
     """exit_without_collection (what the CLI and its job processes call) freezes what is left once
-    the exit handlers registered after it (joblib's) have run: an object left in a reference cycle
-    is then not finalized at exit, and without it, it is."""
+    the exit handlers registered after it have run: an object left in a reference cycle is then not
+    finalized at exit, and without it, it is."""
     import subprocess
     import sys
 

@@ -240,6 +240,14 @@ def test_a_torch_head_travels_as_arrays_and_unpickles_without_torch(data):
         np.testing.assert_array_equal(again.get_state()[1][k], v)
     np.testing.assert_array_equal(again.predict_proba(fs.X[s["te"]]), head.predict_proba(fs.X[s["te"]]))
     assert not hasattr(create_head("mlp"), "module_")  # unfitted: no network
+    # the network it was fitted with, whatever the parameters say since; threads all find it
+    from concurrent.futures import ThreadPoolExecutor
+
+    renamed = pickle.loads(blob).set_params(hidden=5)
+    with ThreadPoolExecutor(4) as pool:
+        got = list(pool.map(lambda _: renamed.predict_proba(fs.X[s["te"]]), range(8)))
+    for P in got:
+        np.testing.assert_array_equal(P, head.predict_proba(fs.X[s["te"]]))
 
 
 def test_skops_is_imported_without_torch_and_trusts_the_same_estimators():

@@ -105,7 +105,6 @@ def clip_spec(name: str, description: str = "", **overrides) -> BackboneSpec:
     return BackboneSpec(
         name=name,
         family="open_clip",
-        modalities=("image", "text"),
         dim=int(cfg["embed_dim"]),
         weights=tags,
         build=build_open_clip,

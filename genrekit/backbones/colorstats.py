@@ -73,7 +73,6 @@ def build_colorstats(spec: BackboneSpec, weights: WeightsRef, device: torch.devi
 COLORSTATS = BackboneSpec(
     name="colorstats",
     family="colorstats",
-    modalities=("image",),
     dim=DIM,
     weights=(),
     build=build_colorstats,

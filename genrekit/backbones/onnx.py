@@ -102,7 +102,6 @@ def onnx_spec(
     return BackboneSpec(
         name=name,
         family="onnx",
-        modalities=("image",),
         dim=dim,  # 0: known once the graph is loaded
         weights=weights if weights is not None else ((path,) if path else ()),
         build=build_onnx,

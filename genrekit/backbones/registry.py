@@ -38,7 +38,6 @@ def _clip(name: str, dim: int, size: int, description: str, weights: tuple[str, 
     return BackboneSpec(
         name=name,
         family="open_clip",
-        modalities=("image", "text"),
         dim=dim,
         weights=weights,
         build=clip.build_open_clip,

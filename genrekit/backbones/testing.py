@@ -36,7 +36,6 @@ def build_tiny_cnn(spec: BackboneSpec, weights: WeightsRef, device: torch.device
 TINY_CNN = BackboneSpec(
     name="test-tiny-cnn",
     family="test",
-    modalities=("image",),
     dim=32,
     weights=(),
     build=build_tiny_cnn,

@@ -163,7 +163,6 @@ def hf_text_spec(name: str, dim: int, weights: tuple[str, ...], description: str
     return BackboneSpec(
         name=name,
         family="hf-text",
-        modalities=("text",),
         dim=dim,
         weights=weights,
         build=build_hf_text,

@@ -128,7 +128,6 @@ def torchvision_spec(name: str, description: str) -> BackboneSpec:
     return BackboneSpec(
         name=name,
         family="torchvision",
-        modalities=("image",),
         dim=dim,
         weights=tags,
         build=build_torchvision,
@@ -215,7 +214,6 @@ def timm_spec(name: str, timm_name: str, dim: int, tags: tuple[str, ...], size: 
     return BackboneSpec(
         name=name,
         family="timm",
-        modalities=("image",),
         dim=dim,
         weights=tags,
         build=build_timm,

@@ -58,6 +58,9 @@ def skops_io():
         import skops.io
 
         return skops.io
+    # For the import's length (0.5 s, once a process), another thread importing the adapter would
+    # fail; only scikit-learn's array-API dispatch with torch arrays imports it, and never caches
+    # the failure.
     sys.modules[_TORCH_ADAPTER] = None  # type: ignore[assignment]
     try:
         import skops.io

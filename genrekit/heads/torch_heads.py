@@ -196,7 +196,8 @@ class TorchMLPHead(MultiLabelHead):
             "best_val_loss_": float(self.best_val_loss_),
             "history_": [list(h) for h in self.history_],
         }
-        return meta, self.__dict__["_weights"] if "_weights" in self.__dict__ else _weights(self.module_)
+        packed = self.__dict__.get("_weights")
+        return meta, packed["arrays"] if packed is not None else _weights(self.module_)
 
     def set_state(self, meta: dict, arrays: dict[str, np.ndarray]) -> TorchMLPHead:
         """Restore what :meth:`get_state` returned, on a head built with the same parameters."""
@@ -207,18 +208,22 @@ class TorchMLPHead(MultiLabelHead):
         self.history_ = [tuple(h) for h in meta["history_"]]
         self.n_iter_ = len(self.history_)
         self.classes_ = [np.array([0, 1]) for _ in range(self.n_genres_)]
-        self.module_ = self._network(arrays)
+        self.module_ = self._network(arrays, self.hidden)
         return self
 
     # -- pickling: the network travels as its weights ----------------------------------------
     @property
     def module_(self):
         """The fitted network (after unpickling, rebuilt from its weights on first use)."""
-        if "_module" not in self.__dict__:
-            if "_weights" not in self.__dict__:
+        module = self.__dict__.get("_module")
+        if module is None:
+            packed = self.__dict__.get("_weights")
+            if packed is None:
                 raise AttributeError(f"{type(self).__name__} has no module_: it is not fitted")
-            self._module = self._network(self.__dict__.pop("_weights"))
-        return self._module
+            # set before the weights go, so that threads using a just-unpickled head all find one
+            module = self.__dict__.setdefault("_module", self._network(packed["arrays"], packed["hidden"]))
+            self.__dict__.pop("_weights", None)
+        return module
 
     @module_.setter
     def module_(self, module) -> None:
@@ -228,14 +233,14 @@ class TorchMLPHead(MultiLabelHead):
     def __getstate__(self):
         state = dict(super().__getstate__())  # a copy: object's is the live __dict__
         module = state.pop("_module", None)
-        if module is not None:
-            state["_weights"] = _weights(module)
+        if module is not None:  # with the width it was built with (set_params may change hidden)
+            state["_weights"] = {"arrays": _weights(module), "hidden": self.hidden}
         return state
 
-    def _network(self, arrays: dict[str, np.ndarray]):
+    def _network(self, arrays: dict[str, np.ndarray], hidden: int):
         import torch
 
-        module = build_module(self.n_features_in_, self.n_genres_, self.hidden, self.dropout)
+        module = build_module(self.n_features_in_, self.n_genres_, hidden, self.dropout)
         module.load_state_dict({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in arrays.items()})
         return module.eval()
 
