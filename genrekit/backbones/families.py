@@ -1,8 +1,9 @@
 """What each backbone family's encoders read, known without importing torch.
 
 A registry entry's ``modalities`` is its family's (:class:`~genrekit.backbones.BackboneSpec`
-reads it here and refuses a family not listed), so a store header's ``encoder.family`` says whether the encoder that made it has
-a text tower: the heads runner learns it in microseconds instead of importing torch (2 s).
+reads it here and refuses a family not listed), so a store header's ``encoder.family`` says
+whether the encoder that made it has a text tower: the heads runner learns it in microseconds
+instead of importing torch (2 s).
 """
 
 from __future__ import annotations

@@ -3,8 +3,8 @@
 torch is imported inside the methods, so importing genrekit.heads never loads it. The module is
 built in ``fit`` and lives on the CPU; it pickles as its weights (numpy arrays), so a process that
 receives a fitted head (the heads runner's, from its jobs) imports torch only if it runs the
-network; it is saved as safetensors plus JSON (see :mod:`genrekit.heads.io`). Training is seeded (its own RNG scope, so the caller's global
-torch RNG is untouched) and stops early on a validation set: the one passed to ``fit``, or a
+network; it is saved as safetensors plus JSON (see :mod:`genrekit.heads.io`). Training is seeded
+(its own RNG scope, so the caller's global torch RNG is untouched) and stops early on a validation set: the one passed to ``fit``, or a
 seeded ``val_fraction`` of the training rows when none is given.
 """
 
@@ -197,7 +197,7 @@ class TorchMLPHead(MultiLabelHead):
             "history_": [list(h) for h in self.history_],
         }
         packed = self.__dict__.get("_weights")
-        return meta, packed["arrays"] if packed is not None else _weights(self.module_)
+        return meta, packed if packed is not None else _weights(self.module_)
 
     def set_state(self, meta: dict, arrays: dict[str, np.ndarray]) -> TorchMLPHead:
         """Restore what :meth:`get_state` returned, on a head built with the same parameters."""
@@ -221,7 +221,7 @@ class TorchMLPHead(MultiLabelHead):
             if packed is None:
                 raise AttributeError(f"{type(self).__name__} has no module_: it is not fitted")
             # set before the weights go, so that threads using a just-unpickled head all find one
-            module = self.__dict__.setdefault("_module", self._network(packed["arrays"], packed["hidden"]))
+            module = self.__dict__.setdefault("_module", self._network(packed, _width(packed)))
             self.__dict__.pop("_weights", None)
         return module
 
@@ -233,16 +233,22 @@ class TorchMLPHead(MultiLabelHead):
     def __getstate__(self):
         state = dict(super().__getstate__())  # a copy: object's is the live __dict__
         module = state.pop("_module", None)
-        if module is not None:  # with the width it was built with (set_params may change hidden)
-            state["_weights"] = {"arrays": _weights(module), "hidden": self.hidden}
+        if module is not None:
+            state["_weights"] = _weights(module)
         return state
 
     def _network(self, arrays: dict[str, np.ndarray], hidden: int):
+        """The network of ``hidden`` units with these weights (refused by torch if they do not fit)."""
         import torch
 
         module = build_module(self.n_features_in_, self.n_genres_, hidden, self.dropout)
         module.load_state_dict({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in arrays.items()})
         return module.eval()
+
+
+def _width(arrays: dict[str, np.ndarray]) -> int:
+    """The hidden units of pickled weights, whatever ``hidden`` was set to since the fit."""
+    return arrays["0.weight"].shape[0] if "0.weight" in arrays else 0  # hidden=0: layer 0 is the dropout
 
 
 def _weights(module) -> dict[str, np.ndarray]:
