@@ -196,8 +196,8 @@ class TorchMLPHead(MultiLabelHead):
             "best_val_loss_": float(self.best_val_loss_),
             "history_": [list(h) for h in self.history_],
         }
-        packed = self.__dict__.get("_weights")
-        return meta, packed if packed is not None else _weights(self.module_)
+        arrays = self.__dict__.get("_arrays")
+        return meta, arrays if arrays is not None else _weights(self.module_)
 
     def set_state(self, meta: dict, arrays: dict[str, np.ndarray]) -> TorchMLPHead:
         """Restore what :meth:`get_state` returned, on a head built with the same parameters."""
@@ -217,24 +217,24 @@ class TorchMLPHead(MultiLabelHead):
         """The fitted network (after unpickling, rebuilt from its weights on first use)."""
         module = self.__dict__.get("_module")
         if module is None:
-            packed = self.__dict__.get("_weights")
-            if packed is None:
+            arrays = self.__dict__.get("_arrays")
+            if arrays is None:
                 raise AttributeError(f"{type(self).__name__} has no module_: it is not fitted")
             # set before the weights go, so that threads using a just-unpickled head all find one
-            module = self.__dict__.setdefault("_module", self._network(packed, _width(packed)))
-            self.__dict__.pop("_weights", None)
+            module = self.__dict__.setdefault("_module", self._network(arrays, _width(arrays)))
+            self.__dict__.pop("_arrays", None)
         return module
 
     @module_.setter
     def module_(self, module) -> None:
-        self.__dict__.pop("_weights", None)
+        self.__dict__.pop("_arrays", None)
         self._module = module
 
     def __getstate__(self):
         state = dict(super().__getstate__())  # a copy: object's is the live __dict__
         module = state.pop("_module", None)
         if module is not None:
-            state["_weights"] = _weights(module)
+            state["_arrays"] = _weights(module)
         return state
 
     def _network(self, arrays: dict[str, np.ndarray], hidden: int):
