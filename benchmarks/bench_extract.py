@@ -3,7 +3,8 @@
 For each backbone x features (last layer, six stages) x precision:
   1. model only: the network's forward (pooling included, as extraction runs it) on posters that are
      already decoded, resized and normalised, in the model's dtype; best images/s over batch x memory
-     format at the torch threads extraction uses. The ceiling extraction can reach.
+     format x streams (batches side by side sharing the torch threads, as extraction's streams run
+     them) at the torch threads extraction uses. The ceiling extraction can reach.
   2. genrekit end to end: `extract()` with its defaults, JPEG files to HDF5 store, start-up included,
      and (--variants) the same with another input strategy or batch size. Both run with glibc
      keeping freed memory (genrekit.system.keep_freed_memory, set when an encoder is built): without
@@ -37,6 +38,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -64,6 +66,7 @@ VARIANTS = {
     "decode thread": {"decode_thread": True},
     "decode process": {"workers": 1},
     "pil path": {"decoder": "pil"},
+    "1 stream": {"streams": 1},
     **{f"batch {b}": {"batch_size": b} for b in (4, 8, 16, 32)},
 }
 
@@ -109,40 +112,44 @@ def timed(fn) -> float:
     return time.perf_counter() - t0
 
 
-def model_only(enc, xs: list[torch.Tensor], n: int) -> float:
+def model_only(enc, xs: list[torch.Tensor], n: int, streams: int = 1) -> float:
     """images/s of the module's forward over ``n`` posters, cycling through the batches ``xs``
-    (one warm-up batch first). ``xs`` is kept small (a few MB): hundreds of MB of inputs made in
+    (one warm-up batch first), in ``streams`` threads side by side that share torch's threads as
+    extraction's streams do. ``xs`` is kept small (a few MB): hundreds of MB of inputs made in
     advance are read back from memory, and in a VM that samples and reclaims cold pages they made
     model only slower than extraction, whose batch was just written."""
-    with torch.inference_mode():
-        enc.module(xs[0])
-        done, t0 = 0, time.perf_counter()
-        while done < n:
-            for x in xs:
-                enc.module(x)
-                done += len(x)
-                if done >= n:
-                    break
-        return done / (time.perf_counter() - t0)
+    threads = torch.get_num_threads()
+
+    def forward(k: int, count: int) -> None:
+        torch.set_num_threads(max(1, threads // streams))
+        with torch.inference_mode():
+            done, i = 0, k
+            while done < count:
+                enc.module(xs[i % len(xs)])
+                done, i = done + len(xs[i % len(xs)]), i + streams
+
+    forward(0, 1)  # warm-up
+    t0 = time.perf_counter()
+    if streams == 1:
+        forward(0, n)
+    else:
+        with ThreadPoolExecutor(streams) as pool:
+            list(pool.map(forward, range(streams), [n // streams] * streams))
+    torch.set_num_threads(threads)
+    return n // streams * streams / (time.perf_counter() - t0)
 
 
-def grid(enc, pixels, batches, seconds) -> dict[tuple[int, bool], float]:
-    """images/s for every (batch, channels_last): short runs over the first posters."""
+def grid(enc, pixels, batches, seconds, streams=(1,)) -> dict[tuple[int, bool, int], float]:
+    """images/s for every (batch, channels_last, streams) over the first posters; about
+    ``seconds`` each (the rate measured once decides how many posters make that time)."""
     out = {}
     for bs in batches:
         for cl in (False, True):
             set_layout(enc, cl)
             xs = list(model_inputs(enc, pixels, bs, cl))
-            with torch.inference_mode():
-                enc.module(xs[0])
-                n, t0 = 0, time.perf_counter()
-                while time.perf_counter() - t0 < seconds:
-                    for x in xs:
-                        enc.module(x)
-                        n += len(x)
-                        if time.perf_counter() - t0 >= seconds:
-                            break
-                out[(bs, cl)] = n / (time.perf_counter() - t0)
+            for st in streams if cl else (1,):
+                probe = model_only(enc, xs, 2 * bs * st, st)
+                out[(bs, cl, st)] = model_only(enc, xs, max(2 * bs * st, int(probe * seconds)), st)
     return out
 
 
@@ -192,7 +199,7 @@ def pick_size(name, weights, pixels_224, target: float, sizes, seconds: float) -
         enc = create_encoder(at_size(name, size), weights=weights, precision="fp32", layers="all")
         pre = enc.preprocess
         pixels = [pre.resize_uint8(p) for p in pixels_224[:64]]
-        r = grid(enc, pixels, [8], seconds)[(8, True)]
+        r = grid(enc, pixels, [8], seconds)[(8, True, 1)]
         print(f"  matched cost: {name} fp32 six stages at {size} px: {r:.1f} images/s (target {target:.0f})", flush=True)
         if best is None or abs(r - target) < abs(best[1] - target):
             best = (size, r)
@@ -203,17 +210,20 @@ def run_case(args, name: str, layers: str, precision: str, paths: list[str]) -> 
     weights = weights_for(name)
     enc = create_encoder(name, weights=weights, precision=precision, layers=LAYERS[layers])
     pixels = [enc.preprocess.load(p) for p in paths]
-    g = grid(enc, pixels[:64], args.batches, args.seconds)
+    threads = torch.get_num_threads()
+    streams = [st for st in args.streams if st <= threads]
+    g = grid(enc, pixels[:64], args.batches, args.seconds, streams)
     print(f"\n## {name}, {layers} layer{'s' if layers == 'six' else ''}, {precision}: model only, images/s "
-          f"(batch x memory format, {torch.get_num_threads()} torch threads)")
-    for bs in args.batches:
-        print(f"  batch {bs:3d}: NCHW {g[(bs, False)]:6.1f}   NHWC {g[(bs, True)]:6.1f}")
-    (bs, cl), _ = max(g.items(), key=lambda kv: kv[1])
+          f"(batch x memory format [x streams side by side sharing the {threads} torch threads])")
+    for b in args.batches:
+        print(f"  batch {b:3d}: NCHW {g[(b, False, 1)]:6.1f}   NHWC {g[(b, True, 1)]:6.1f}"
+              + "".join(f"   NHWC x {st} streams {g[(b, True, st)]:6.1f}" for st in streams if st > 1))
+    (bs, cl, st), _ = max(g.items(), key=lambda kv: kv[1])
     set_layout(enc, cl)
     xs = list(model_inputs(enc, pixels[:64], bs, cl))
     rounds = []
     for r in range(args.rounds):
-        mo = model_only(enc, xs, len(pixels))
+        mo = model_only(enc, xs, len(pixels), st)
         e2e = {}
         for variant in args.variants:
             with tempfile.TemporaryDirectory() as tmp:
@@ -232,13 +242,14 @@ def run_case(args, name: str, layers: str, precision: str, paths: list[str]) -> 
     costs = stage_costs(enc, paths[: args.stage_n], pixels[: args.stage_n], bs)
     rest = total - s.get("start", 0) - s["read"] - s["encode"] - s["write"]
     print(f"  breakdown of the median round's {first} run ({rep.encoded} posters, {total:.1f} s):")
-    for what, sec in (("start-up (manifest, model)", s.get("start", 0.0)), ("waiting for input", s["read"]),
+    for what, sec in (("start-up (manifest, model)", s.get("start", 0.0)), ("input (waited for; streams: decoding)", s["read"]),
                       ("encode (normalise, network, pooling)", s["encode"]), ("store write", s["write"]), ("the rest", rest)):
         print(f"    {what:38s} {sec:6.2f} s  {100 * sec / total:5.1f}%")
     print(f"  per poster, measured apart: decode {costs['decode']:.2f} ms + resize {costs['resize']:.2f} ms (1 thread); "
           f"normalise {costs['normalise']:.2f} + network {costs['network']:.2f} + pooling {costs['pooling']:.2f} ms "
           f"(wall, {torch.get_num_threads()} threads); model only {1e3 / mo:.2f} ms")
-    return {"name": name, "layers": layers, "precision": precision, "best": f"batch {bs} {'NHWC' if cl else 'NCHW'}",
+    return {"name": name, "layers": layers, "precision": precision,
+            "best": f"batch {bs} {'NHWC' if cl else 'NCHW'}" + (f" x {st} streams" if st > 1 else ""),
             "model_only": statistics.median(mo for mo, _ in rounds),
             "e2e": {v: statistics.median(e[v].items_per_second for _, e in rounds) for v in args.variants}, "ratio": ratios}
 
@@ -275,6 +286,8 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3, help="model only / end to end alternations (median reported)")
     ap.add_argument("--seconds", type=float, default=1.5, help="time per model-only grid point")
     ap.add_argument("--batches", type=int, nargs="+", default=[4, 8, 16, 32])
+    ap.add_argument("--streams", type=int, nargs="+", default=[1, 2],
+                    help="model only: batches side by side sharing the torch threads, as extraction's streams")
     ap.add_argument("--precisions", nargs="+", default=None,
                     help="default: fp32, and bf16 where this CPU has it natively")
     ap.add_argument("--matched", action="store_true",

@@ -272,3 +272,81 @@ def test_decode_thread_gives_the_same_store(tmp_path):
     assert a.failures == b.failures == [("missing", "missing file")]
     fa, fb = FeatureStore(a.store).load(), FeatureStore(b.store).load()
     assert list(fa.ids) == list(fb.ids) and np.array_equal(fa.X, fb.X)
+
+
+def _posters(tmp_path, n: int, missing: bool = True):
+    rows = []
+    for i in range(n):
+        poster(40 + i % 20, 60).save(tmp_path / f"{i}.jpg")
+        rows.append({"id": str(i), "genres": "Drama", "image": f"{i}.jpg"})
+    if missing:
+        rows.insert(3, {"id": "missing", "genres": "Drama", "image": "missing.jpg"})
+    return write_manifest(tmp_path / "m.csv", rows)
+
+
+@pytest.mark.parametrize("streams", [2, 3])
+def test_streams_give_the_same_store_in_the_manifests_order(tmp_path, monkeypatch, streams):
+    import time
+
+    from genrekit.extraction import core
+
+    manifest = _posters(tmp_path, 13)
+    base = {"backbone": "test-tiny-cnn", "data": str(manifest), "precision": "fp32", "batch_size": 2, "device": "cpu"}
+    a = extract(ExtractConfig(**base, out=str(tmp_path / "a.h5"), streams=1))
+    load = core._ImageFiles.__getitem__
+    monkeypatch.setattr(core._ImageFiles, "__getitem__", lambda self, i: (time.sleep(0.3) if i == 0 else None, load(self, i))[1])
+    threads = torch.get_num_threads()
+    b = extract(ExtractConfig(**base, out=str(tmp_path / "b.h5"), streams=streams))  # the first batch finishes last
+    assert torch.get_num_threads() == threads
+    assert a.failures == b.failures == [("missing", "missing file")] and b.encoded == 13
+    fa, fb = FeatureStore(a.store).load(), FeatureStore(b.store).load()
+    assert list(fa.ids) == list(fb.ids) == [str(i) for i in range(13)]
+    np.testing.assert_allclose(fb.X, fa.X, rtol=1e-5, atol=1e-6)
+
+
+def test_a_failing_stream_stops_the_others_and_writes_no_store(tmp_path, monkeypatch):
+    from genrekit.extraction import core
+
+    manifest = _posters(tmp_path, 40, missing=False)
+    load, seen = core._ImageFiles.__getitem__, []
+
+    def failing(self, i):
+        seen.append(i)
+        if i == 4:
+            raise RuntimeError("disk gone")
+        return load(self, i)
+
+    monkeypatch.setattr(core._ImageFiles, "__getitem__", failing)
+    with pytest.raises(RuntimeError, match="disk gone"):
+        extract(ExtractConfig(backbone="test-tiny-cnn", data=str(manifest), out=str(tmp_path / "s.h5"), device="cpu",
+                              batch_size=2, streams=2))
+    assert len(seen) <= 10 and not (tmp_path / "s.h5").exists()
+
+
+def test_streams_by_default_on_two_cores_only_where_the_backbone_measured_them(monkeypatch):
+    from genrekit.extraction import core
+
+    def plan(cores, cpu_streams=2, on_gpu=False, **kw):
+        monkeypatch.setattr(core, "cpu_count", lambda: cores)
+        config = ExtractConfig(backbone="b", data="m.csv", out="s.h5", **kw)
+        return core._workers_and_threads(config, on_gpu, cpu_streams)
+
+    assert plan(2) == (0, 2, 2)  # (decode processes, torch threads, streams)
+    assert plan(2, cpu_streams=1) == (0, 2, 1)
+    assert plan(1) == (0, 1, 1)  # never more streams than threads
+    assert plan(4) == (1, 3, 1)  # a decode process of its own, as before
+    assert plan(4, streams=2) == (0, 4, 2)  # asked for: the streams decode
+    assert plan(2, decode_thread=True) == (0, 2, 1)
+    assert plan(2, modality="text") == (0, 2, 1)
+    assert plan(2, on_gpu=True)[2] == 1
+
+
+@pytest.mark.parametrize("extra, flag", [({"modality": "text"}, "--modality text"), ({"workers": 1}, "--workers"),
+                                         ({"decode_thread": True}, "--decode-thread"), ({"engine": "ray"}, "--engine ray")])
+def test_streams_refuse_what_they_cannot_combine_with(extra, flag):
+    from genrekit.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=f"leave out {flag}, or --streams"):
+        ExtractConfig(backbone="b", data="m.csv", out="s.h5", streams=2, **extra).validate()
+    with pytest.raises(ConfigError, match="--streams must be at least 1"):
+        ExtractConfig(backbone="b", data="m.csv", out="s.h5", streams=0).validate()

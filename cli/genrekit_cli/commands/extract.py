@@ -46,6 +46,7 @@ def extract(
     ] = None,
     threads: Annotated[Optional[int], typer.Option(help="Torch CPU threads.", show_default="the cores decoding leaves")] = None,
     decode_thread: Annotated[bool, typer.Option(help="With no decode processes, decode the next batch in a thread while the model runs.")] = False,
+    streams: Annotated[Optional[int], typer.Option(help="CPU: batches encoded side by side, each decoding its own on its share of the threads.", show_default="the backbone's measured count on up to 2 cores (2 for mobilenet_v2), else 1")] = None,
     limit: Annotated[Optional[int], typer.Option(help="Only the first N samples.")] = None,
     dtype: Annotated[str, typer.Option(help="Stored embedding type: float32 or float16.")] = "float32",
     normalize: Annotated[Optional[str], typer.Option(help="none or l2.", show_default="the backbone's")] = None,
@@ -70,7 +71,7 @@ def extract(
     config = ExtractConfig(
         backbone=backbone, data=str(data), out=str(out), weights=weights, modality=modality, text_field=field, format=format,
         columns=parse_columns(columns), genre_sep=genre_sep,
-        batch_size=batch_size, device=device, precision=precision, resize=resize, decoder=decoder, layers=layers, layer_stats=layer_stats, workers=workers, threads=threads, decode_thread=decode_thread,
+        batch_size=batch_size, device=device, precision=precision, resize=resize, decoder=decoder, layers=layers, layer_stats=layer_stats, workers=workers, threads=threads, decode_thread=decode_thread, streams=streams,
         limit=limit, dtype=dtype, normalize=normalize, split=str(split) if split else None,
         vocab=vocab_config(top_k, min_count, genres, other, synonym, no_synonyms),
         engine=engine, ray_address=ray_address, num_gpus_per_worker=num_gpus_per_worker,
