@@ -39,8 +39,8 @@ class BackboneSpec:
         cpu_batch_size: the batch size measured fastest on CPU (benchmarks/bench_extract.py); with
             several streams, the images in flight, shared among them.
         cpu_streams: batches encoded side by side on a CPU of 2 cores or fewer, each stream decoding
-            its own and running the network on its share of torch's threads (measured faster for
-            MobileNetV2 than one stream on both threads, whose decode leaves a core waiting).
+            its own and running the network on its share of torch's threads (measured for
+            MobileNetV2: one stream on both threads leaves a core waiting while it decodes).
         channels_last: whether NHWC was measured faster (CNNs).
         layers: what ``extract --layers`` defaults to: ``last`` (the pooled embedding) or ``all``
             (pooled statistics of every stage; measured better with the heads for MobileNetV2).

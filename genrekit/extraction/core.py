@@ -244,9 +244,10 @@ def _workers_and_threads(config: ExtractConfig, on_gpu: bool, cpu_streams: int =
 
     Streams: with no decode processes, the backbone's ``cpu_streams`` (``--streams``) threads each
     decode a batch and run the network on their share of torch's threads, so one decodes while the
-    other computes and no core waits for the decode (MobileNetV2 on 2 cores: 2 streams of 1 thread
-    measured 6-16% faster end to end than 1 stream of 2; benchmarks/README.md). Never more
-    streams than threads.
+    other computes and no core waits for the decode. MobileNetV2 on 2 cores (benchmarks/README.md,
+    "Streams"): end to end / model only 0.90 against 0.83 for one stream of 2 threads where the
+    model is as fast as bf16 (fp32 at 176 px), 0.87-0.88 against 0.77-0.85 at 224 px on 1,024
+    posters, level with it on 6,000 at 224 px in fp32. Never more streams than threads.
     """
     cores = cpu_count()
     if config.workers is not None:
