@@ -37,6 +37,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -66,7 +67,7 @@ VARIANTS = {
     "decode thread": {"decode_thread": True},
     "decode process": {"workers": 1},
     "pil path": {"decoder": "pil"},
-    "1 stream": {"streams": 1},
+    "2 streams": {"streams": 2},
     **{f"batch {b}": {"batch_size": b} for b in (4, 8, 16, 32)},
 }
 
@@ -113,30 +114,34 @@ def timed(fn) -> float:
 
 
 def model_only(enc, xs: list[torch.Tensor], n: int, streams: int = 1) -> float:
-    """images/s of the module's forward over ``n`` posters, cycling through the batches ``xs``
-    (one warm-up batch first), in ``streams`` threads side by side that share torch's threads as
-    extraction's streams do. ``xs`` is kept small (a few MB): hundreds of MB of inputs made in
-    advance are read back from memory, and in a VM that samples and reclaims cold pages they made
-    model only slower than extraction, whose batch was just written."""
+    """images/s of the module's forward over about ``n`` posters, cycling through the batches ``xs``
+    (one warm-up batch first, in each thread), in ``streams`` threads side by side that share
+    torch's threads as extraction's streams do. ``xs`` is kept small (a few MB): hundreds of MB of
+    inputs made in advance are read back from memory, and in a VM that samples and reclaims cold
+    pages they made model only slower than extraction, whose batch was just written."""
     threads = torch.get_num_threads()
+    ready = threading.Barrier(streams + 1)
 
-    def forward(k: int, count: int) -> None:
+    def forward(k: int) -> int:
         torch.set_num_threads(max(1, threads // streams))
         with torch.inference_mode():
+            enc.module(xs[k % len(xs)])  # warm-up
+            ready.wait()
             done, i = 0, k
-            while done < count:
-                enc.module(xs[i % len(xs)])
-                done, i = done + len(xs[i % len(xs)]), i + streams
+            while done < n // streams:
+                x = xs[i % len(xs)]
+                enc.module(x)
+                done, i = done + len(x), i + streams
+        return done
 
-    forward(0, 1)  # warm-up
-    t0 = time.perf_counter()
-    if streams == 1:
-        forward(0, n)
-    else:
-        with ThreadPoolExecutor(streams) as pool:
-            list(pool.map(forward, range(streams), [n // streams] * streams))
+    with ThreadPoolExecutor(streams) as pool:
+        running = [pool.submit(forward, k) for k in range(streams)]
+        ready.wait()
+        t0 = time.perf_counter()
+        done = sum(f.result() for f in running)
+        seconds = time.perf_counter() - t0
     torch.set_num_threads(threads)
-    return n // streams * streams / (time.perf_counter() - t0)
+    return done / seconds
 
 
 def grid(enc, pixels, batches, seconds, streams=(1,)) -> dict[tuple[int, bool, int], float]:

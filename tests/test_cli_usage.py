@@ -106,7 +106,7 @@ def test_help_shows_every_default_and_every_help_text_literally(wide):
 
 def test_extract_help_shows_the_computed_defaults(wide):
     text = flat(run("extract", "--help").output)
-    assert "[default: (fastest measured for the backbone)]" in text
+    assert "[default: (fastest measured for the backbone, shared among --streams)]" in text
     assert "[default: (the backbone's)]" in text and "[default: auto]" in text
 
 

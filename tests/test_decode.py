@@ -286,18 +286,29 @@ def _posters(tmp_path, n: int, missing: bool = True):
 
 @pytest.mark.parametrize("streams", [2, 3])
 def test_streams_give_the_same_store_in_the_manifests_order(tmp_path, monkeypatch, streams):
+    import threading
     import time
+    from concurrent.futures import ThreadPoolExecutor
 
     from genrekit.extraction import core
 
     manifest = _posters(tmp_path, 13)
     base = {"backbone": "test-tiny-cnn", "data": str(manifest), "precision": "fp32", "batch_size": 2, "device": "cpu"}
-    a = extract(ExtractConfig(**base, out=str(tmp_path / "a.h5"), streams=1))
-    load = core._ImageFiles.__getitem__
-    monkeypatch.setattr(core._ImageFiles, "__getitem__", lambda self, i: (time.sleep(0.3) if i == 0 else None, load(self, i))[1])
+    a = extract(ExtractConfig(**base, out=str(tmp_path / "a.h5")))
+    load, decoded_in = core._ImageFiles.__getitem__, set()
+
+    def first_batch_last(self, i):
+        decoded_in.add(threading.current_thread().name.rsplit("_", 1)[0])
+        if i == 0:
+            time.sleep(0.3)
+        return load(self, i)
+
+    monkeypatch.setattr(core._ImageFiles, "__getitem__", first_batch_last)
     threads = torch.get_num_threads()
-    b = extract(ExtractConfig(**base, out=str(tmp_path / "b.h5"), streams=streams))  # the first batch finishes last
-    assert torch.get_num_threads() == threads
+    b = extract(ExtractConfig(**base, out=str(tmp_path / "b.h5"), streams=streams, threads=streams))
+    assert decoded_in == {"genrekit-stream"}
+    with ThreadPoolExecutor(1) as pool:  # what a new thread starts with is the caller's count again
+        assert pool.submit(torch.get_num_threads).result() == torch.get_num_threads() == threads
     assert a.failures == b.failures == [("missing", "missing file")] and b.encoded == 13
     fa, fb = FeatureStore(a.store).load(), FeatureStore(b.store).load()
     assert list(fa.ids) == list(fb.ids) == [str(i) for i in range(13)]
@@ -319,30 +330,30 @@ def test_a_failing_stream_stops_the_others_and_writes_no_store(tmp_path, monkeyp
     monkeypatch.setattr(core._ImageFiles, "__getitem__", failing)
     with pytest.raises(RuntimeError, match="disk gone"):
         extract(ExtractConfig(backbone="test-tiny-cnn", data=str(manifest), out=str(tmp_path / "s.h5"), device="cpu",
-                              batch_size=2, streams=2))
+                              batch_size=2, streams=2, threads=2))
     assert len(seen) <= 10 and not (tmp_path / "s.h5").exists()
 
 
-def test_streams_by_default_on_two_cores_only_where_the_backbone_measured_them(monkeypatch):
+def test_streams_decode_themselves_and_are_never_more_than_the_threads(tmp_path, monkeypatch, caplog):
     from genrekit.extraction import core
 
-    def plan(cores, cpu_streams=2, on_gpu=False, **kw):
-        monkeypatch.setattr(core, "cpu_count", lambda: cores)
-        config = ExtractConfig(backbone="b", data="m.csv", out="s.h5", **kw)
-        return core._workers_and_threads(config, on_gpu, cpu_streams)
-
-    assert plan(2) == (0, 2, 2)  # (decode processes, torch threads, streams)
-    assert plan(2, cpu_streams=1) == (0, 2, 1)
-    assert plan(1) == (0, 1, 1)  # never more streams than threads
-    assert plan(4) == (1, 3, 1)  # a decode process of its own, as before
-    assert plan(4, streams=2) == (0, 4, 2)  # asked for: the streams decode
-    assert plan(2, decode_thread=True) == (0, 2, 1)
-    assert plan(2, modality="text") == (0, 2, 1)
-    assert plan(2, on_gpu=True)[2] == 1
+    monkeypatch.setattr(core, "cpu_count", lambda: 4)
+    plan = lambda **kw: core._workers_and_threads(ExtractConfig(backbone="b", data="m.csv", out="s.h5", **kw), False)  # noqa: E731
+    assert plan() == (1, 3)  # (decode processes, torch threads): a decode process of its own, as before
+    assert plan(streams=2) == (0, 4)  # the streams decode
+    split = []
+    monkeypatch.setattr(core, "_encode_in_streams", lambda todo, enc, bs, threads, *a: split.append((bs, threads)))
+    monkeypatch.setattr(core, "finish", lambda *a: None)
+    manifest = _posters(tmp_path, 4, missing=False)
+    for kw in ({"streams": 2, "threads": 3}, {"streams": 3, "threads": 2}):
+        extract(ExtractConfig(backbone="test-tiny-cnn", data=str(manifest), out=str(tmp_path / "s.h5"), device="cpu", **kw))
+    assert split == [(16, [2, 1]), (16, [1, 1])]  # every thread used; test-tiny-cnn's CPU batch of 32 shared
+    assert "--streams 3: 2 torch threads make 2 streams of one thread" in caplog.text
 
 
 @pytest.mark.parametrize("extra, flag", [({"modality": "text"}, "--modality text"), ({"workers": 1}, "--workers"),
-                                         ({"decode_thread": True}, "--decode-thread"), ({"engine": "ray"}, "--engine ray")])
+                                         ({"decode_thread": True}, "--decode-thread"), ({"engine": "ray"}, "--engine ray"),
+                                         ({"device": "cuda"}, "--device cuda")])
 def test_streams_refuse_what_they_cannot_combine_with(extra, flag):
     from genrekit.errors import ConfigError
 

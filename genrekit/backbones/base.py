@@ -36,11 +36,7 @@ class BackboneSpec:
         preprocess: image preprocessing the weights expect (``None`` for text-only models).
         build: ``build(spec, weights, device) -> Encoder``.
         normalisation: what extraction applies by default (``l2`` for contrastive/sentence models).
-        cpu_batch_size: the batch size measured fastest on CPU (benchmarks/bench_extract.py); with
-            several streams, the images in flight, shared among them.
-        cpu_streams: batches encoded side by side on a CPU of 2 cores or fewer, each stream decoding
-            its own and running the network on its share of torch's threads (measured for
-            MobileNetV2: one stream on both threads leaves a core waiting while it decodes).
+        cpu_batch_size: the batch size measured fastest on CPU (benchmarks/bench_extract.py).
         channels_last: whether NHWC was measured faster (CNNs).
         layers: what ``extract --layers`` defaults to: ``last`` (the pooled embedding) or ``all``
             (pooled statistics of every stage; measured better with the heads for MobileNetV2).
@@ -54,7 +50,6 @@ class BackboneSpec:
     preprocess: Preprocess | None = None
     normalisation: str = "none"
     cpu_batch_size: int = 16
-    cpu_streams: int = 1
     channels_last: bool = False
     layers: str = "last"
     description: str = ""

@@ -121,10 +121,6 @@ LAYERS_DEFAULT = {"mobilenet_v2": "all"}
 # CPU batch sizes measured fastest end to end (bench_extract.py, 2 cores, with the freed memory kept:
 # genrekit.system.keep_freed_memory); the others keep 8, measured before that setting.
 CPU_BATCH_SIZE = {"mobilenet_v2": 16}
-# Streams (genrekit.extraction: batches side by side, each decoding its own) on up to 2 cores: measured
-# faster where the model is fast against the decode, level at 224 px fp32 (bench_extract.py); the batch
-# above is then shared among them.
-CPU_STREAMS = {"mobilenet_v2": 2}
 
 
 def torchvision_spec(name: str, description: str) -> BackboneSpec:
@@ -138,7 +134,6 @@ def torchvision_spec(name: str, description: str) -> BackboneSpec:
         preprocess=Preprocess(size=size),
         channels_last=True,
         cpu_batch_size=CPU_BATCH_SIZE.get(name, 8),
-        cpu_streams=CPU_STREAMS.get(name, 1),
         description=description,
         options={"stages": STAGES[name]},
         layers=LAYERS_DEFAULT.get(name, "last"),

@@ -66,7 +66,7 @@ class ExtractConfig:
     workers: int | None = None  # decode processes; None = spare cores on GPU, 0-1 on CPU (_workers_and_threads)
     threads: int | None = None  # torch CPU threads; None = the cores the decode workers leave
     decode_thread: bool = False  # with no decode processes: decode the next batch in a thread while the model runs
-    streams: int | None = None  # CPU images: batches encoded side by side, each decoding its own; None = the backbone's on up to 2 cores (_workers_and_threads)
+    streams: int = 1  # CPU images: batches encoded side by side, each decoding its own on its share of the threads
     limit: int | None = None  # only the first N samples of the manifest
     dtype: str = "float32"  # stored embedding type: float32 or float16
     normalize: str | None = None  # none | l2; None = the backbone's default
@@ -99,16 +99,15 @@ class ExtractConfig:
             raise ConfigError(f"--decoder {self.decoder!r} is not one of {', '.join(DECODERS)}")
         if self.threads is not None and self.threads < 1:
             raise ConfigError(f"--threads must be at least 1, got {self.threads}")
-        if self.streams is not None and self.streams < 1:
+        if self.streams < 1:
             raise ConfigError(f"--streams must be at least 1, got {self.streams}")
-        if (self.streams or 1) > 1:
+        if self.streams > 1:
             clash = ("--modality text" if self.modality == "text" else "--engine ray" if self.engine == "ray"
-                     else "--decode-thread" if self.decode_thread else "--workers" if self.workers else None)
+                     else "--decode-thread" if self.decode_thread else "--workers" if self.workers
+                     else f"--device {self.device}" if self.device.startswith("cuda") else None)
             if clash:
                 raise ConfigError(f"--streams {self.streams} applies to images encoded on this machine's CPU, each stream "
                                   f"decoding its own: leave out {clash}, or --streams")
-        if self.modality == "text" and self.layers not in (None, "last"):
-            raise ConfigError("--layers applies to image backbones (CNNs); text stores use the last layer")
 
     def build_encoder(self) -> Encoder:
         """The encoder these options name (the driver's, and each Ray actor's)."""
@@ -127,7 +126,7 @@ class ExtractReport:
     skipped: int  # samples already in the store (or recorded as failed) before this run
     failures: list[tuple[str, str]] = field(default_factory=list)  # (id, reason), this run's
     all_failures: int = 0  # failures recorded in the store, this run's and earlier ones
-    seconds: dict[str, float] = field(default_factory=dict)  # read (waiting for input), encode, write, total
+    seconds: dict[str, float] = field(default_factory=dict)  # read (waiting for input; streams: decoding), encode, write, total
 
     @property
     def items_per_second(self) -> float:
@@ -228,8 +227,8 @@ def _collate(items):
     return [i for i, _ in ok], xs, bad
 
 
-def _workers_and_threads(config: ExtractConfig, on_gpu: bool, cpu_streams: int = 1) -> tuple[int, int, int]:
-    """Decode processes, torch threads and streams (batches encoded side by side).
+def _workers_and_threads(config: ExtractConfig, on_gpu: bool) -> tuple[int, int]:
+    """Decode processes and torch threads.
 
     On GPU the CPU only decodes: one process per spare core. On CPU the model is the work, and
     torch's threads wait for each other at every layer, so a decode process competing for their
@@ -240,30 +239,16 @@ def _workers_and_threads(config: ExtractConfig, on_gpu: bool, cpu_streams: int =
     off by default: measured slower on 2 cores (MobileNetV2 fp32 six stages, end to end / model
     only 0.70 with it, 0.60 with one decode process, 0.93 without, once the freed memory was
     kept; at idle priority no better: torch's threads leave no idle core to fill;
-    benchmarks/README.md, "Extraction").
-
-    Streams: with no decode processes, the backbone's ``cpu_streams`` (``--streams``) threads each
-    decode a batch and run the network on their share of torch's threads, so one decodes while the
-    other computes and no core waits for the decode. MobileNetV2 on 2 cores (benchmarks/README.md,
-    "Streams"): end to end / model only 0.90 against 0.83 for one stream of 2 threads where the
-    model is as fast as bf16 (fp32 at 176 px), 0.87-0.88 against 0.77-0.85 at 224 px on 1,024
-    posters, level with it on 6,000 at 224 px in fp32. Never more streams than threads.
+    benchmarks/README.md, "Extraction"). ``--streams N`` decodes in its streams: no process.
     """
     cores = cpu_count()
     if config.workers is not None:
         workers = config.workers
     elif on_gpu:
         workers = max(1, min(8, cores - 1))
-    elif config.streams and config.streams > 1:
-        workers = 0  # the streams decode
     else:
-        workers = 0 if cores <= 2 else 1
-    threads = config.threads or max(1, cores - workers)
-    if config.streams is not None:
-        streams = config.streams
-    else:
-        streams = 1 if (on_gpu or workers or config.decode_thread or config.modality != "image") else cpu_streams
-    return workers, threads, max(1, min(streams, threads))
+        workers = 0 if cores <= 2 or config.streams > 1 else 1
+    return workers, config.threads or max(1, cores - workers)
 
 
 @contextlib.contextmanager
@@ -540,9 +525,12 @@ def _extract_here(config: ExtractConfig, progress: ProgressFn | None, manifest: 
     plan = plan_extraction(config, manifest)
     todo, encoder = plan.todo, plan.encoder
     on_gpu = encoder.device.type == "cuda"
-    workers, threads, streams = _workers_and_threads(config, on_gpu, encoder.spec.cpu_streams)
-    if streams > 1 and on_gpu:
-        raise ConfigError(f"--streams {streams} applies to CPU extraction; this run encodes on {encoder.device}")
+    if config.streams > 1 and on_gpu:
+        raise ConfigError(f"--streams {config.streams} applies to CPU extraction; this run encodes on {encoder.device}")
+    workers, threads = _workers_and_threads(config, on_gpu)
+    streams = min(config.streams, threads)
+    if streams < config.streams:
+        log.warning("--streams %d: %d torch threads make %d streams of one thread", config.streams, threads, streams)
     batch_size = config.batch_size or (256 if on_gpu else max(1, encoder.spec.cpu_batch_size // streams))
     workers = workers if len(todo) > batch_size else 0
     times = {"start": time.perf_counter() - plan.started, "read": 0.0, "encode": 0.0, "write": 0.0}
@@ -550,7 +538,8 @@ def _extract_here(config: ExtractConfig, progress: ProgressFn | None, manifest: 
     if progress:
         progress("encode", 0, len(todo))
     if streams > 1:
-        _encode_in_streams(todo, encoder, batch_size, streams, max(1, threads // streams), sink, progress, times)
+        _encode_in_streams(todo, encoder, batch_size, [threads // streams + (k < threads % streams) for k in range(streams)],
+                           sink, progress, times)
         return finish(plan, sink, times)
     if config.modality == "image":
         batches = _image_batches(todo, encoder, batch_size, workers, config.decode_thread)
@@ -572,28 +561,28 @@ def _extract_here(config: ExtractConfig, progress: ProgressFn | None, manifest: 
     return finish(plan, sink, times)
 
 
-def _encode_in_streams(todo: Sequence[Sample], encoder: Encoder, batch_size: int, streams: int, threads: int,
+def _encode_in_streams(todo: Sequence[Sample], encoder: Encoder, batch_size: int, threads: Sequence[int],
                        sink: PartSink, progress: ProgressFn | None, times: dict[str, float]) -> None:
-    """Encode ``todo``'s images in ``streams`` threads, each decoding its next batch and running the
-    network on ``threads`` torch threads (decode_jpeg, the resize kernels and torch's operators
-    release the GIL), so one stream decodes while another computes.
+    """Encode ``todo``'s images in one thread per entry of ``threads`` (its torch threads), each
+    decoding its next batch and running the network (decode_jpeg, the resize kernels and torch's
+    operators release the GIL), so one stream decodes while another computes.
 
     Batches reach ``sink`` in the order of ``todo`` whichever stream finishes first, so the store is
-    the same as one stream's. A failing stream, or an interrupt, stops the others after their
-    current batch. ``times`` gets each stream's decoding (``read``) and encoding, averaged over
-    the streams, so the parts still add up to the wall time.
+    the same as one stream's. A failing stream, or an interrupt, stops the others before their
+    next forward, and the first failure is raised. ``times`` gets each stream's decoding
+    (``read``) and encoding, averaged over the streams, so the parts still add up to the wall time.
     """
-    from concurrent.futures import ThreadPoolExecutor
+    from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 
     ds = _ImageFiles([s.image for s in todo], encoder.preprocess)
     starts = iter(enumerate(range(0, len(ds), batch_size)))
     lock, stop = threading.Lock(), threading.Event()
     finished: dict[int, tuple] = {}  # batch number -> (ok, emb, bad), waiting for the batches before it
-    following = 0  # the next batch number the sink takes
+    following, streams = 0, len(threads)  # the next batch number the sink takes
 
-    def stream() -> None:
+    def stream(n_threads: int) -> None:
         nonlocal following
-        torch.set_num_threads(threads)  # this thread's own count (OpenMP keeps one per thread)
+        torch.set_num_threads(n_threads)  # this thread's own count (OpenMP keeps one per thread)
         try:
             while not stop.is_set():
                 with lock:
@@ -602,6 +591,8 @@ def _encode_in_streams(todo: Sequence[Sample], encoder: Encoder, batch_size: int
                     return
                 t0 = time.perf_counter()
                 ok, xs, bad = _collate([ds[i] for i in range(start, min(start + batch_size, len(ds)))])
+                if stop.is_set():
+                    return
                 t1 = time.perf_counter()
                 emb = encoder.encode_images(xs) if ok else None
                 t2 = time.perf_counter()
@@ -621,14 +612,16 @@ def _encode_in_streams(todo: Sequence[Sample], encoder: Encoder, batch_size: int
     before = torch.get_num_threads()
     try:
         with ThreadPoolExecutor(streams, thread_name_prefix="genrekit-stream") as pool:
-            futures = [pool.submit(stream) for _ in range(streams)]
+            futures = [pool.submit(stream, n) for n in threads]
             try:
-                for f in futures:
-                    f.result()
+                done, _ = wait(futures, return_when=FIRST_EXCEPTION)
+                for f in done:
+                    if f.exception() is not None:
+                        raise f.exception()
             finally:
                 stop.set()
     finally:
-        torch.set_num_threads(before)  # the count new threads start with, which the streams' set
+        torch.set_num_threads(before)  # the count new threads start with, which the streams set
 
 
 # -- using a store's encoder on new inputs (predict, zero-shot) --------------------------------
