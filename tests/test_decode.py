@@ -361,3 +361,10 @@ def test_streams_refuse_what_they_cannot_combine_with(extra, flag):
         ExtractConfig(backbone="b", data="m.csv", out="s.h5", streams=2, **extra).validate()
     with pytest.raises(ConfigError, match="--streams must be at least 1"):
         ExtractConfig(backbone="b", data="m.csv", out="s.h5", streams=0).validate()
+
+
+def test_layers_are_refused_for_text_stores():
+    from genrekit.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="--layers applies to image backbones"):
+        ExtractConfig(backbone="b", data="m.csv", out="s.h5", modality="text", layers="all").validate()

@@ -108,6 +108,8 @@ class ExtractConfig:
             if clash:
                 raise ConfigError(f"--streams {self.streams} applies to images encoded on this machine's CPU, each stream "
                                   f"decoding its own: leave out {clash}, or --streams")
+        if self.modality == "text" and self.layers not in (None, "last"):
+            raise ConfigError("--layers applies to image backbones (CNNs); text stores use the last layer")
 
     def build_encoder(self) -> Encoder:
         """The encoder these options name (the driver's, and each Ray actor's)."""
