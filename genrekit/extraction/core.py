@@ -540,8 +540,8 @@ def _extract_here(config: ExtractConfig, progress: ProgressFn | None, manifest: 
     if progress:
         progress("encode", 0, len(todo))
     if streams > 1:
-        _encode_in_streams(todo, encoder, batch_size, [threads // streams + (k < threads % streams) for k in range(streams)],
-                           sink, progress, times)
+        shares = [threads // streams + (k < threads % streams) for k in range(streams)]  # every thread used
+        _encode_in_streams(todo, encoder, batch_size, shares, sink, progress, times)
         return finish(plan, sink, times)
     if config.modality == "image":
         batches = _image_batches(todo, encoder, batch_size, workers, config.decode_thread)
@@ -580,7 +580,8 @@ def _encode_in_streams(todo: Sequence[Sample], encoder: Encoder, batch_size: int
     starts = iter(enumerate(range(0, len(ds), batch_size)))
     lock, stop = threading.Lock(), threading.Event()
     finished: dict[int, tuple] = {}  # batch number -> (ok, emb, bad), waiting for the batches before it
-    following, streams = 0, len(threads)  # the next batch number the sink takes
+    following = 0  # the next batch number the sink takes
+    streams = len(threads)
 
     def stream(n_threads: int) -> None:
         nonlocal following
