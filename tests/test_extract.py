@@ -309,3 +309,47 @@ def test_building_an_encoder_keeps_freed_memory_for_the_next_batch():
 
     assert probe() == ["0", "1"]  # from the heap, and still there once freed
     assert probe(GENREKIT_MALLOC="default") == ["1", "0"]  # mapped, and gone once freed
+
+
+_THREAD_PROBE = """
+import ctypes, sys, threading, numpy as np
+from genrekit.backbones import create_encoder
+from genrekit.system import share_main_arena
+
+class MallInfo2(ctypes.Structure):
+    _fields_ = [(n, ctypes.c_size_t) for n in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")]
+
+libc = ctypes.CDLL(None)
+libc.mallinfo2.restype = MallInfo2
+release = threading.Event()
+if sys.argv[1] == "command line":
+    share_main_arena()  # what the command line's entry point does first
+    early = threading.Thread(target=lambda: (np.ones(1 << 16), release.wait()))  # allocates, and lives on (rich's refresh thread)
+    early.start()
+create_encoder("test-tiny-cnn", weights="none")
+mapped = []
+def forward_sized():  # MobileNetV2's widest fp32 activation at batch 16 is 77 MB, above a thread arena's 64 MiB heaps
+    a = np.ones(80 << 20, np.uint8)
+    mapped.append(libc.mallinfo2().hblkhd >= 64 << 20)
+for _ in range(3):
+    t = threading.Thread(target=forward_sized)
+    t.start()
+    t.join()
+release.set()
+print(sum(mapped))
+"""
+
+
+@pytest.mark.skipif(not glibc(), reason="glibc's malloc only")
+@pytest.mark.parametrize("how", ["encoder", "command line"])
+def test_threads_started_after_an_encoder_allocate_from_the_kept_heap(how):
+    # A thread's own arena maps a block above 64 MiB and unmaps it when freed, whatever the
+    # thresholds: a forward in another thread (extraction's streams, a server's workers) faulted its
+    # activations in again every batch. Threads share the main arena; GENREKIT_MALLOC=default opts out.
+    def probe(**env):
+        out = subprocess.run([sys.executable, "-c", _THREAD_PROBE, how], env={**os.environ, **env}, capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0, out.stderr
+        return int(out.stdout)
+
+    assert probe() == 0
+    assert probe(GENREKIT_MALLOC="default") == 3

@@ -79,7 +79,8 @@ from genrekit_cli.commands import finetune, serve, report, explain, leaderboard 
 
 def main() -> None:
     """Console-script entry point."""
-    from genrekit.system import exit_without_collection
+    from genrekit.system import exit_without_collection, share_main_arena
 
+    share_main_arena()  # before any thread (rich's refresh thread included) has an arena of its own
     exit_without_collection()
     app()
