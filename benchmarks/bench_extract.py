@@ -67,6 +67,7 @@ VARIANTS = {
     "decode thread": {"decode_thread": True},
     "decode process": {"workers": 1},
     "pil path": {"decoder": "pil"},
+    "1 stream": {"streams": 1},
     "2 streams": {"streams": 2},
     **{f"batch {b}": {"batch_size": b} for b in (4, 8, 16, 32)},
 }
@@ -135,7 +136,7 @@ def model_only(enc, xs: list[torch.Tensor], n: int, streams: int = 1) -> float:
                 done, i = done + len(x), i + streams
         return done
 
-    if streams == 1:  # in this thread, as extraction runs one stream (on a Xeon a new thread ran fp32 at 2/3 the rate)
+    if streams == 1:  # in this thread, as extraction runs one stream
         done = forward(0)
     else:
         with ThreadPoolExecutor(streams) as pool:

@@ -351,6 +351,28 @@ def test_streams_decode_themselves_and_are_never_more_than_the_threads(tmp_path,
     assert "--streams 3: 2 torch threads make 2 streams of one thread" in caplog.text
 
 
+def test_streams_default_to_the_backbones_where_no_decode_process_runs(monkeypatch):
+    from types import SimpleNamespace
+
+    from genrekit.backbones.registry import get_spec
+    from genrekit.extraction import core
+
+    assert get_spec("mobilenet_v2").cpu_streams == 2 and get_spec("test-tiny-cnn").cpu_streams == 1
+    encoder = SimpleNamespace(spec=SimpleNamespace(cpu_streams=2))
+
+    def streams(cores, on_gpu=False, **kw):
+        monkeypatch.setattr(core, "cpu_count", lambda: cores)
+        config = ExtractConfig(backbone="b", data="m.csv", out="s.h5", **kw)
+        return core._streams(config, encoder, on_gpu, *core._workers_and_threads(config, on_gpu))
+
+    assert streams(2) == 2  # 2 cores, no decode process: the backbone's
+    assert streams(1) == 1  # one thread, one stream
+    assert streams(4) == 1  # a decode process of its own feeds one stream
+    assert streams(2, on_gpu=True) == streams(2, modality="text") == streams(2, decode_thread=True) == 1
+    assert streams(2, workers=1) == streams(2, streams=1) == 1
+    assert streams(4, streams=2) == 2  # asked for: no decode process then
+
+
 @pytest.mark.parametrize("extra, flag", [({"modality": "text"}, "--modality text"), ({"workers": 1}, "--workers"),
                                          ({"decode_thread": True}, "--decode-thread"), ({"engine": "ray"}, "--engine ray"),
                                          ({"device": "cuda"}, "--device cuda")])

@@ -121,6 +121,9 @@ LAYERS_DEFAULT = {"mobilenet_v2": "all"}
 # CPU batch sizes measured fastest end to end (bench_extract.py, 2 cores, with the freed memory kept:
 # genrekit.system.keep_freed_memory); the others keep 8, measured before that setting.
 CPU_BATCH_SIZE = {"mobilenet_v2": 16}
+# Streams measured faster than one on 2 cores, with the batch shared among them (bench_extract.py,
+# "2 streams"; AMD EPYC fp32, Xeon fp32 and bf16: benchmarks/README.md, "Streams, and glibc's arenas").
+CPU_STREAMS = {"mobilenet_v2": 2}
 
 
 def torchvision_spec(name: str, description: str) -> BackboneSpec:
@@ -134,6 +137,7 @@ def torchvision_spec(name: str, description: str) -> BackboneSpec:
         preprocess=Preprocess(size=size),
         channels_last=True,
         cpu_batch_size=CPU_BATCH_SIZE.get(name, 8),
+        cpu_streams=CPU_STREAMS.get(name, 1),
         description=description,
         options={"stages": STAGES[name]},
         layers=LAYERS_DEFAULT.get(name, "last"),

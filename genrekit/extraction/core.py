@@ -66,7 +66,7 @@ class ExtractConfig:
     workers: int | None = None  # decode processes; None = spare cores on GPU, 0-1 on CPU (_workers_and_threads)
     threads: int | None = None  # torch CPU threads; None = the cores the decode workers leave
     decode_thread: bool = False  # with no decode processes: decode the next batch in a thread while the model runs
-    streams: int = 1  # CPU images: batches encoded side by side, each decoding its own on its share of the threads
+    streams: int | None = None  # CPU images: batches encoded side by side, each decoding its own on its share of the threads; None = the backbone's with no decode process (_streams)
     limit: int | None = None  # only the first N samples of the manifest
     dtype: str = "float32"  # stored embedding type: float32 or float16
     normalize: str | None = None  # none | l2; None = the backbone's default
@@ -99,9 +99,9 @@ class ExtractConfig:
             raise ConfigError(f"--decoder {self.decoder!r} is not one of {', '.join(DECODERS)}")
         if self.threads is not None and self.threads < 1:
             raise ConfigError(f"--threads must be at least 1, got {self.threads}")
-        if self.streams < 1:
+        if self.streams is not None and self.streams < 1:
             raise ConfigError(f"--streams must be at least 1, got {self.streams}")
-        if self.streams > 1:
+        if self.streams is not None and self.streams > 1:
             clash = ("--modality text" if self.modality == "text" else "--engine ray" if self.engine == "ray"
                      else "--decode-thread" if self.decode_thread else "--workers" if self.workers
                      else f"--device {self.device}" if self.device.startswith("cuda") else None)
@@ -249,8 +249,25 @@ def _workers_and_threads(config: ExtractConfig, on_gpu: bool) -> tuple[int, int]
     elif on_gpu:
         workers = max(1, min(8, cores - 1))
     else:
-        workers = 0 if cores <= 2 or config.streams > 1 else 1
+        workers = 0 if cores <= 2 or (config.streams or 1) > 1 else 1
     return workers, config.threads or max(1, cores - workers)
+
+
+def _streams(config: ExtractConfig, encoder: Encoder, on_gpu: bool, workers: int, threads: int) -> int:
+    """How many streams encode side by side (``_encode_in_streams``), at most one a thread.
+
+    ``--streams`` when given. Else the backbone's ``cpu_streams`` for CPU images decoded in this
+    process (no decode process or thread, so up to 2 cores): there MobileNetV2's 2 streams ran
+    level with one or up to 16% faster end to end (AMD EPYC fp32, a Xeon in fp32 and bf16;
+    benchmarks/README.md, "Streams, and glibc's arenas"). With more cores one stream keeps its
+    decode process (streams were not measured there).
+    """
+    if config.streams is None:
+        alone = config.modality == "image" and not (on_gpu or workers or config.decode_thread)
+        return min(encoder.spec.cpu_streams, threads) if alone else 1
+    if config.streams > threads:
+        log.warning("--streams %d: %d torch threads make %d streams of one thread", config.streams, threads, threads)
+    return min(config.streams, threads)
 
 
 @contextlib.contextmanager
@@ -527,12 +544,10 @@ def _extract_here(config: ExtractConfig, progress: ProgressFn | None, manifest: 
     plan = plan_extraction(config, manifest)
     todo, encoder = plan.todo, plan.encoder
     on_gpu = encoder.device.type == "cuda"
-    if config.streams > 1 and on_gpu:
+    if (config.streams or 1) > 1 and on_gpu:
         raise ConfigError(f"--streams {config.streams} applies to CPU extraction; this run encodes on {encoder.device}")
     workers, threads = _workers_and_threads(config, on_gpu)
-    streams = min(config.streams, threads)
-    if streams < config.streams:
-        log.warning("--streams %d: %d torch threads make %d streams of one thread", config.streams, threads, streams)
+    streams = _streams(config, encoder, on_gpu, workers, threads)
     batch_size = config.batch_size or (256 if on_gpu else max(1, encoder.spec.cpu_batch_size // streams))
     workers = workers if len(todo) > batch_size else 0
     times = {"start": time.perf_counter() - plan.started, "read": 0.0, "encode": 0.0, "write": 0.0}

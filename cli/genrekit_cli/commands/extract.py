@@ -46,7 +46,7 @@ def extract(
     ] = None,
     threads: Annotated[Optional[int], typer.Option(help="Torch CPU threads.", show_default="the cores decoding leaves")] = None,
     decode_thread: Annotated[bool, typer.Option(help="With no decode processes, decode the next batch in a thread while the model runs.")] = False,
-    streams: Annotated[int, typer.Option(help="CPU: encode N batches side by side, each stream decoding its own and running the model on its share of the threads (--batch-size is then each stream's).")] = 1,
+    streams: Annotated[Optional[int], typer.Option(help="CPU: encode N batches side by side, each stream decoding its own and running the model on its share of the threads (--batch-size is then each stream's).", show_default="the backbone's where no decode process runs (up to 2 cores): 2 for mobilenet_v2, else 1")] = None,
     limit: Annotated[Optional[int], typer.Option(help="Only the first N samples.")] = None,
     dtype: Annotated[str, typer.Option(help="Stored embedding type: float32 or float16.")] = "float32",
     normalize: Annotated[Optional[str], typer.Option(help="none or l2.", show_default="the backbone's")] = None,
