@@ -53,6 +53,7 @@ from genrekit.backbones.registry import get_spec, list_backbones, register
 from genrekit.backbones.decode import read_rgb
 from genrekit.data.manifest import read_manifest
 from genrekit.extraction import ExtractConfig, extract
+from genrekit.extraction.core import thread_shares
 from genrekit.system import cpu_count
 
 # The checkout sits next to shared/ (GENREKIT_SHARED overrides it, e.g. from a git worktree).
@@ -121,11 +122,12 @@ def model_only(enc, xs: list[torch.Tensor], n: int, streams: int = 1) -> float:
     inputs made in advance are read back from memory, and in a VM that samples and reclaims cold
     pages they made model only slower than extraction, whose batch was just written."""
     threads = torch.get_num_threads()
+    shares = thread_shares(threads, streams)  # as extraction shares them out
     started: list[float] = []
     ready = threading.Barrier(streams, action=lambda: started.append(time.perf_counter()))  # every thread warm
 
     def forward(k: int) -> int:
-        torch.set_num_threads(max(1, threads // streams))
+        torch.set_num_threads(shares[k])
         with torch.inference_mode():
             enc.module(xs[k % len(xs)])  # warm-up
             ready.wait()

@@ -265,9 +265,16 @@ def _streams(config: ExtractConfig, encoder: Encoder, on_gpu: bool, workers: int
     if config.streams is None:
         alone = config.modality == "image" and not (on_gpu or workers or config.decode_thread)
         return min(encoder.spec.cpu_streams, threads) if alone else 1
+    if config.streams > 1 and on_gpu:  # "auto" resolved to a GPU (an explicit cuda is refused by validate)
+        raise ConfigError(f"--streams {config.streams} applies to CPU extraction; this run encodes on {encoder.device}")
     if config.streams > threads:
         log.warning("--streams %d: %d torch threads make %d streams of one thread", config.streams, threads, threads)
     return min(config.streams, threads)
+
+
+def thread_shares(threads: int, streams: int) -> list[int]:
+    """Torch threads of each stream: every thread used (3 threads, 2 streams: 2 + 1)."""
+    return [threads // streams + (k < threads % streams) for k in range(streams)]
 
 
 @contextlib.contextmanager
@@ -544,8 +551,6 @@ def _extract_here(config: ExtractConfig, progress: ProgressFn | None, manifest: 
     plan = plan_extraction(config, manifest)
     todo, encoder = plan.todo, plan.encoder
     on_gpu = encoder.device.type == "cuda"
-    if (config.streams or 1) > 1 and on_gpu:
-        raise ConfigError(f"--streams {config.streams} applies to CPU extraction; this run encodes on {encoder.device}")
     workers, threads = _workers_and_threads(config, on_gpu)
     streams = _streams(config, encoder, on_gpu, workers, threads)
     batch_size = config.batch_size or (256 if on_gpu else max(1, encoder.spec.cpu_batch_size // streams))
@@ -555,8 +560,7 @@ def _extract_here(config: ExtractConfig, progress: ProgressFn | None, manifest: 
     if progress:
         progress("encode", 0, len(todo))
     if streams > 1:
-        shares = [threads // streams + (k < threads % streams) for k in range(streams)]  # every thread used
-        _encode_in_streams(todo, encoder, batch_size, shares, sink, progress, times)
+        _encode_in_streams(todo, encoder, batch_size, thread_shares(threads, streams), sink, progress, times)
         return finish(plan, sink, times)
     if config.modality == "image":
         batches = _image_batches(todo, encoder, batch_size, workers, config.decode_thread)
