@@ -355,6 +355,7 @@ def test_streams_default_to_the_backbones_where_no_decode_process_runs(monkeypat
     from types import SimpleNamespace
 
     from genrekit.backbones.registry import get_spec
+    from genrekit.errors import ConfigError
     from genrekit.extraction import core
 
     assert get_spec("mobilenet_v2").cpu_streams == 2 and get_spec("test-tiny-cnn").cpu_streams == 1
@@ -371,6 +372,9 @@ def test_streams_default_to_the_backbones_where_no_decode_process_runs(monkeypat
     assert streams(2, on_gpu=True) == streams(2, modality="text") == streams(2, decode_thread=True) == 1
     assert streams(2, workers=1) == streams(2, streams=1) == 1
     assert streams(4, streams=2) == 2  # asked for: no decode process then
+    with pytest.raises(ConfigError, match="--streams 2 applies to CPU extraction; this run encodes on cuda:0"):
+        core._streams(ExtractConfig(backbone="b", data="m.csv", out="s.h5", streams=2),
+                      SimpleNamespace(device="cuda:0"), True, 0, 2)  # --device auto found a GPU
 
 
 @pytest.mark.parametrize("extra, flag", [({"modality": "text"}, "--modality text"), ({"workers": 1}, "--workers"),
