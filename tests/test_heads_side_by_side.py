@@ -55,6 +55,8 @@ def test_side_by_side_logistic_matches_sklearn(data, class_weight, chain):
     made = solver.fitted(clone(ref), C)
     np.testing.assert_allclose(made.predict_proba(Xv), solver.predict_proba(C, Xv), atol=1e-5)
     np.testing.assert_allclose(made.predict(Xv), ref.predict(Xv))
+    # in the dtype scikit-learn's fit on float32 gives (predicting then reads X as it is)
+    assert {e.coef_.dtype for e in made.estimators_} == {e.coef_.dtype for e in ref.estimators_} == {np.dtype(np.float32)}
     np.testing.assert_allclose(_skops_round_trip(made, "chain" if chain else "logreg").predict_proba(Xv), made.predict_proba(Xv))
 
 
@@ -68,6 +70,8 @@ def test_side_by_side_calibrated_svm_matches_sklearn(data):
     np.testing.assert_allclose(made.predict_proba(Xv), solver.predict_proba(C, Xv), atol=1e-5)
     np.testing.assert_allclose(_skops_round_trip(made, "svc").predict_proba(Xv), made.predict_proba(Xv))
     assert len(made.estimators_[0].calibrated_classifiers_) == 3
+    svms = [cc.estimator for e in (made, ref) for cc in e.estimators_[0].calibrated_classifiers_]
+    assert {s.coef_.dtype for s in svms} == {np.dtype(np.float64)}  # liblinear's, as scikit-learn fits it
 
 
 def _skops_round_trip(model, head: str):
@@ -100,3 +104,30 @@ def test_search_walks_up_from_the_smallest_c_and_stops_after_two_worse():
 
     model, C, record = search_on_validation(Unfitted, (10.0, 1.0, 0.1, 0.01, 0.001), None, None, np.zeros(1), np.zeros(1), 0.1, solver=Solver())
     assert tried == [0.001, 0.01, 0.1, 1.0] and C == 0.01 and model.C == model.fitted_at == 0.01 and set(record) == set(tried)
+
+
+def test_one_c_with_validation_is_solved_side_by_side_as_the_search_is(data):
+    """The runner's baseline (scikit-learn's defaults: C=1, max_iter=100) is one C: no search, and
+    its model is the side-by-side solution, as a searched head's chosen C is."""
+    from genrekit.heads.sklearn_heads import LogRegHead
+
+    class Solver:
+        def fitted(self, model, C):
+            model.fitted_at = C
+            return model
+
+    class Unfitted:
+        def __init__(self, C):
+            self.C = C
+
+        def fit(self, X, Y):
+            raise AssertionError("the solver makes the model")
+
+    model, C, record = search_on_validation(Unfitted, (1,), None, None, np.zeros(1), np.zeros(1), 0.1, solver=Solver())
+    assert C == model.fitted_at == 1.0 and isinstance(C, float) and record == {}
+
+    X, Y, Xv, Yv = data
+    head = LogRegHead(Cs=(1.0,), max_iter=100).fit(X, Y, Xv, Yv)
+    ref = OneVsRestClassifier(LogisticRegression(C=1.0, max_iter=100)).fit(X, Y)
+    np.testing.assert_allclose(head.predict_proba(Xv), ref.predict_proba(Xv), atol=2e-3)
+    assert head.C_ == 1.0 and head.search_ == {}

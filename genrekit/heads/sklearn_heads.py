@@ -49,16 +49,18 @@ def search_on_validation(
     slowest to fit). A best C at either end of the grid may mean the grid stops too early, so it is widened
     past that end by its own step, up to ``widen`` times, while the validation score still improves
     (a C still at the edge after that is named by :func:`grid_notes` in the leaderboard). Without a
-    validation set, fits ``make(default)`` only. Returns the fitted model, its C and the
-    validation mAP of every C tried (the search record written to the results).
+    validation set, fits ``make(default)`` only; with one C, no search: that C's model. Returns the
+    fitted model, its C and the validation mAP of every C tried (the search record written to the
+    results).
 
     ``solver``, when given, solves the same model at every C another way (:mod:`genrekit.heads.joint`:
     every genre side by side, one pass over X a step): it scores each C and makes the chosen C's
-    model, ``solver.fitted(make(C), C)``, with no scikit-learn fit at all.
+    model (or the one C's: the runner's baseline), ``solver.fitted(make(C), C)``, with no
+    scikit-learn fit at all.
     """
     if X_val is None or len(Cs) <= 1:
-        C = Cs[0] if len(Cs) == 1 else default
-        return make(C).fit(X, Y), C, {}
+        C = float(Cs[0]) if len(Cs) == 1 else default
+        return (make(C).fit(X, Y) if solver is None else solver.fitted(make(C), C)), C, {}
     best, best_c, scores = None, None, {}
 
     def attempt(C: float) -> bool:
