@@ -13,7 +13,7 @@ from sklearn.svm import LinearSVC
 
 from genrekit.evaluation.metrics import macro_average_precision
 from genrekit.heads.joint import SideBySideCalibratedSVM, SideBySideLogistic, lbfgs_columns
-from genrekit.heads.sklearn_heads import search_on_validation
+from genrekit.heads.sklearn_heads import LogRegHead, search_on_validation
 from synthetic import synthetic_features
 
 
@@ -82,48 +82,39 @@ def _skops_round_trip(model, head: str):
     return sio.loads(sio.dumps(model), trusted=sorted(get_head_spec(head).skops_types()))
 
 
+class _Solver:
+    """A side-by-side solver's interface with made-up validation scores."""
+
+    def __init__(self, scores=None):
+        self.scores, self.tried = scores or {}, []
+
+    def validation_map(self, C, X_val, Y_val):
+        self.tried.append(C)
+        return self.scores[C]
+
+    def fitted(self, model, C):
+        model.fitted_at = C
+        return model
+
+
+class _Unfitted:
+    def __init__(self, C):
+        self.C = C
+
+    def fit(self, X, Y):
+        raise AssertionError("the solver makes the model; nothing is fitted again")
+
+
 def test_search_walks_up_from_the_smallest_c_and_stops_after_two_worse():
-    scores = {0.001: 0.30, 0.01: 0.35, 0.1: 0.33, 1.0: 0.31, 10.0: 0.5}  # 10 would win, but lies past the fall
-    tried = []
-
-    class Solver:
-        def validation_map(self, C, X_val, Y_val):
-            tried.append(C)
-            return scores[C]
-
-        def fitted(self, model, C):
-            model.fitted_at = C
-            return model
-
-    class Unfitted:
-        def __init__(self, C):
-            self.C = C
-
-        def fit(self, X, Y):
-            raise AssertionError("the solver makes the model; nothing is fitted again")
-
-    model, C, record = search_on_validation(Unfitted, (10.0, 1.0, 0.1, 0.01, 0.001), None, None, np.zeros(1), np.zeros(1), 0.1, solver=Solver())
-    assert tried == [0.001, 0.01, 0.1, 1.0] and C == 0.01 and model.C == model.fitted_at == 0.01 and set(record) == set(tried)
+    solver = _Solver({0.001: 0.30, 0.01: 0.35, 0.1: 0.33, 1.0: 0.31, 10.0: 0.5})  # 10 would win, but lies past the fall
+    model, C, record = search_on_validation(_Unfitted, (10.0, 1.0, 0.1, 0.01, 0.001), None, None, np.zeros(1), np.zeros(1), 0.1, solver=solver)
+    assert solver.tried == [0.001, 0.01, 0.1, 1.0] and C == 0.01 and model.C == model.fitted_at == 0.01 and set(record) == set(solver.tried)
 
 
 def test_one_c_with_validation_is_solved_side_by_side_as_the_search_is(data):
     """The runner's baseline (scikit-learn's defaults: C=1, max_iter=100) is one C: no search, and
     its model is the side-by-side solution, as a searched head's chosen C is."""
-    from genrekit.heads.sklearn_heads import LogRegHead
-
-    class Solver:
-        def fitted(self, model, C):
-            model.fitted_at = C
-            return model
-
-    class Unfitted:
-        def __init__(self, C):
-            self.C = C
-
-        def fit(self, X, Y):
-            raise AssertionError("the solver makes the model")
-
-    model, C, record = search_on_validation(Unfitted, (1,), None, None, np.zeros(1), np.zeros(1), 0.1, solver=Solver())
+    model, C, record = search_on_validation(_Unfitted, (1,), None, None, np.zeros(1), np.zeros(1), 0.1, solver=_Solver())
     assert C == model.fitted_at == 1.0 and isinstance(C, float) and record == {}
 
     X, Y, Xv, Yv = data
