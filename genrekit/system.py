@@ -25,8 +25,10 @@ def cpu_count() -> int:
     return os.cpu_count() or 1
 
 
+@functools.cache
 def _malloc_left_alone() -> bool:
-    """Whether genrekit leaves glibc's malloc as it is: not glibc, or the environment sets it."""
+    """Whether genrekit leaves glibc's malloc as it is: not glibc, or the environment sets it
+    (decided once a process, for :func:`keep_freed_memory` and :func:`share_main_arena`)."""
     if os.environ.get("GENREKIT_MALLOC") == "default" or any(v in os.environ for v in _OPT_OUT):
         log.debug("malloc: left as the environment sets it")
         return True

@@ -162,12 +162,13 @@ def _linear(estimator, coef: np.ndarray, intercept: float, n_iter: int):
     binary 0/1 fit on the heads' float32 features whose solution is ``coef``, ``intercept``, in
     the dtype that fit gives them (``LogisticRegression`` keeps float32; liblinear's SVM float64),
     so that predicting reads X as it is instead of converting it for every genre."""
-    dtype = np.float32 if isinstance(estimator, LogisticRegression) else np.float64
+    logistic = isinstance(estimator, LogisticRegression)
+    dtype = np.float32 if logistic else np.float64
     estimator.classes_ = np.array([0, 1])
     estimator.coef_ = np.asarray(coef, dtype)[None]
     estimator.intercept_ = np.array([intercept], dtype)
     estimator.n_features_in_ = estimator.coef_.shape[1]
-    estimator.n_iter_ = np.array([int(n_iter)], np.int32) if isinstance(estimator, LogisticRegression) else int(n_iter)
+    estimator.n_iter_ = np.array([int(n_iter)], np.int32) if logistic else int(n_iter)
     return estimator
 
 
